@@ -1,0 +1,37 @@
+# funnel: `make up` runs the whole funnel on embedded defaults; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PORT   ?= 8000
+
+.PHONY: up test lint bench bench-send bench-signup bench-render clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+## up: install (first time), then run site + worker + dev SMTP inbox on http://127.0.0.1:$(PORT)
+up: $(STAMP)
+	FUNNEL_DEV=1 $(BIN)/funnel up --port $(PORT)
+
+## test: install (first time), lint, run the whole test suite
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## bench: the performance scripts (bench/README.md); send needs Debian's postfix (smtp-sink/smtp-source)
+bench: $(STAMP)
+	@for script in bench/render.py bench/mime.py bench/import.py bench/send.py bench/signup.py; do \
+		if [ -f $$script ]; then echo "== $$script"; $(BIN)/python $$script || exit 1; fi; \
+	done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache tests/artifacts

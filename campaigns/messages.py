@@ -1,0 +1,187 @@
+"""Turn an outbox row into the bytes that go on the wire.
+
+Each row kind has a builder that returns the template content for that row
+(kind, subject, body...) plus the per-recipient values; this module then
+renders it (MJML compiled once per content, Jinja per recipient), assembles
+the MIME message with the fast path, and signs it with DKIM when configured.
+
+Building is pure apart from reading the database: no network, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+
+from funnel.settings import Settings
+from subscribers import lifecycle, tokens
+
+from . import mime, render
+from .outbox import OutboxRow
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    row_id: int
+    envelope_from: str
+    recipient: str
+    data: bytes
+
+
+@dataclass
+class Content:
+    """What a builder decides for one row."""
+
+    kind: str
+    subject: str
+    preheader: str = ""
+    body_md: str = ""
+    ctas: tuple = ()
+    extra: dict = field(default_factory=dict)
+    recipient: dict = field(default_factory=dict)  # per-recipient values beyond the standard ones
+    bulk: bool = True  # bulk mail carries List-Unsubscribe and List-Id
+    list_id: str = ""
+    attachments: tuple = ()
+
+
+class SkipMessage(Exception):
+    """The row must not be sent (e.g. its subscriber was erased); carries the reason."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+Builder = Callable[[object, Settings, OutboxRow, lifecycle.Subscriber, datetime], Content]
+BUILDERS: dict[str, Builder] = {}
+
+
+def builder(kind: str):
+    def deco(fn: Builder) -> Builder:
+        BUILDERS[kind] = fn
+        return fn
+
+    return deco
+
+
+def verp_sender(settings: Settings, row_id: int) -> str:
+    """The envelope sender that lets bounces name their row: bounce+ROW@domain."""
+    return f"bounce+{row_id}@{settings.sender_domain}"
+
+
+def standard_links(settings: Settings, sub: lifecycle.Subscriber, now: datetime,
+                   stream: str | None) -> dict[str, str]:
+    """The per-recipient links every email carries."""
+    extra = {"st": stream} if stream else {}
+    unsub = tokens.subscriber_token(settings, "unsubscribe", sub.id, now, **extra)
+    prefs = tokens.subscriber_token(settings, "preferences", sub.id, now)
+    return {
+        "unsubscribe_url": settings.url(f"/u/{unsub}"),
+        "preferences_url": settings.url(f"/p/{prefs}"),
+    }
+
+
+@lru_cache(maxsize=256)
+def _compiled(settings: Settings, kind: str, subject: str, preheader: str, body_md: str,
+              ctas: tuple, extra: tuple) -> render.CompiledEmail:
+    return render.compile_email(
+        settings, kind, subject=subject, preheader=preheader, body_md=body_md,
+        ctas=[dict(c) for c in ctas], extra=dict(extra),
+    )
+
+
+def _freeze(value):
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def build(db, settings: Settings, row: OutboxRow, now: datetime,
+          signer=None) -> Outgoing:
+    """Build the wire bytes for one claimed row, or raise SkipMessage."""
+    if row.subscriber_id is None or row.to_addr is None:
+        raise SkipMessage("cancelled", "the recipient was erased")
+    sub = lifecycle.get(db, row.subscriber_id)
+    try:
+        make = BUILDERS[row.kind]
+    except KeyError as exc:
+        raise SkipMessage("failed", f"no message builder for kind {row.kind!r}") from exc
+    content = make(db, settings, row, sub, now)
+    links = standard_links(settings, sub, now, row.stream)
+    rendered = render_for(settings, content, sub, row, now, links)
+    data = mime.compose(
+        from_name=settings.from_name or settings.site_name,
+        from_addr=settings.from_addr,
+        to_name=sub.name,
+        to_addr=row.to_addr,
+        subject=rendered.subject,
+        date=now,
+        message_id=row.message_id,
+        text=rendered.text,
+        html=rendered.html,
+        list_id=content.list_id or (list_id(settings, row.stream) if content.bulk else None),
+        unsubscribe_url=links["unsubscribe_url"] if content.bulk else None,
+        unsubscribe_mailto=(
+            f"mailto:unsubscribe+{row.id}@{settings.sender_domain}?subject=unsubscribe"
+            if content.bulk else None
+        ),
+        reply_to=settings.reply_to or None,
+        extra_headers=[("X-Funnel-Row", str(row.id))],
+        attachments=content.attachments,
+    )
+    if signer is not None:
+        data = signer.sign(data)
+    return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data)
+
+
+def render_for(settings: Settings, content: Content, sub: lifecycle.Subscriber,
+               row: OutboxRow | None, now: datetime,
+               links: dict[str, str] | None = None) -> render.Rendered:
+    """Render content for one subscriber (also used by view-in-browser)."""
+    compiled = _compiled(
+        settings, content.kind, content.subject, content.preheader, content.body_md,
+        _freeze(list(content.ctas)), _freeze(content.extra),
+    )
+    view = tokens.subscriber_token(settings, "view", sub.id, now, r=row.id if row else 0)
+    recipient = {
+        "first_name": sub.first_name,
+        "email": sub.email or "",
+        "view_url": settings.url(f"/m/{view}"),
+        "reason": content.extra.get("reason")
+        or f"You are getting this because you subscribed to {settings.site_name}'s newsletter.",
+        **(links or standard_links(settings, sub, now, row.stream if row else None)),
+        **content.recipient,
+    }
+    return compiled.render(recipient)
+
+
+def list_id(settings: Settings, stream: str | None) -> str:
+    name = (stream or "newsletter").replace(":", ".")
+    return f"{settings.site_name} <{name}.{settings.sender_domain}>"
+
+
+# ----------------------------------------------------------------- confirm
+@builder("confirm")
+def _confirm(db, settings: Settings, row: OutboxRow, sub: lifecycle.Subscriber, now: datetime) -> Content:
+    if sub.status != "pending" or not sub.confirm_nonce:
+        raise SkipMessage("cancelled", f"no confirmation needed: the subscriber is {sub.status}")
+    token = tokens.confirm_token(settings, sub.id, sub.confirm_nonce, now)
+    return Content(
+        kind="confirm",
+        subject=f"Please confirm your subscription to {settings.site_name}",
+        preheader="One click and the weekly back-care series is on its way.",
+        bulk=False,
+        extra={
+            "reason": (
+                f"You are getting this one email because this address was entered on "
+                f"{settings.site_name}'s signup form. If that wasn't you, ignore it and "
+                "nothing more will be sent."
+            )
+        },
+        recipient={"confirm_url": settings.url(f"/confirm/{token}")},
+    )

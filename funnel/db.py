@@ -1,0 +1,420 @@
+"""THE schema, connection settings and status enums.
+
+Only this module creates or alters tables, and only through numbered
+sqlite-utils migrations.  The status enums below are mirrored in CHECK
+constraints, so a bug elsewhere cannot store a state the code doesn't know.
+
+Connections: WAL, ``busy_timeout`` 10 s, foreign keys on, ``synchronous=FULL``.
+The sqlite3 connection runs in driver autocommit mode (``isolation_level=None``)
+and every write path opens its own explicit transaction: :func:`transaction`
+uses ``BEGIN IMMEDIATE`` so two writers queue on the busy timeout instead of
+failing at once with "database is locked" (sqlite-utils' ``atomic()`` issues a
+plain ``BEGIN``, which upgrades to a write lock too late).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from .errors import DatabaseError
+
+BUSY_TIMEOUT_MS = 10_000
+
+# ----------------------------------------------------------------- enums
+SUBSCRIBER_STATES = ("pending", "active", "unsubscribed", "bounced", "complained", "erased")
+SUBSCRIPTION_STATES = ("subscribed", "paused", "unsubscribed")
+OUTBOX_STATES = ("queued", "sending", "sent", "retry", "failed", "suppressed", "expired", "cancelled")
+#: Rows the sender still has to deal with.
+OUTBOX_UNFINISHED = ("queued", "sending", "retry")
+CAMPAIGN_STATES = ("draft", "scheduled", "sending", "paused", "finished", "cancelled")
+ENROLLMENT_STATES = ("active", "completed", "stopped")
+WEBINAR_STATES = ("scheduled", "cancelled")
+REGISTRATION_STATES = ("registered", "waitlisted", "attended", "no_show", "cancelled")
+BOUNCE_KINDS = ("hard", "soft", "complaint")
+CONSENT_ACTIONS = ("requested", "confirmed", "imported", "withdrawn", "erased")
+#: Streams a subscriber can be on.  Series streams are ``series:<slug>``.
+BASE_STREAMS = ("broadcasts", "webinars")
+EVENT_KINDS = (
+    "subscribed",
+    "confirmation_queued",
+    "confirmed",
+    "enrolled",
+    "sent",
+    "failed",
+    "expired",
+    "bounced",
+    "complained",
+    "suppressed",
+    "unsubscribed",
+    "resubscribed",
+    "preferences",
+    "erased",
+    "invited",
+    "registered",
+    "waitlisted",
+    "attended",
+    "no_show",
+    "registration_cancelled",
+    "clicked_offer",
+)
+
+
+def _check(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join(f"'{v}'" for v in values)
+    return f"CHECK ({column} IN ({quoted}))"
+
+
+def utcnow() -> datetime:
+    """The real clock; only the doors call it and pass ``now`` down."""
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    """Store every time as an ISO-8601 UTC string that sorts lexically."""
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        raise ValueError("naive datetime reached the database layer")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+# ----------------------------------------------------------------- migrations
+migrations = Migrations("funnel")
+
+
+@migrations(name="0001_subscribers")
+def m0001_subscribers(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        f"""
+        CREATE TABLE subscribers (
+            id INTEGER PRIMARY KEY,
+            email TEXT UNIQUE,                 -- normalised; NULL once erased
+            email_hash TEXT NOT NULL UNIQUE,   -- keyed hash of the lower-cased address
+            name TEXT NOT NULL DEFAULT '',
+            timezone TEXT,                     -- IANA name, NULL = the clinic's default
+            source TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL DEFAULT 'pending' {_check("status", SUBSCRIBER_STATES)},
+            confirm_nonce TEXT,                -- current confirm token nonce; NULL once used
+            confirm_sent_at TEXT,
+            created_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            updated_at TEXT NOT NULL,
+            bounce_score REAL NOT NULL DEFAULT 0,
+            last_bounce_at TEXT,
+            CHECK (status = 'erased' OR email IS NOT NULL)
+        );
+        CREATE INDEX subscribers_status ON subscribers(status);
+        CREATE INDEX subscribers_created ON subscribers(created_at);
+
+        CREATE TABLE subscriptions (
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+            stream TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'subscribed' {_check("status", SUBSCRIPTION_STATES)},
+            paused_until TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (subscriber_id, stream)
+        );
+        CREATE INDEX subscriptions_stream ON subscriptions(stream, status);
+
+        -- Proof of consent, append-only.  Erase blanks ip/user_agent/note.
+        CREATE TABLE consent (
+            id INTEGER PRIMARY KEY,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+            purpose TEXT NOT NULL,             -- 'newsletter' | 'webinar:<slug>' | ...
+            action TEXT NOT NULL {_check("action", CONSENT_ACTIONS)},
+            at TEXT NOT NULL,
+            source TEXT NOT NULL DEFAULT '',
+            ip TEXT,
+            user_agent TEXT,
+            consent_text_version TEXT,
+            note TEXT
+        );
+        CREATE INDEX consent_subscriber ON consent(subscriber_id);
+
+        -- Addresses that must never be mailed again, by hash only.
+        CREATE TABLE suppressions (
+            email_hash TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            at TEXT NOT NULL
+        );
+
+        -- The event log every state change writes to; the funnel report reads it.
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL {_check("kind", EVENT_KINDS)},
+            subscriber_id INTEGER REFERENCES subscribers(id) ON DELETE SET NULL,
+            ref TEXT,                          -- e.g. 'series:importance-of-exercise:3', 'webinar:spine-health'
+            data TEXT                          -- JSON
+        );
+        CREATE INDEX events_kind_at ON events(kind, at);
+        CREATE INDEX events_subscriber ON events(subscriber_id);
+        """
+    )
+
+
+@migrations(name="0002_outbox")
+def m0002_outbox(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        f"""
+        CREATE TABLE campaigns (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,                -- 'broadcast' | 'webinar_invite' | ...
+            template TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            preheader TEXT NOT NULL DEFAULT '',
+            body_md TEXT NOT NULL DEFAULT '',
+            segment TEXT NOT NULL DEFAULT 'all',
+            stream TEXT NOT NULL DEFAULT 'broadcasts',
+            status TEXT NOT NULL DEFAULT 'draft' {_check("status", CAMPAIGN_STATES)},
+            send_at TEXT,                      -- UTC, or wall-clock when local_time = 1
+            local_time INTEGER NOT NULL DEFAULT 0,
+            ref TEXT,                          -- e.g. 'webinar:spine-health'
+            data TEXT,                         -- JSON (ctas, extra template values)
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+
+        -- One ledger row per recipient x message.  dedupe_key is UNIQUE so that
+        -- queueing twice, or two workers racing, never creates a second row.
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            dedupe_key TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,                -- 'confirm' | 'series' | 'broadcast' | 'webinar_*' ...
+            subscriber_id INTEGER REFERENCES subscribers(id) ON DELETE SET NULL,
+            campaign_id INTEGER REFERENCES campaigns(id),
+            stream TEXT,                       -- NULL = transactional (confirmations)
+            ref TEXT,                          -- 'series:<slug>:<step>' / 'webinar:<slug>' ...
+            to_addr TEXT,                      -- NULL once erased
+            message_id TEXT NOT NULL UNIQUE,   -- stable per row: resends reuse it
+            priority INTEGER NOT NULL DEFAULT 50, -- lower goes first; series yield to broadcasts
+            status TEXT NOT NULL DEFAULT 'queued' {_check("status", OUTBOX_STATES)},
+            due_at TEXT NOT NULL,
+            expires_at TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            crashes INTEGER NOT NULL DEFAULT 0,    -- claims that ended with the sender dying
+            uncertain INTEGER NOT NULL DEFAULT 0,  -- times found in 'sending' after a crash
+            lease_token TEXT,
+            lease_until TEXT,
+            relay TEXT,
+            smtp_code INTEGER,
+            last_error TEXT,
+            data TEXT,                         -- JSON render context (not user-editable template source)
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            sent_at TEXT
+        );
+        CREATE INDEX outbox_due ON outbox(due_at, priority)
+            WHERE status IN ('queued', 'retry');
+        CREATE INDEX outbox_sending ON outbox(lease_until) WHERE status = 'sending';
+        CREATE INDEX outbox_subscriber ON outbox(subscriber_id, status);
+        CREATE INDEX outbox_campaign ON outbox(campaign_id, status);
+        CREATE INDEX outbox_sent_at ON outbox(subscriber_id, sent_at) WHERE status = 'sent';
+        CREATE INDEX outbox_ref ON outbox(ref, status);
+
+        CREATE TABLE bounces (
+            id INTEGER PRIMARY KEY,
+            subscriber_id INTEGER REFERENCES subscribers(id) ON DELETE SET NULL,
+            outbox_id INTEGER REFERENCES outbox(id) ON DELETE SET NULL,
+            kind TEXT NOT NULL {_check("kind", BOUNCE_KINDS)},
+            status_code TEXT,
+            diagnostic TEXT,
+            source TEXT,
+            at TEXT NOT NULL
+        );
+        CREATE INDEX bounces_subscriber ON bounces(subscriber_id, at);
+        """
+    )
+
+
+@migrations(name="0003_series")
+def m0003_series(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        f"""
+        CREATE TABLE enrollments (
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+            series TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'active' {_check("status", ENROLLMENT_STATES)},
+            enrolled_at TEXT NOT NULL,
+            next_step INTEGER NOT NULL DEFAULT 0,  -- index into the series' current step list
+            next_due_at TEXT,
+            last_step_key TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (subscriber_id, series)
+        );
+        CREATE INDEX enrollments_due ON enrollments(next_due_at) WHERE status = 'active';
+
+        -- Which step each subscriber has been sent, by stable step key, so edits
+        -- to a live series never re-send a step.
+        CREATE TABLE series_deliveries (
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+            series TEXT NOT NULL,
+            step_key TEXT NOT NULL,
+            part INTEGER,
+            outbox_id INTEGER REFERENCES outbox(id) ON DELETE SET NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (subscriber_id, series, step_key)
+        );
+        """
+    )
+
+
+@migrations(name="0004_webinars")
+def m0004_webinars(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        f"""
+        CREATE TABLE webinars (
+            id INTEGER PRIMARY KEY,
+            slug TEXT NOT NULL UNIQUE,
+            title TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            starts_at TEXT NOT NULL,           -- UTC
+            timezone TEXT NOT NULL,            -- IANA zone the host set it in
+            duration_minutes INTEGER NOT NULL DEFAULT 60 CHECK (duration_minutes > 0),
+            join_url TEXT NOT NULL,
+            replay_url TEXT,
+            capacity INTEGER CHECK (capacity IS NULL OR capacity > 0),
+            host_name TEXT NOT NULL DEFAULT '',
+            offer TEXT NOT NULL DEFAULT 'appointment',
+            reminder_offsets TEXT NOT NULL DEFAULT '[1440, 60, 10]',  -- minutes before start, JSON
+            followup_delay_minutes INTEGER NOT NULL DEFAULT 120,
+            sequence INTEGER NOT NULL DEFAULT 0,  -- iCalendar SEQUENCE, bumped on every change
+            status TEXT NOT NULL DEFAULT 'scheduled' {_check("status", WEBINAR_STATES)},
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+
+        CREATE TABLE registrations (
+            id INTEGER PRIMARY KEY,
+            webinar_id INTEGER NOT NULL REFERENCES webinars(id) ON DELETE CASCADE,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+            status TEXT NOT NULL DEFAULT 'registered' {_check("status", REGISTRATION_STATES)},
+            source TEXT NOT NULL DEFAULT '',
+            registered_at TEXT NOT NULL,
+            attended_minutes INTEGER,
+            updated_at TEXT NOT NULL,
+            UNIQUE (webinar_id, subscriber_id)
+        );
+        CREATE INDEX registrations_subscriber ON registrations(subscriber_id);
+        """
+    )
+
+
+# ----------------------------------------------------------------- connections
+def connect(path: str | Path, *, migrate: bool = False, readonly_ok: bool = False) -> sqlite_utils.Database:
+    """Open the database with the connection settings every process uses.
+
+    Raises :class:`DatabaseError` with one sentence if the file cannot be used.
+    """
+    path = str(path)
+    try:
+        conn = sqlite3.connect(
+            path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,  # explicit transactions only, see module doc
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal" and not readonly_ok and path != ":memory:":
+            raise DatabaseError(f"{path}: could not switch the database to WAL mode (got {mode})")
+    except sqlite3.OperationalError as exc:
+        raise _db_error(path, exc) from exc
+    db = sqlite_utils.Database(conn)
+    if migrate:
+        init_db(db)
+    return db
+
+
+def _db_error(path: str, exc: sqlite3.Error) -> DatabaseError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return DatabaseError(
+            f"{path}: the database is locked by another process and stayed locked for "
+            f"{BUSY_TIMEOUT_MS // 1000} s; nothing was changed"
+        )
+    if "readonly" in text or "read-only" in text:
+        return DatabaseError(f"{path}: the database file is read-only; nothing was changed")
+    if "unable to open" in text:
+        return DatabaseError(f"{path}: cannot open the database file (does the folder exist?)")
+    return DatabaseError(f"{path}: {text}")
+
+
+def init_db(db: sqlite_utils.Database) -> list[str]:
+    """Create or upgrade the schema; returns the migrations applied now."""
+    before = {m.name for m in migrations.applied(db)}
+    try:
+        migrations.apply(db)
+    except sqlite3.OperationalError as exc:
+        raise _db_error(db_path(db), exc) from exc
+    return [m.name for m in migrations.applied(db) if m.name not in before]
+
+
+def db_path(db: sqlite_utils.Database) -> str:
+    row = db.execute("PRAGMA database_list").fetchone()
+    return row[2] or ":memory:"
+
+
+def pending_migrations(db: sqlite_utils.Database) -> list[str]:
+    return [m.name for m in migrations.pending(db)]
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite_utils.Database, *, immediate: bool = True) -> Iterator[sqlite_utils.Database]:
+    """One explicit transaction; ``BEGIN IMMEDIATE`` takes the write lock up front.
+
+    Nested use becomes a savepoint, so a domain function can call another
+    domain function inside its own transaction.
+    """
+    conn = db.conn
+    if conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    except sqlite3.OperationalError as exc:
+        raise _db_error(db_path(db), exc) from exc
+    try:
+        yield db
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    else:
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise _db_error(db_path(db), exc) from exc
+
+
+def log_event(
+    db: sqlite_utils.Database,
+    kind: str,
+    now: datetime,
+    subscriber_id: int | None = None,
+    ref: str | None = None,
+    data: str | None = None,
+) -> None:
+    """Append to the event log (call inside the caller's transaction)."""
+    db.execute(
+        "INSERT INTO events (at, kind, subscriber_id, ref, data) VALUES (?, ?, ?, ?, ?)",
+        (iso(now), kind, subscriber_id, ref, data),
+    )

@@ -1,0 +1,35 @@
+"""Errors a person can act on.
+
+Every domain function raises :class:`FunnelError` (or a subclass) with one
+sentence that names the field, file:line or setting at fault.  The doors turn
+these into a one-line message (CLI) or a friendly page (web); nothing else is
+shown to the user.
+"""
+
+
+class FunnelError(Exception):
+    """A problem the user can fix; ``str(err)`` is one actionable sentence."""
+
+
+class SettingsError(FunnelError):
+    """A missing or invalid setting; the message names the setting."""
+
+
+class InputError(FunnelError):
+    """Bad input: a CSV row, a form field, front matter or a CLI option."""
+
+
+class TransitionError(FunnelError):
+    """An illegal subscriber, subscription or outbox state change."""
+
+
+class TokenError(FunnelError):
+    """A link token that is expired, tampered with, replayed or for another purpose."""
+
+
+class NotFound(FunnelError):
+    """The thing asked for does not exist."""
+
+
+class DatabaseError(FunnelError):
+    """The database file cannot be used (locked, read-only, missing)."""

@@ -1,0 +1,341 @@
+"""Settings: ``funnel.toml`` overridden by ``FUNNEL_*`` environment variables.
+
+Only the doors (``cli.py``, ``funnel/web.py``) call :func:`load_settings`;
+domain functions receive the :class:`Settings` object they need.
+
+Every problem is reported as one sentence naming the setting, e.g.
+``FUNNEL_FROM: 'clinic' is not a valid email address (...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+
+from .errors import SettingsError
+
+#: The key used when ``dev = true`` and no secret keys are configured.  It is
+#: public, so :func:`load_settings` refuses it outside dev mode.
+DEV_SECRET_KEY = "funnel-dev-only-secret-do-not-use-in-production"
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """One SMTP relay parsed from an ``smtp://`` or ``smtps://`` URL."""
+
+    url: str
+    host: str
+    port: int
+    tls: bool = False  # implicit TLS (smtps://)
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None
+    rate_per_second: float = 0.0  # 0 = unlimited
+    max_per_hour: int = 0
+    max_per_day: int = 0
+    timeout: float = 30.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_smtp_url(url: str, setting: str = "FUNNEL_SMTP_URL") -> RelayConfig:
+    """Parse ``smtp[s]://[user:pass@]host[:port][?starttls=1&rate=50&hourly=..&daily=..]``."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("smtp", "smtps"):
+        raise SettingsError(
+            f"{setting}: unknown scheme {parts.scheme!r} in {url!r}; use smtp:// or smtps://"
+        )
+    if not parts.hostname:
+        raise SettingsError(f"{setting}: {url!r} has no host name")
+    try:
+        port = parts.port or (465 if parts.scheme == "smtps" else 25)
+    except ValueError as exc:
+        raise SettingsError(f"{setting}: {url!r} has an invalid port") from exc
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    known = {"starttls", "rate", "hourly", "daily", "timeout"}
+    unknown = set(query) - known
+    if unknown:
+        raise SettingsError(
+            f"{setting}: unknown option {sorted(unknown)[0]!r} in {url!r}; "
+            f"known options are {', '.join(sorted(known))}"
+        )
+
+    def num(name: str, conv, default):
+        if name not in query:
+            return default
+        try:
+            value = conv(query[name])
+        except ValueError as exc:
+            raise SettingsError(f"{setting}: option {name}={query[name]!r} is not a number") from exc
+        if value < 0:
+            raise SettingsError(f"{setting}: option {name} must not be negative")
+        return value
+
+    return RelayConfig(
+        url=url,
+        host=parts.hostname,
+        port=port,
+        tls=parts.scheme == "smtps",
+        starttls=query.get("starttls", "0").lower() in ("1", "true", "yes"),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        rate_per_second=num("rate", float, 0.0),
+        max_per_hour=num("hourly", int, 0),
+        max_per_day=num("daily", int, 0),
+        timeout=num("timeout", float, 30.0),
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable.  Field names match the ``funnel.toml`` keys."""
+
+    db: str = "./funnel.db"
+    site_name: str = "Back in Motion Physiotherapy"
+    from_addr: str = "newsletter@clinic.example"
+    from_name: str = ""
+    reply_to: str = ""
+    postal_address: str = "1 Example Street, London, UK"
+    base_url: str = "http://127.0.0.1:8000"
+    secret_keys: tuple[str, ...] = ()
+    smtp_urls: tuple[str, ...] = ("smtp://127.0.0.1:8025",)
+    timezone: str = "Europe/London"
+    dev: bool = False
+    content_dir: str = ""
+    # Links the templates turn into buttons.
+    appointment_url: str = ""
+    programme_url: str = ""
+    # Opt-in.
+    confirm_max_age_days: float = 3.0
+    confirm_resend_hours: float = 24.0
+    consent_text: str = (
+        "Yes, send me the weekly back-care series and occasional news and webinar "
+        "invitations. I can unsubscribe at any time."
+    )
+    consent_version: str = "2026-11-v1"
+    enroll_series: tuple[str, ...] = ("importance-of-exercise",)
+    # Delivery.
+    frequency_cap: int = 2
+    quiet_start_hour: int = 21
+    quiet_end_hour: int = 8
+    newsletter_expiry_hours: float = 96.0
+    max_attempts: int = 8
+    crash_limit: int = 3
+    batch_size: int = 200
+    # Bounces (Mailman's model).
+    bounce_score_threshold: float = 5.0
+    bounce_reset_days: float = 7.0
+    # DKIM.
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_key_file: str = ""
+    # Web.
+    signup_rate_per_minute: int = 30
+    min_form_seconds: float = 2.0
+    max_request_bytes: int = 64 * 1024
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def relays(self) -> list[RelayConfig]:
+        return [parse_smtp_url(u) for u in self.smtp_urls]
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def sender_domain(self) -> str:
+        return self.from_addr.rpartition("@")[2]
+
+    @property
+    def content_path(self) -> Path:
+        if self.content_dir:
+            return Path(self.content_dir)
+        local = Path.cwd() / "content"
+        return local if local.is_dir() else REPO_ROOT / "content"
+
+    @property
+    def https(self) -> bool:
+        return self.base_url.startswith("https://")
+
+    def url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+# Environment variable -> field.  The issue names the first eight; the rest
+# follow the same FUNNEL_<FIELD> pattern.
+ENV_NAMES = {f"FUNNEL_{f.name.upper()}": f.name for f in dataclasses.fields(Settings)}
+ENV_NAMES["FUNNEL_FROM"] = "from_addr"
+ENV_NAMES["FUNNEL_SMTP_URL"] = "smtp_urls"
+ENV_NAMES.pop("FUNNEL_FROM_ADDR", None)
+ENV_NAMES.pop("FUNNEL_SMTP_URLS", None)
+FIELD_TO_ENV = {v: k for k, v in ENV_NAMES.items()}
+TOML_ALIASES = {"from": "from_addr", "smtp_url": "smtp_urls"}
+
+
+def _field_types() -> dict[str, object]:
+    defaults = Settings()
+    return {f.name: getattr(defaults, f.name) for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, raw: object, where: str) -> object:
+    """Turn a TOML or environment value into the field's type, or say why not."""
+    default = _field_types()[name]
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        if isinstance(default, float):
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if isinstance(default, tuple):
+            if isinstance(raw, str):
+                items = [p.strip() for p in raw.split(",")]
+            elif isinstance(raw, list):
+                items = [str(p).strip() for p in raw]
+            else:
+                raise ValueError
+            return tuple(p for p in items if p)
+        if isinstance(raw, str | int | float):
+            return str(raw)
+        raise ValueError
+    except (ValueError, TypeError) as exc:
+        kind = type(default).__name__.replace("tuple", "list")
+        raise SettingsError(f"{where}: expected a {kind}, got {raw!r}") from exc
+
+
+def _validate(s: Settings) -> Settings:
+    def env(name: str) -> str:
+        return FIELD_TO_ENV.get(name, name)
+
+    if not s.db:
+        raise SettingsError("FUNNEL_DB: the database path is empty")
+    if not s.site_name.strip():
+        raise SettingsError("FUNNEL_SITE_NAME: the site name is empty")
+    try:
+        validate_email(s.from_addr, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise SettingsError(f"FUNNEL_FROM: {s.from_addr!r} is not a valid email address ({exc})") from exc
+    if not s.postal_address.strip():
+        raise SettingsError(
+            "FUNNEL_POSTAL_ADDRESS: a postal address is required in every bulk email footer"
+        )
+    parts = urlsplit(s.base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(
+            f"FUNNEL_BASE_URL: {s.base_url!r} must be an absolute http:// or https:// URL"
+        )
+    if not s.secret_keys:
+        if not s.dev:
+            raise SettingsError(
+                "FUNNEL_SECRET_KEYS: no secret key is set; generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        s = s.replace(secret_keys=(DEV_SECRET_KEY,))
+    elif not s.dev and DEV_SECRET_KEY in s.secret_keys:
+        raise SettingsError("FUNNEL_SECRET_KEYS: the public dev key may only be used with FUNNEL_DEV=1")
+    for key in s.secret_keys:
+        if len(key) < 16:
+            raise SettingsError("FUNNEL_SECRET_KEYS: each key must be at least 16 characters long")
+    if not s.smtp_urls:
+        raise SettingsError("FUNNEL_SMTP_URL: at least one SMTP relay URL is required")
+    for url in s.smtp_urls:
+        parse_smtp_url(url)
+    try:
+        ZoneInfo(s.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise SettingsError(f"FUNNEL_TIMEZONE: unknown time zone {s.timezone!r}") from exc
+    for name in ("frequency_cap", "confirm_max_age_days", "batch_size", "max_attempts", "crash_limit"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{env(name)}: must be greater than zero")
+    for name in ("quiet_start_hour", "quiet_end_hour"):
+        if not 0 <= getattr(s, name) <= 23:
+            raise SettingsError(f"{env(name)}: must be an hour from 0 to 23")
+    for name in ("appointment_url", "programme_url"):
+        value = getattr(s, name)
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise SettingsError(f"{env(name)}: {value!r} must be an http:// or https:// URL")
+    if s.dkim_key_file and not (s.dkim_selector and s.dkim_domain):
+        raise SettingsError("FUNNEL_DKIM_SELECTOR: DKIM needs a selector and a domain with the key file")
+    return s
+
+
+def config_path(environ: dict[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("FUNNEL_CONFIG", "funnel.toml"))
+
+
+def load_settings(environ: dict[str, str] | None = None, path: Path | None = None) -> Settings:
+    """Read ``funnel.toml`` (if present), apply ``FUNNEL_*`` overrides, validate."""
+    environ = dict(os.environ if environ is None else environ)
+    path = path or config_path(environ)
+    values: dict[str, object] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{path}: not valid TOML ({exc})") from exc
+        known = _field_types()
+        for key, raw in data.items():
+            name = TOML_ALIASES.get(key, key)
+            if name not in known:
+                raise SettingsError(f"{path}: unknown setting {key!r}")
+            values[name] = _coerce(name, raw, f"{path}: {key}")
+    for env_name, name in ENV_NAMES.items():
+        if env_name in environ:
+            values[name] = _coerce(name, environ[env_name], env_name)
+    return _validate(Settings(**values))
+
+
+def test_settings(tmp_path: Path | str, **overrides) -> Settings:
+    """Settings for tests and benchmarks: a temp database and a fixed key."""
+    base = dict(
+        db=str(Path(tmp_path) / "funnel.db"),
+        secret_keys=("test-secret-key-0123456789",),
+        base_url="https://news.clinic.example",
+        from_addr="news@clinic.example",
+        site_name="Back in Motion Physiotherapy",
+        postal_address="12 Harley Row, London W1 2AB",
+        appointment_url="https://clinic.example/appointments",
+        programme_url="https://clinic.example/28-day-programme",
+    )
+    base.update(overrides)
+    return _validate(Settings(**base))
+
+
+test_settings.__test__ = False  # not a pytest test
+
+__all__ = [
+    "Settings",
+    "RelayConfig",
+    "load_settings",
+    "parse_smtp_url",
+    "test_settings",
+    "DEV_SECRET_KEY",
+    "field",
+]

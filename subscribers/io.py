@@ -1,0 +1,351 @@
+"""CSV import and export, GDPR export and erase.
+
+Import streams the file and inserts in batches inside ONE transaction: by
+default the first bad row (or any bad row, all of which are reported) rolls
+the whole file back, so a failed import stores nothing.  ``skip_invalid``
+keeps the good rows and reports the rest.  Every problem is reported as
+``file:line: reason``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from funnel.db import db_path, iso, transaction
+from funnel.errors import InputError
+from funnel.settings import Settings
+
+from . import lifecycle, optin
+
+REQUIRED = ("email",)
+OPTIONAL = ("name", "timezone", "source")
+ALIASES = {"e-mail": "email", "email address": "email", "tz": "timezone", "time zone": "timezone",
+           "time_zone": "timezone", "first name": "name", "first_name": "name"}
+BATCH = 400  # rows per batched lookup/insert (SQLite allows 32,766 bound parameters)
+
+
+@dataclass
+class ImportReport:
+    path: str
+    imported: int = 0
+    already_present: int = 0
+    problems: list[str] = field(default_factory=list)
+    committed: bool = False
+
+    @property
+    def bad_rows(self) -> int:
+        return len(self.problems)
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield (line number, row) from a UTF-8 CSV (BOM tolerated), streaming."""
+    try:
+        raw = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open the file ({exc.strerror})") from exc
+    with raw:
+        head = raw.read(4)
+        if not head.strip():
+            raise InputError(f"{path}: the file is empty")
+        raw.seek(0)
+
+        def decoded_lines() -> Iterator[str]:
+            # Decode line by line (not in buffered chunks) so a bad byte is
+            # reported at its own physical line.
+            for number, line in enumerate(raw, 1):
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputError(f"{path}:{number}: the file is not UTF-8 text ({exc.reason})") from exc
+                yield text.lstrip("\ufeff") if number == 1 else text
+
+        reader = csv.reader(decoded_lines())
+        header = next(reader, None)
+        if header is None or not any(h.strip() for h in header):
+            raise InputError(f"{path}: the file is empty")
+        names = [ALIASES.get(h.strip().lower(), h.strip().lower()) for h in header]
+        missing = [c for c in REQUIRED if c not in names]
+        if missing:
+            raise InputError(
+                f"{path}:1: missing column {missing[0]!r} (the header has: {', '.join(header)})"
+            )
+        unknown = [h for h, n in zip(header, names, strict=True) if n not in REQUIRED + OPTIONAL]
+        if unknown:
+            raise InputError(
+                f"{path}:1: unknown column {unknown[0]!r}; columns are email, name, timezone, source"
+            )
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise InputError(f"{path}:{reader.line_num}: {exc}") from exc
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) > len(names):
+                yield reader.line_num, {"__error__": f"{len(values)} fields, but the header has {len(names)}"}
+                continue
+            yield reader.line_num, dict(zip(names, values, strict=False))
+
+
+def import_csv(
+    db,
+    settings: Settings,
+    path: Path,
+    now: datetime,
+    *,
+    skip_invalid: bool = False,
+    pre_confirmed: bool = False,
+    consent_note: str = "",
+    default_source: str = "import",
+) -> ImportReport:
+    """Import subscribers from CSV; see the module docstring for the rules."""
+    path = Path(path)
+    if pre_confirmed and not consent_note.strip():
+        raise InputError("--consent-note: pre-confirmed imports need a note saying how these people consented")
+    report = ImportReport(str(path))
+    seen: dict[str, int] = {}
+    stamp = iso(now)
+    status = "active" if pre_confirmed else "pending"
+    expires = iso(now + timedelta(days=settings.confirm_max_age_days))
+    domain = settings.sender_domain
+    with transaction(db):
+        next_id = (db.execute("SELECT COALESCE(MAX(id), 0) FROM subscribers").fetchone()[0]) + 1
+        existing = _ExistingLookup(db)
+        batch: list[tuple] = []
+
+        def flush() -> None:
+            if not batch:
+                return
+            db.conn.executemany(
+                "INSERT INTO subscribers (id, email, email_hash, name, timezone, source, status, "
+                "confirm_nonce, confirm_sent_at, created_at, updated_at, confirmed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [b[0] for b in batch],
+            )
+            db.conn.executemany(
+                "INSERT INTO consent (subscriber_id, purpose, action, at, source, consent_text_version, note) "
+                "VALUES (?, 'newsletter', ?, ?, ?, ?, ?)",
+                [b[1] for b in batch],
+            )
+            db.conn.executemany(
+                "INSERT INTO events (at, kind, subscriber_id, ref) VALUES (?, ?, ?, 'import')",
+                [(stamp, "subscribed" if not pre_confirmed else "confirmed", b[0][0]) for b in batch],
+            )
+            if pre_confirmed:
+                streams = optin.default_streams(settings)
+                db.conn.executemany(
+                    "INSERT INTO subscriptions (subscriber_id, stream, status, updated_at) VALUES (?, ?, 'subscribed', ?)",
+                    [(b[0][0], s, stamp) for b in batch for s in streams],
+                )
+            else:
+                db.conn.executemany(
+                    "INSERT INTO outbox (dedupe_key, kind, subscriber_id, to_addr, message_id, priority, "
+                    "status, due_at, expires_at, created_at, updated_at) "
+                    "VALUES (?, 'confirm', ?, ?, ?, 0, 'queued', ?, ?, ?, ?)",
+                    [
+                        (f"confirm:{b[0][0]}:{stamp}", b[0][0], b[0][1],
+                         f"<{secrets.token_hex(10)}.funnel@{domain}>", stamp, expires, stamp, stamp)
+                        for b in batch
+                    ],
+                )
+            batch.clear()
+
+        pending: list[tuple] = []  # validated rows waiting for one batched existence check
+        imported_ids: list[int] = []
+
+        def take_pending() -> None:
+            nonlocal next_id
+            if not pending:
+                return
+            known = existing.known([p[2] for p in pending])
+            for _line, email, h, name, tz, source in pending:
+                if h in known:
+                    report.already_present += 1
+                    continue
+                sid = next_id
+                next_id += 1
+                report.imported += 1
+                if report.problems and not skip_invalid:
+                    continue  # the file will be rejected: stop writing, keep checking
+                batch.append((
+                    (sid, email, h, name, tz, source, status,
+                     None if pre_confirmed else secrets.token_urlsafe(12),
+                     None if pre_confirmed else stamp, stamp, stamp, stamp if pre_confirmed else None),
+                    (sid, "imported" if pre_confirmed else "requested", stamp, f"import:{path.name}",
+                     settings.consent_version, consent_note or None),
+                ))
+                imported_ids.append(sid)
+            pending.clear()
+            flush()
+
+        for line, row in _rows(path):
+            where = f"{path}:{line}"
+            try:
+                if "__error__" in row:
+                    raise InputError(row["__error__"])
+                email = optin.clean_email(row.get("email", ""), field="email")
+                key = email.lower()
+                if key in seen:
+                    raise InputError(f"duplicate of line {seen[key]} ({email})")
+                seen[key] = line
+                name = optin.clean_name(row.get("name"), field="name")
+                tz = optin.clean_timezone(row.get("timezone"), field="timezone")
+                source = optin.clean_source(row.get("source") or default_source, field="source")
+            except InputError as exc:
+                report.problems.append(f"{where}: {exc}")
+                continue
+            pending.append((line, email, lifecycle.email_hash(email), name, tz, source))
+            if len(pending) >= BATCH:
+                take_pending()
+        take_pending()
+        if report.problems and not skip_invalid:
+            raise ImportRejected(report)
+        if pre_confirmed:
+            for hook in optin.CONFIRM_HOOKS:
+                for sid in imported_ids:
+                    hook(db, settings, sid, now)
+    report.committed = True
+    return report
+
+
+class ImportRejected(InputError):
+    """Bad rows with skip_invalid off: nothing was stored."""
+
+    def __init__(self, report: ImportReport):
+        self.report = report
+        n = len(report.problems)
+        super().__init__(
+            f"{report.path}: {n} bad row{'s' if n != 1 else ''}, nothing was imported "
+            f"(first: {report.problems[0]}); fix them or pass --skip-invalid"
+        )
+
+
+class _ExistingLookup:
+    """Is this address already in the database (or suppressed)?  Indexed lookups."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def known(self, hashes: list[str]) -> set[str]:
+        marks = ",".join("?" * len(hashes))
+        return {
+            r[0]
+            for r in self.db.execute(
+                f"SELECT email_hash FROM subscribers WHERE email_hash IN ({marks}) UNION "
+                f"SELECT email_hash FROM suppressions WHERE email_hash IN ({marks})",
+                (*hashes, *hashes),
+            ).fetchall()
+        }
+
+
+# ----------------------------------------------------------------- add by hand
+def add(db, settings: Settings, email: str, now: datetime, *, name: str = "", timezone: str | None = None,
+        source: str = "admin") -> optin.SignupResult:
+    """Add one subscriber by hand: the same double opt-in as the form."""
+    return optin.signup(db, settings, email, now, name=name, timezone=timezone, source=source)
+
+
+# ----------------------------------------------------------------- export
+EXPORT_COLUMNS = ("email", "name", "timezone", "source", "status", "created_at", "confirmed_at",
+                  "consent_at", "consent_source", "consent_ip", "consent_user_agent", "consent_text_version")
+
+
+def export_records(db, email: str | None = None) -> Iterator[dict]:
+    """One dict per subscriber, with streams and the full consent ledger."""
+    if email is not None:
+        sub = lifecycle.get_by_email(db, optin.clean_email(email))
+        ids: list[int] | None = [sub.id]
+    else:
+        ids = None
+    sql = ("SELECT id, email, name, timezone, source, status, created_at, confirmed_at FROM subscribers "
+           "WHERE status != 'erased'")
+    params: list = []
+    if ids is not None:
+        sql += " AND id = ?"
+        params = ids
+    cur = db.conn.cursor()
+    for sid, em, name, tz, source, status, created, confirmed in cur.execute(sql + " ORDER BY id", params):
+        consent = [
+            dict(zip(("purpose", "action", "at", "source", "ip", "user_agent", "consent_text_version", "note"), c, strict=True))
+            for c in db.execute(
+                "SELECT purpose, action, at, source, ip, user_agent, consent_text_version, note "
+                "FROM consent WHERE subscriber_id = ? ORDER BY id", (sid,)
+            ).fetchall()
+        ]
+        yield {
+            "email": em, "name": name, "timezone": tz, "source": source, "status": status,
+            "created_at": created, "confirmed_at": confirmed,
+            "streams": lifecycle.subscriptions(db, sid), "consent": consent,
+        }
+
+
+def write_export(db, out, fmt: str, email: str | None = None) -> int:
+    """Write CSV or JSON to a text stream; returns the number of people written."""
+    if fmt not in ("csv", "json"):
+        raise InputError(f"--format: {fmt!r} is not csv or json")
+    n = 0
+    if fmt == "json":
+        out.write("[\n")
+        for rec in export_records(db, email):
+            out.write((",\n" if n else "") + json.dumps(rec, ensure_ascii=False, indent=2))
+            n += 1
+        out.write("\n]\n")
+        return n
+    w = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS)
+    w.writeheader()
+    for rec in export_records(db, email):
+        # The CSV carries the consent that made them a subscriber: the latest
+        # confirmed/imported entry, else the latest request.
+        ledger = rec["consent"]
+        chosen = next((c for c in reversed(ledger) if c["action"] in ("confirmed", "imported")), None) or (
+            ledger[-1] if ledger else {}
+        )
+        w.writerow({
+            **{k: rec[k] for k in ("email", "name", "timezone", "source", "status", "created_at", "confirmed_at")},
+            "consent_at": chosen.get("at"), "consent_source": chosen.get("source"),
+            "consent_ip": chosen.get("ip"), "consent_user_agent": chosen.get("user_agent"),
+            "consent_text_version": chosen.get("consent_text_version"),
+        })
+        n += 1
+    return n
+
+
+# ----------------------------------------------------------------- erase
+def erase(db, email: str, now: datetime) -> int:
+    """Forget a person: only a hash of the address remains, on the suppression list.
+
+    Removes name, address, zone and consent details everywhere they are
+    stored, then VACUUMs and checkpoints the WAL so the address appears
+    nowhere in the database file.  Returns the subscriber id.
+    """
+    sub = lifecycle.find(db, optin.clean_email(email))
+    if sub is None:
+        # Suppress anyway: a request to be forgotten must also stop future mail.
+        with transaction(db):
+            db.execute(
+                "INSERT OR IGNORE INTO suppressions (email_hash, reason, at) VALUES (?, 'erased', ?)",
+                (lifecycle.email_hash(email), iso(now)),
+            )
+        raise InputError(f"email: no subscriber with the address {email!r}; it is suppressed anyway")
+    if sub.status != "erased":
+        lifecycle.transition(db, sub.id, "erased", now)
+    compact(db)
+    return sub.id
+
+
+def compact(db) -> None:
+    """VACUUM and truncate the WAL so deleted bytes leave the file for good."""
+    try:
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except Exception as exc:  # noqa: BLE001 - report which file, keep the erase
+        raise InputError(f"{db_path(db)}: erased, but VACUUM failed ({exc}); run `funnel init --vacuum`") from exc
+

@@ -1,0 +1,260 @@
+"""Subscriber states and per-stream subscriptions: the ONLY code that changes them.
+
+::
+
+    pending --> active --> unsubscribed | bounced | complained | erased
+       |          ^             |
+       |          +-- (fresh opt-in: unsubscribed -> pending -> active)
+       +--> unsubscribed | bounced | complained | erased
+
+``erased`` is final and keeps only a hash of the address, which stays on the
+suppression list.  ``bounced`` and ``complained`` are suppressed too: those
+addresses are never mailed again unless an admin intervenes.
+
+Leaving ``active`` for good (unsubscribe, bounce, complaint, erase) cancels
+every queued send at once, so nothing more goes out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from funnel.db import iso, log_event, transaction
+from funnel.errors import NotFound, TransitionError
+
+#: status -> the statuses it may move to.
+ALLOWED: dict[str, frozenset[str]] = {
+    "pending": frozenset({"active", "unsubscribed", "bounced", "complained", "erased"}),
+    "active": frozenset({"unsubscribed", "bounced", "complained", "erased"}),
+    "unsubscribed": frozenset({"pending", "erased"}),
+    "bounced": frozenset({"erased"}),
+    "complained": frozenset({"erased"}),
+    "erased": frozenset(),
+}
+#: Statuses that put the address on the suppression list.
+SUPPRESSING = {"bounced": "bounced", "complained": "complained", "erased": "erased"}
+STREAM_STATES = ("subscribed", "paused", "unsubscribed")
+
+_WHY = {
+    ("unsubscribed", "active"): "they unsubscribed and must opt in again before they can be active",
+    ("bounced", "pending"): "their address bounces and is suppressed",
+    ("bounced", "active"): "their address bounces and is suppressed",
+    ("complained", "pending"): "they marked our mail as spam and are suppressed",
+    ("complained", "active"): "they marked our mail as spam and are suppressed",
+    ("active", "pending"): "they have already confirmed",
+    ("active", "active"): "they are already active",
+    ("pending", "pending"): "they are already waiting to confirm",
+}
+
+
+def email_hash(email: str) -> str:
+    """The suppression key: a hash of the lower-cased address.
+
+    Unkeyed on purpose, so it survives secret-key rotation; it is only ever
+    compared, never shown.
+    """
+    return hashlib.sha256(("funnel:" + email.strip().lower()).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    id: int
+    email: str | None
+    name: str
+    timezone: str | None
+    source: str
+    status: str
+    created_at: str
+    confirmed_at: str | None
+    confirm_nonce: str | None
+    confirm_sent_at: str | None
+
+    @classmethod
+    def from_row(cls, row: dict) -> Subscriber:
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+    @property
+    def first_name(self) -> str:
+        return self.name.split()[0] if self.name.strip() else ""
+
+
+_COLUMNS = ", ".join(Subscriber.__dataclass_fields__)
+
+
+def get(db, subscriber_id: int) -> Subscriber:
+    row = db.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"subscriber {subscriber_id} does not exist")
+    return Subscriber(*row)
+
+
+def find(db, email: str) -> Subscriber | None:
+    row = db.execute(
+        f"SELECT {_COLUMNS} FROM subscribers WHERE email_hash = ?", (email_hash(email),)
+    ).fetchone()
+    return Subscriber(*row) if row else None
+
+
+def get_by_email(db, email: str) -> Subscriber:
+    sub = find(db, email)
+    if sub is None:
+        raise NotFound(f"email: no subscriber with the address {email!r}")
+    return sub
+
+
+def is_suppressed(db, email: str) -> bool:
+    row = db.execute("SELECT 1 FROM suppressions WHERE email_hash = ?", (email_hash(email),)).fetchone()
+    return row is not None
+
+
+def can_transition(old: str, new: str) -> bool:
+    return new in ALLOWED.get(old, frozenset())
+
+
+def transition(db, subscriber_id: int, new: str, now: datetime, *, ref: str | None = None,
+               data: dict | None = None) -> Subscriber:
+    """Move a subscriber to ``new`` or raise TransitionError saying why not."""
+    with transaction(db):
+        sub = get(db, subscriber_id)
+        if not can_transition(sub.status, new):
+            why = _WHY.get((sub.status, new), f"{sub.status!r} cannot become {new!r}")
+            raise TransitionError(f"subscriber {subscriber_id} is {sub.status}: {why}.")
+        fields = {"status": new, "updated_at": iso(now)}
+        if new == "active":
+            fields["confirmed_at"] = iso(now)
+            fields["confirm_nonce"] = None
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        db.execute(f"UPDATE subscribers SET {sets} WHERE id = ?", (*fields.values(), subscriber_id))
+        if new in SUPPRESSING:
+            db.execute(
+                "INSERT OR IGNORE INTO suppressions (email_hash, reason, at) "
+                "SELECT email_hash, ?, ? FROM subscribers WHERE id = ?",
+                (SUPPRESSING[new], iso(now), subscriber_id),
+            )
+        if new in ("unsubscribed", "bounced", "complained", "erased"):
+            db.execute(
+                "UPDATE subscriptions SET status = 'unsubscribed', updated_at = ? "
+                "WHERE subscriber_id = ? AND status != 'unsubscribed'",
+                (iso(now), subscriber_id),
+            )
+            cancel_queued(db, subscriber_id, now, reason=f"subscriber {new}")
+        if new == "erased":
+            _forget(db, subscriber_id, now)
+        event = {"active": "confirmed", "pending": "resubscribed"}.get(new, new)
+        log_event(db, event, now, subscriber_id, ref, json.dumps(data) if data else None)
+    return get(db, subscriber_id)
+
+
+def _forget(db, subscriber_id: int, now: datetime) -> None:
+    """Remove everything personal; the hash stays, on the suppression list."""
+    db.execute(
+        "UPDATE subscribers SET email = NULL, name = '', timezone = NULL, source = '', "
+        "confirm_nonce = NULL WHERE id = ?", (subscriber_id,),
+    )
+    db.execute(
+        "UPDATE consent SET ip = NULL, user_agent = NULL, note = NULL, source = '' WHERE subscriber_id = ?",
+        (subscriber_id,),
+    )
+    db.execute(
+        "INSERT INTO consent (subscriber_id, purpose, action, at, source) VALUES (?, 'newsletter', 'erased', ?, '')",
+        (subscriber_id, iso(now)),
+    )
+    db.execute(
+        "UPDATE outbox SET to_addr = NULL, data = NULL, last_error = NULL WHERE subscriber_id = ?", (subscriber_id,)
+    )
+    db.execute("UPDATE bounces SET diagnostic = NULL, source = NULL WHERE subscriber_id = ?", (subscriber_id,))
+    db.execute("UPDATE events SET data = NULL WHERE subscriber_id = ?", (subscriber_id,))
+
+
+def cancel_queued(db, subscriber_id: int, now: datetime, *, stream: str | None = None,
+                  reason: str = "") -> int:
+    """Cancel unsent rows for a subscriber (one stream, or all); returns how many.
+
+    Rows already handed to the SMTP server (``sending``) are left alone: they
+    are in flight and cannot be recalled.
+    """
+    sql = (
+        "UPDATE outbox SET status = 'cancelled', updated_at = ?, last_error = ?, lease_token = NULL "
+        "WHERE subscriber_id = ? AND status IN ('queued', 'retry')"
+    )
+    params: list = [iso(now), reason or "cancelled", subscriber_id]
+    if stream is not None:
+        sql += " AND stream = ?"
+        params.append(stream)
+    return db.execute(sql, params).rowcount
+
+
+# ----------------------------------------------------------------- streams
+def subscriptions(db, subscriber_id: int) -> dict[str, dict]:
+    rows = db.execute(
+        "SELECT stream, status, paused_until FROM subscriptions WHERE subscriber_id = ? ORDER BY stream",
+        (subscriber_id,),
+    ).fetchall()
+    return {r[0]: {"status": r[1], "paused_until": r[2]} for r in rows}
+
+
+def set_subscription(db, subscriber_id: int, stream: str, status: str, now: datetime,
+                     paused_until: datetime | None = None) -> None:
+    """Subscribe, pause or unsubscribe one stream.  Unsubscribing cancels its queue."""
+    if status not in STREAM_STATES:
+        raise TransitionError(f"stream status {status!r} is not one of {', '.join(STREAM_STATES)}")
+    with transaction(db):
+        sub = get(db, subscriber_id)
+        if status != "unsubscribed" and sub.status not in ("active", "pending"):
+            raise TransitionError(
+                f"subscriber {subscriber_id} is {sub.status}; streams can only be turned on "
+                "for active subscribers."
+            )
+        db.execute(
+            "INSERT INTO subscriptions (subscriber_id, stream, status, paused_until, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (subscriber_id, stream) DO UPDATE SET "
+            "status = excluded.status, paused_until = excluded.paused_until, updated_at = excluded.updated_at",
+            (subscriber_id, stream, status, iso(paused_until) if paused_until else None, iso(now)),
+        )
+        if status == "unsubscribed":
+            cancel_queued(db, subscriber_id, now, stream=stream, reason=f"unsubscribed from {stream}")
+            log_event(db, "unsubscribed", now, subscriber_id, stream)
+        else:
+            log_event(db, "preferences", now, subscriber_id, stream, json.dumps({"status": status}))
+
+
+def unsubscribe(db, subscriber_id: int, now: datetime, *, stream: str | None = None,
+                source: str = "") -> Subscriber:
+    """Unsubscribe from one stream, or from everything.  Safe to repeat."""
+    with transaction(db):
+        sub = get(db, subscriber_id)
+        if stream is not None:
+            set_subscription(db, subscriber_id, stream, "unsubscribed", now)
+            return get(db, subscriber_id)
+        if sub.status in ("unsubscribed", "bounced", "complained", "erased"):
+            return sub  # already out: repeating is harmless
+        db.execute(
+            "INSERT INTO consent (subscriber_id, purpose, action, at, source) VALUES (?, 'newsletter', 'withdrawn', ?, ?)",
+            (subscriber_id, iso(now), source),
+        )
+        return transition(db, subscriber_id, "unsubscribed", now, data={"source": source} if source else None)
+
+
+def suppress(db, subscriber_id: int, kind: str, now: datetime, *, detail: str = "") -> Subscriber:
+    """Mark a subscriber bounced or complained (suppressing the address)."""
+    if kind not in ("bounced", "complained"):
+        raise TransitionError(f"cannot suppress as {kind!r}; use 'bounced' or 'complained'")
+    sub = get(db, subscriber_id)
+    if sub.status == kind:
+        return sub
+    return transition(db, subscriber_id, kind, now, data={"detail": detail} if detail else None)
+
+
+def listing(db, *, status: str | None = None, limit: int = 50) -> list[dict]:
+    """Newest subscribers first, optionally of one status."""
+    sql = "SELECT id, email, name, timezone, status, created_at FROM subscribers"
+    params: list = []
+    if status:
+        sql += " WHERE status = ?"
+        params.append(status)
+    sql += " ORDER BY id DESC LIMIT ?"
+    params.append(limit)
+    return list(db.query(sql, params))

@@ -1,0 +1,284 @@
+"""Signup, pending, confirm: double opt-in with a consent ledger.
+
+``signup`` never sends mail itself: it queues the confirmation in the outbox
+(DESIGN.md rule 4), so the web form answers in the same time whatever the
+address's state, and a slow SMTP server never slows a reader down.
+
+What a repeat signup does depends on where the address stands:
+
+=============  ===========================================================
+new            pending record, consent row, confirmation queued
+pending        a fresh confirmation, at most one per address per 24 h
+active         nothing (the form still says "check your inbox")
+unsubscribed   a fresh opt-in: back to pending, new confirmation
+suppressed     nothing (bounced, complained or erased addresses)
+=============  ===========================================================
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+
+from funnel.db import iso, log_event, parse_iso, transaction
+from funnel.errors import InputError, TokenError
+from funnel.settings import Settings
+
+from . import lifecycle, tokens
+
+MAX_NAME = 100
+MAX_SOURCE = 100
+CONFIRM_PRIORITY = 0  # transactional mail goes before everything else
+
+
+@dataclass(frozen=True)
+class SignupResult:
+    subscriber_id: int | None
+    action: str  # created | resent | throttled | already_active | restarted | suppressed
+    outbox_id: int | None = None
+
+
+# ----------------------------------------------------------------- validation
+# RFC 5322 dot-atom local part, ASCII only.  See clean_email for why.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_LOCAL = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*\Z")
+
+
+@lru_cache(maxsize=4096)
+def _normalized_domain(domain: str) -> str | None:
+    """email-validator's verdict on a domain, cached: lists repeat domains a lot."""
+    try:
+        return validate_email(f"a@{domain}", check_deliverability=False).domain
+    except EmailNotValidError:
+        return None
+
+
+def clean_email(raw: str, field: str = "email") -> str:
+    """Validate the syntax (no DNS) and return the normalised address.
+
+    Speed: email-validator costs ~35 us an address, almost all of it in
+    checking the domain (IDNA/UTS-46), which repeats across a list.  For the
+    common case, a plain ASCII dot-atom local part, we check the local part
+    with the RFC 5322 grammar and take the cached email-validator verdict on
+    the domain; everything else goes through email-validator whole.
+    ``tests/test_emails.py`` checks the fast path against email-validator.
+    """
+    raw = (raw or "").strip()
+    if not raw:
+        raise InputError(f"{field}: an email address is required")
+    if len(raw) > 254:
+        raise InputError(f"{field}: the address is longer than 254 characters")
+    local, at, domain = raw.rpartition("@")
+    if at and raw.isascii() and len(local) <= 64 and _SIMPLE_LOCAL.match(local):
+        normalized = _normalized_domain(domain)
+        if normalized is not None:
+            return f"{local}@{normalized}"
+    try:
+        return validate_email(raw, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise InputError(f"{field}: {raw!r} is not a valid email address ({exc})") from exc
+
+
+def clean_name(raw: str | None, field: str = "name") -> str:
+    """A display name: no line breaks or control characters, at most 100 characters.
+
+    Encoded newlines (``=?utf-8?q?=0A?=``) are caught later by the header
+    function too; rejecting them here keeps them out of the database.
+    """
+    name = (raw or "").strip()
+    if len(name) > MAX_NAME:
+        raise InputError(f"{field}: the name is longer than {MAX_NAME} characters")
+    if any(c in name for c in "\r\n\x00") or any(
+        unicodedata.category(c) == "Cc" for c in name
+    ):
+        raise InputError(f"{field}: the name contains a line break or control character")
+    lowered = name.lower()
+    if "=?" in lowered and "?=" in lowered and ("=0a" in lowered or "=0d" in lowered or "=00" in lowered):
+        raise InputError(f"{field}: the name contains an encoded line break")
+    if "%0a" in lowered or "%0d" in lowered:
+        raise InputError(f"{field}: the name contains an encoded line break")
+    return " ".join(name.split())
+
+
+def clean_timezone(raw: str | None, field: str = "timezone") -> str | None:
+    tz = (raw or "").strip()
+    if not tz:
+        return None
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InputError(f"{field}: unknown time zone {tz!r} (use an IANA name like Europe/London)") from exc
+    return tz
+
+
+def clean_source(raw: str | None, field: str = "source") -> str:
+    source = (raw or "").strip()
+    if len(source) > MAX_SOURCE or any(unicodedata.category(c) == "Cc" for c in source):
+        raise InputError(f"{field}: must be at most {MAX_SOURCE} printable characters")
+    return source
+
+
+# ----------------------------------------------------------------- signup
+def signup(
+    db,
+    settings: Settings,
+    email: str,
+    now: datetime,
+    *,
+    name: str = "",
+    timezone: str | None = None,
+    source: str = "",
+    ip: str | None = None,
+    user_agent: str | None = None,
+    consent_version: str | None = None,
+) -> SignupResult:
+    """Record a signup and queue the confirmation email (one transaction)."""
+    email = clean_email(email)
+    name = clean_name(name)
+    timezone = clean_timezone(timezone)
+    source = clean_source(source)
+    user_agent = (user_agent or "")[:300] or None
+    version = consent_version or settings.consent_version
+    with transaction(db):
+        if lifecycle.is_suppressed(db, email):
+            return SignupResult(None, "suppressed")
+        sub = lifecycle.find(db, email)
+        if sub is None:
+            nonce = secrets.token_urlsafe(12)
+            cur = db.execute(
+                "INSERT INTO subscribers (email, email_hash, name, timezone, source, status, "
+                "confirm_nonce, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                (email, lifecycle.email_hash(email), name, timezone, source, nonce, iso(now), iso(now)),
+            )
+            sid = cur.lastrowid
+            action = "created"
+            log_event(db, "subscribed", now, sid, source or None)
+        elif sub.status == "active":
+            return SignupResult(sub.id, "already_active")
+        elif sub.status == "pending":
+            sid = sub.id
+            last = parse_iso(sub.confirm_sent_at)
+            if last is not None and now - last < timedelta(hours=settings.confirm_resend_hours):
+                return SignupResult(sid, "throttled")
+            action = "resent"
+            _update_details(db, sid, name, timezone, now)
+        elif sub.status == "unsubscribed":
+            sid = sub.id
+            lifecycle.transition(db, sid, "pending", now)
+            db.execute(
+                "UPDATE subscribers SET confirm_nonce = ?, source = ? WHERE id = ?",
+                (secrets.token_urlsafe(12), source or sub.source, sid),
+            )
+            _update_details(db, sid, name, timezone, now)
+            action = "restarted"
+        else:  # bounced / complained / erased are suppressed above; be safe anyway
+            return SignupResult(sub.id, "suppressed")
+        db.execute(
+            "INSERT INTO consent (subscriber_id, purpose, action, at, source, ip, user_agent, "
+            "consent_text_version) VALUES (?, 'newsletter', 'requested', ?, ?, ?, ?, ?)",
+            (sid, iso(now), source, ip, user_agent, version),
+        )
+        outbox_id = queue_confirmation(db, settings, sid, email, now)
+    return SignupResult(sid, action, outbox_id)
+
+
+def _update_details(db, sid: int, name: str, timezone: str | None, now: datetime) -> None:
+    """A repeat signup may bring a name or zone we didn't have."""
+    if name:
+        db.execute("UPDATE subscribers SET name = ? WHERE id = ?", (name, sid))
+    if timezone:
+        db.execute("UPDATE subscribers SET timezone = ? WHERE id = ?", (timezone, sid))
+    db.execute("UPDATE subscribers SET updated_at = ? WHERE id = ?", (iso(now), sid))
+
+
+def queue_confirmation(db, settings: Settings, subscriber_id: int, email: str, now: datetime) -> int | None:
+    """Queue the opt-in email; the token is signed when the message is built."""
+    from campaigns import outbox  # campaigns depends on subscribers, not the reverse
+
+    with transaction(db):
+        outbox_id = outbox.enqueue(
+            db,
+            settings,
+            dedupe_key=f"confirm:{subscriber_id}:{iso(now)}",
+            kind="confirm",
+            subscriber_id=subscriber_id,
+            to_addr=email,
+            due_at=now,
+            now=now,
+            priority=CONFIRM_PRIORITY,
+            expires_at=now + timedelta(days=settings.confirm_max_age_days),
+        )
+        db.execute(
+            "UPDATE subscribers SET confirm_sent_at = ? WHERE id = ?", (iso(now), subscriber_id)
+        )
+        log_event(db, "confirmation_queued", now, subscriber_id)
+    return outbox_id
+
+
+# ----------------------------------------------------------------- confirm
+def confirm(
+    db,
+    settings: Settings,
+    token: str,
+    now: datetime,
+    *,
+    ip: str | None = None,
+    user_agent: str | None = None,
+    source: str = "link",
+) -> lifecycle.Subscriber:
+    """Confirm a subscription from a confirm token.  Works once.
+
+    Raises TokenError (expired, tampered, wrong purpose, already used).
+    """
+    subscriber_id, nonce = tokens.read_confirm_token(settings, token, now)
+    with transaction(db):
+        try:
+            sub = lifecycle.get(db, subscriber_id)
+        except Exception as exc:
+            raise TokenError("This link is not valid.") from exc
+        if sub.status != "pending" or not sub.confirm_nonce or not secrets.compare_digest(
+            sub.confirm_nonce, nonce
+        ):
+            raise TokenError("This confirmation link has already been used or replaced by a newer one.")
+        sub = lifecycle.transition(db, subscriber_id, "active", now)
+        db.execute(
+            "INSERT INTO consent (subscriber_id, purpose, action, at, source, ip, user_agent, "
+            "consent_text_version) VALUES (?, 'newsletter', 'confirmed', ?, ?, ?, ?, ?)",
+            (subscriber_id, iso(now), source, ip, (user_agent or "")[:300] or None, settings.consent_version),
+        )
+        for stream in default_streams(settings):
+            lifecycle.set_subscription(db, subscriber_id, stream, "subscribed", now)
+        for hook in CONFIRM_HOOKS:
+            hook(db, settings, subscriber_id, now)
+    return sub
+
+
+def default_streams(settings: Settings) -> list[str]:
+    return ["broadcasts", "webinars", *(f"series:{slug}" for slug in settings.enroll_series)]
+
+
+#: Called inside the confirm transaction as hook(db, settings, subscriber_id, now).
+#: The delivery engine registers series enrollment here.
+CONFIRM_HOOKS: list = []
+
+
+def activate_imported(db, settings: Settings, subscriber_id: int, now: datetime, note: str) -> None:
+    """Pre-confirmed import: active at once, with the admin's consent note on record."""
+    with transaction(db):
+        lifecycle.transition(db, subscriber_id, "active", now)
+        db.execute(
+            "INSERT INTO consent (subscriber_id, purpose, action, at, source, consent_text_version, note) "
+            "VALUES (?, 'newsletter', 'imported', ?, 'import', ?, ?)",
+            (subscriber_id, iso(now), settings.consent_version, note),
+        )
+        for stream in default_streams(settings):
+            lifecycle.set_subscription(db, subscriber_id, stream, "subscribed", now)
+        for hook in CONFIRM_HOOKS:
+            hook(db, settings, subscriber_id, now)

@@ -1,0 +1,190 @@
+"""Shared fixtures: a temp database, a fixed clock and a live SMTP server.
+
+Everything here is real except the clock: a real SQLite file on disk and a
+real aiosmtpd server on a free loopback port, receiving the bytes our sender
+writes, which tests parse with the stdlib ``email`` package.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer
+
+from funnel.db import connect
+from funnel.settings import test_settings
+
+REPO = Path(__file__).resolve().parents[1]
+SEEDS = REPO.parent / "shared" / "seeds"
+
+
+def seeds_dir() -> Path:
+    if not SEEDS.is_dir():
+        pytest.skip(f"the clinic's seed articles are not at {SEEDS}")
+    return SEEDS
+
+
+# ----------------------------------------------------------------- clock
+class FakeClock:
+    """A settable clock; call it to read the time."""
+
+    def __init__(self, start: datetime | None = None):
+        self.now = start or datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs) -> datetime:
+        self.now += timedelta(**kwargs)
+        return self.now
+
+    def set(self, when: datetime) -> datetime:
+        self.now = when
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+# ----------------------------------------------------------------- SMTP server
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> email.message.EmailMessage:
+        return email.message_from_bytes(self.data, policy=email.policy.default)
+
+    def part(self, subtype: str) -> str:
+        for part in self.message.walk():
+            if part.get_content_type() == f"text/{subtype}":
+                return part.get_content()
+        raise AssertionError(f"no text/{subtype} part")
+
+    def links(self) -> list[str]:
+        return re.findall(r"https?://[^\s\"'<>)]+", self.part("plain"))
+
+
+@dataclass
+class SmtpSink:
+    """What the live server received, plus per-recipient scripted replies."""
+
+    host: str
+    port: int
+    messages: list[Received] = field(default_factory=list)
+    #: recipient -> reply for RCPT TO, e.g. {"x@y": "550 5.1.1 no such user"}
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    #: reply for DATA (None = 250)
+    data_reply: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}"
+
+    def to(self, addr: str) -> list[Received]:
+        return [m for m in self.messages if addr in m.rcpt_tos]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.messages.clear()
+
+
+class _Handler:
+    def __init__(self, sink: SmtpSink):
+        self.sink = sink
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.sink.rcpt_replies.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.sink.data_reply:
+            return self.sink.data_reply
+        with self.sink.lock:
+            self.sink.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content or envelope.content))
+            )
+        return "250 Message accepted for delivery"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Controller(Controller):
+    def factory(self):
+        return SMTPServer(self.handler, enable_SMTPUTF8=True, decode_data=False, hostname="sink.test")
+
+
+@pytest.fixture
+def smtp_server():
+    port = free_port()
+    sink = SmtpSink("127.0.0.1", port)
+    controller = _Controller(_Handler(sink), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+# ----------------------------------------------------------------- settings / db
+@pytest.fixture
+def settings(tmp_path, smtp_server):
+    return test_settings(tmp_path, smtp_urls=(smtp_server.url,))
+
+
+@pytest.fixture
+def offline_settings(tmp_path):
+    """Settings pointing at a port nobody listens on."""
+    return test_settings(tmp_path, smtp_urls=(f"smtp://127.0.0.1:{free_port()}?timeout=2",))
+
+
+@pytest.fixture
+def db(settings):
+    database = connect(settings.db, migrate=True)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def cli_env(settings, monkeypatch):
+    """Environment so `funnel` subprocesses and CliRunner use the test settings."""
+    env = {
+        "FUNNEL_DB": settings.db,
+        "FUNNEL_SECRET_KEYS": ",".join(settings.secret_keys),
+        "FUNNEL_BASE_URL": settings.base_url,
+        "FUNNEL_FROM": settings.from_addr,
+        "FUNNEL_SITE_NAME": settings.site_name,
+        "FUNNEL_POSTAL_ADDRESS": settings.postal_address,
+        "FUNNEL_SMTP_URL": ",".join(settings.smtp_urls),
+        "FUNNEL_APPOINTMENT_URL": settings.appointment_url,
+        "FUNNEL_PROGRAMME_URL": settings.programme_url,
+        "FUNNEL_CONFIG": str(Path(settings.db).with_name("absent.toml")),
+    }
+    for key in list(os.environ):
+        if key.startswith("FUNNEL_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env

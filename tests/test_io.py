@@ -1,0 +1,148 @@
+"""CSV import, export and erase against a real SQLite file."""
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from funnel.errors import InputError
+from subscribers import lifecycle, optin, tokens
+from subscribers.io import ImportRejected, erase, import_csv, write_export
+
+
+def write(tmp_path: Path, text: str | bytes, name="people.csv") -> Path:
+    p = tmp_path / name
+    if isinstance(text, bytes):
+        p.write_bytes(text)
+    else:
+        p.write_text(text, encoding="utf-8")
+    return p
+
+
+def count(db, table):
+    return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+MESSY = (
+    "\ufeffEmail, Name ,TZ,source\r\n"
+    "ana@example.com,Ana Silva,Europe/Lisbon,clinic\r\n"
+    "\r\n"
+    "  BEN@Example.COM ,Ben,,\r\n"
+    '"chloé@exämple.com","Chloé ""CJ"" Jones",America/New_York,\r\n'
+)
+
+
+def test_import_messy_file(db, settings, clock, tmp_path):
+    report = import_csv(db, settings, write(tmp_path, MESSY), clock())
+    assert (report.imported, report.problems) == (3, [])
+    rows = db.execute("SELECT email, name, timezone, source, status FROM subscribers ORDER BY id").fetchall()
+    assert rows == [
+        ("ana@example.com", "Ana Silva", "Europe/Lisbon", "clinic", "pending"),
+        ("BEN@example.com", "Ben", None, "import", "pending"),
+        ("chloé@exämple.com", 'Chloé "CJ" Jones', "America/New_York", "import", "pending"),
+    ]
+    assert count(db, "outbox") == 3  # one confirmation each
+    assert count(db, "consent") == 3
+    # A second import of the same file adds nobody (case-insensitive dedupe against the database).
+    again = import_csv(db, settings, write(tmp_path, MESSY.replace("BEN@", "ben@")), clock())
+    assert (again.imported, again.already_present) == (0, 3)
+
+
+def test_bad_rows_reject_the_whole_file(db, settings, clock, tmp_path):
+    text = (
+        "email,name,timezone\n"
+        "good@example.com,Good,\n"
+        "not-an-email,Bad,\n"
+        "good2@example.com,Eve\u2028,Mars/Base\n"
+        "GOOD@example.com,Dupe,\n"
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(ImportRejected) as err:
+        import_csv(db, settings, path, clock())
+    problems = err.value.report.problems
+    assert problems[0].startswith(f"{path}:3: email: 'not-an-email' is not a valid email address")
+    assert problems[1] == f"{path}:4: timezone: unknown time zone 'Mars/Base' (use an IANA name like Europe/London)"
+    assert problems[2] == f"{path}:5: duplicate of line 2 (GOOD@example.com)"
+    assert "nothing was imported" in str(err.value) and "\n" not in str(err.value)
+    assert count(db, "subscribers") == 0 and count(db, "outbox") == 0 and count(db, "consent") == 0
+
+
+def test_skip_invalid_imports_the_good_rows(db, settings, clock, tmp_path):
+    text = "email,name\ngood@example.com,Good\nbad@,Bad\nok@example.com,\"Line\nBreak\"\nfine@example.com,\n"
+    report = import_csv(db, settings, write(tmp_path, text), clock(), skip_invalid=True)
+    assert report.imported == 2
+    assert len(report.problems) == 2
+    assert "name: the name contains a line break" in report.problems[1]
+    assert {r[0] for r in db.execute("SELECT email FROM subscribers")} == {"good@example.com", "fine@example.com"}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "the file is empty"),
+        (b"   \n", "the file is empty"),
+        (b"name,timezone\nAna,\n", ":1: missing column 'email'"),
+        (b"email,shoe_size\na@example.com,9\n", ":1: unknown column 'shoe_size'"),
+        (b"email,name\na@example.com,Andr\xe9\n", ":2: the file is not UTF-8 text"),
+    ],
+)
+def test_broken_files(db, settings, clock, tmp_path, content, message):
+    path = write(tmp_path, content)
+    with pytest.raises(InputError, match=message):
+        import_csv(db, settings, path, clock())
+    assert count(db, "subscribers") == 0
+
+
+def test_pre_confirmed_needs_a_consent_note(db, settings, clock, tmp_path):
+    path = write(tmp_path, "email\na@example.com\n")
+    with pytest.raises(InputError, match="^--consent-note: "):
+        import_csv(db, settings, path, clock(), pre_confirmed=True)
+    report = import_csv(db, settings, path, clock(), pre_confirmed=True, consent_note="paper form, 2026")
+    assert report.imported == 1
+    sub = lifecycle.find(db, "a@example.com")
+    assert sub.status == "active"
+    assert db.execute("SELECT action, note FROM consent").fetchall() == [("imported", "paper form, 2026")]
+    assert count(db, "outbox") == 0
+    assert lifecycle.subscriptions(db, sub.id)["broadcasts"]["status"] == "subscribed"
+
+
+def test_export_csv_and_json_with_consent(db, settings, clock):
+    sid = optin.signup(db, settings, "ana@example.com", clock(), name="Ana", ip="203.0.113.5", source="form").subscriber_id
+    optin.confirm(db, settings, tokens.confirm_token(settings, sid, lifecycle.get(db, sid).confirm_nonce, clock()),
+                  clock(), ip="203.0.113.6")
+    optin.signup(db, settings, "ben@example.com", clock())
+    out = io.StringIO()
+    assert write_export(db, out, "csv") == 2
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert rows[0]["email"] == "ana@example.com" and rows[0]["consent_ip"] == "203.0.113.6"
+    assert rows[1]["status"] == "pending"
+    out = io.StringIO()
+    assert write_export(db, out, "json", email="ANA@example.com") == 1
+    (person,) = json.loads(out.getvalue())
+    assert [c["action"] for c in person["consent"]] == ["requested", "confirmed"]
+    assert person["consent"][0]["ip"] == "203.0.113.5"
+
+
+def test_erase_leaves_only_a_hash_and_the_file_forgets_the_address(db, settings, clock):
+    address = "forget.me.please@example.com"
+    sid = optin.signup(db, settings, address, clock(), name="Forgettable Name", ip="203.0.113.77",
+                       user_agent="UniqueAgent/1.0").subscriber_id
+    optin.signup(db, settings, "keep@example.com", clock(), name="Keeper")
+    erase(db, address, clock())
+    sub = lifecycle.get(db, sid)
+    assert (sub.status, sub.email, sub.name) == ("erased", None, "")
+    assert lifecycle.is_suppressed(db, address)
+    assert optin.signup(db, settings, address, clock()).action == "suppressed"
+    db.close()
+    blob = b"".join(p.read_bytes() for p in Path(settings.db).parent.glob("funnel.db*"))
+    for needle in (address, "Forgettable", "203.0.113.77", "UniqueAgent"):
+        assert needle.encode() not in blob, needle
+    assert b"keep@example.com" in blob
+
+
+def test_erase_unknown_address_still_suppresses(db, settings, clock):
+    with pytest.raises(InputError, match="suppressed anyway"):
+        erase(db, "stranger@example.com", clock())
+    assert lifecycle.is_suppressed(db, "stranger@example.com")
