@@ -392,6 +392,10 @@ def transaction(db: sqlite_utils.Database, *, immediate: bool = True) -> Iterato
         raise _db_error(db_path(db), exc) from exc
     try:
         yield db
+    except sqlite3.OperationalError as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise _db_error(db_path(db), exc) from exc
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
