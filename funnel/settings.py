@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -276,6 +276,12 @@ def _validate(s: Settings) -> Settings:
     for name in ("quiet_start_hour", "quiet_end_hour"):
         if not 0 <= getattr(s, name) <= 23:
             raise SettingsError(f"{env(name)}: must be an hour from 0 to 23")
+    if s.dev:
+        # Dev mode runs on embedded defaults: give the CTA buttons somewhere to go.
+        s = s.replace(
+            appointment_url=s.appointment_url or "https://clinic.example/appointments",
+            programme_url=s.programme_url or "https://clinic.example/28-day-programme",
+        )
     for name in ("appointment_url", "programme_url"):
         value = getattr(s, name)
         if value and urlsplit(value).scheme not in ("http", "https"):
@@ -337,5 +343,4 @@ __all__ = [
     "parse_smtp_url",
     "test_settings",
     "DEV_SECRET_KEY",
-    "field",
 ]
