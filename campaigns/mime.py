@@ -1,0 +1,660 @@
+"""Message assembly: safe header values and a fast, hand-built MIME path.
+
+Why MIME is assembled by hand
+-----------------------------
+Building a message with :class:`email.message.EmailMessage` and ``as_bytes()``
+costs about 1.7 ms, 93% of the CPU spent on one outgoing message (see
+DESIGN.md, "Performance facts").  The bytes we need are simple and always have
+the same shape, so :func:`compose` joins them by hand: ``binascii.b2a_qp`` (C)
+for the text and HTML parts, ``base64.encodebytes`` for attachments, CRLF line
+ends everywhere.  That takes roughly a tenth of the time (``bench/mime.py``).
+
+Hand-written MIME is easy to get subtly wrong, so :func:`compose_stdlib` builds
+the same message with the standard library and ``tests/test_mime.py`` parses
+both with the stdlib parser and compares them header by header and part by part
+over many generated inputs.  ``compose_stdlib`` is also the "naive pipeline" in
+the benchmark.  (The stdlib is also wrong for us in one place: with the SMTP
+policy it turns a List-Unsubscribe URL longer than a line into RFC 2047
+encoded words, which mail clients do not decode in that header.)
+
+Why header values go through one function
+-----------------------------------------
+A CR or LF that reaches a header lets the author of a name or subject add
+headers (``"\\r\\nBcc: x@y"``).  Python 3.11.7 has CVE-2024-6923: the email
+package can serialise a newline hidden in an RFC 2047 encoded word
+(``=?utf-8?q?a=0Ab?=``) as a real line break.  So :func:`header_value` is the
+single door for user data into a header: it rejects line breaks and other
+control characters, also *inside* anything that looks like an encoded word, and
+encodes the rest itself.  We do not rely on the email package for this.
+
+Dot-stuffing (a body line starting with ".") is the transport's job:
+``smtplib.SMTP.data``/``sendmail`` doubles leading dots; a raw-socket sender
+must do the same.  ``b2a_qp`` already encodes a line consisting of a lone ".".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.policy
+import functools
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from urllib.parse import quote
+
+from email_validator import EmailNotValidError, validate_email
+
+from funnel.errors import InputError
+
+__all__ = [
+    "Attachment",
+    "compose",
+    "compose_stdlib",
+    "format_address",
+    "header_value",
+    "make_message_id",
+]
+
+CRLF = b"\r\n"
+#: Folding target (RFC 5322 2.1.1: lines SHOULD be <= 78 characters).
+MAX_LINE = 78
+#: RFC 2047: an encoded word is at most 75 characters.
+MAX_ENCODED_WORD = 75
+#: When the caller does not say which header the value follows, assume a name
+#: this long (len("List-Unsubscribe-Post: ") == 23) for the first line.
+DEFAULT_OFFSET = 25
+
+# Characters that never reach a header.  CR, LF and NUL are the injection
+# vectors; the other C0 controls and DEL are not allowed in RFC 5322 text
+# either.  TAB is allowed: it is ordinary folding whitespace.  U+0085, U+2028
+# and U+2029 are not controls in the header grammar, but Python's
+# str.splitlines() treats them (and \x0b, \x0c, \x1c-\x1e) as line breaks, and
+# the email package has split headers on them before; rejecting them costs
+# nothing a real name or subject needs.
+_FORBIDDEN = "".join(chr(c) for c in range(32) if c != 9) + "\x7f\x85\u2028\u2029"
+_FORBIDDEN_RE = re.compile("[" + re.escape(_FORBIDDEN) + "]")
+_FORBIDDEN_BYTES_RE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+
+# Anything a liberal decoder might take for an RFC 2047 encoded word: any
+# charset (with or without *language), B or Q in either case, and a payload
+# that may contain spaces (the stdlib's own email.header.ecre accepts those).
+_ENCODED_WORD_RE = re.compile(r"=\?([^?]*)\?([bBqQ])\?(.*?)\?=", re.DOTALL)
+_Q_HEX_RE = re.compile(rb"=([0-9a-fA-F]{2})")
+_B64_JUNK_RE = re.compile(rb"[^A-Za-z0-9+/]")
+
+# Characters that may appear literally inside a Q encoded word in *any*
+# context, including a display name (RFC 2047 section 5 rule 3).
+_Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
+
+_LINE_BREAK_MESSAGE = "contains a line break, which is not allowed in an email header"
+_CONTROL_MESSAGE = "contains a control character, which is not allowed in an email header"
+
+
+# --------------------------------------------------------------------------
+# Header values
+
+
+def _reject_controls(text: str, field: str) -> None:
+    m = _FORBIDDEN_RE.search(text)
+    if m:
+        message = _LINE_BREAK_MESSAGE if m.group() in "\r\n\x0b\x0c\x85\u2028\u2029" else None
+        raise InputError(f"{field}: {message or _CONTROL_MESSAGE}")
+
+
+def _decode_liberally(encoding: str, payload: str) -> bytes:
+    """Decode an encoded word's payload the way the most forgiving client would."""
+    raw = payload.encode("latin-1", "replace")
+    if encoding in "qQ":
+        return _Q_HEX_RE.sub(lambda m: bytes.fromhex(m.group(1).decode()), raw.replace(b"_", b" "))
+    data = _B64_JUNK_RE.sub(b"", raw)
+    if len(data) % 4 == 1:  # a lone trailing character carries no whole byte
+        data = data[:-1]
+    try:
+        return base64.b64decode(data + b"=" * (-len(data) % 4))
+    except binascii.Error:  # pragma: no cover - cleaned input always decodes
+        return b""
+
+
+def _check_encoded_words(text: str, field: str, depth: int = 0) -> None:
+    """Reject controls hidden in anything that a client could decode as RFC 2047.
+
+    Matches are tried at every "=?" so overlapping candidates are covered, and
+    decoded text is checked again (a client might decode twice).
+    """
+    start = text.find("=?")
+    while start != -1:
+        m = _ENCODED_WORD_RE.match(text, start)
+        if m:
+            charset, encoding, payload = m.groups()
+            decoded = _decode_liberally(encoding, payload)
+            if _FORBIDDEN_BYTES_RE.search(decoded):
+                hit = _FORBIDDEN_BYTES_RE.search(decoded).group()
+                kind = _LINE_BREAK_MESSAGE if hit in b"\r\n\x0b\x0c" else _CONTROL_MESSAGE
+                raise InputError(f"{field}: {kind} (inside the encoded word {m.group()[:40]!r})")
+            try:
+                as_text = decoded.decode(charset.split("*")[0] or "ascii", "replace")
+            except LookupError:
+                as_text = decoded.decode("latin-1")
+            _reject_controls(as_text, field)
+            if depth < 2 and "=?" in as_text:
+                _check_encoded_words(as_text, field, depth + 1)
+        start = text.find("=?", start + 1)
+
+
+def check_header_text(value: str, field: str) -> None:
+    """Raise InputError naming *field* if *value* must never reach a header."""
+    if not isinstance(value, str):
+        raise InputError(f"{field}: expected text, got {type(value).__name__}")
+    _reject_controls(value, field)
+    if "=?" in value:
+        _check_encoded_words(value, field)
+
+
+def _q_char(ch: str) -> str:
+    if ch == " ":
+        return "_"
+    return "".join(chr(b) if b in _Q_SAFE else f"={b:02X}" for b in ch.encode("utf-8"))
+
+
+def _encoded_words(value: str, first_budget: int) -> list[str]:
+    """Split *value* into RFC 2047 utf-8 encoded words, whole characters each.
+
+    The first word is at most *first_budget* characters long (so the first line
+    stays within 78), the others at most 75.  Q is used when it is shorter than
+    B (mostly-Latin text), B otherwise (CJK, emoji).  A word preferably ends
+    just after a space: CPython's address parser inserts a space between
+    adjacent encoded words in a display name (RFC 2047 says to drop the
+    whitespace), so splitting where the text already has a space makes both
+    readings agree modulo whitespace.
+    """
+    q_chars = [_q_char(ch) for ch in value]
+    sizes = [len(ch.encode("utf-8")) for ch in value]
+    use_q = sum(map(len, q_chars)) <= (sum(sizes) + 2) // 3 * 4
+    if use_q:
+        sizes = [len(q) for q in q_chars]
+    words: list[str] = []
+    budget = first_budget - 12  # 12 == len("=?utf-8?q?") + len("?=")
+    start, n = 0, len(value)
+    while start < n:
+        end, size, last_space = start, 0, -1
+        while end < n:
+            grown = size + sizes[end]
+            if end > start and (grown if use_q else (grown + 2) // 3 * 4) > budget:
+                break
+            size = grown
+            if value[end] == " ":
+                last_space = end
+            end += 1
+        if end < n and last_space >= start + (end - start) // 2:
+            end = last_space + 1
+        if use_q:
+            words.append("=?utf-8?q?" + "".join(q_chars[start:end]) + "?=")
+        else:
+            words.append(
+                "=?utf-8?b?" + base64.b64encode(value[start:end].encode("utf-8")).decode() + "?="
+            )
+        start, budget = end, MAX_ENCODED_WORD - 12
+    return words
+
+
+def _fold(pieces: list[str], offset: int) -> str:
+    """Join pieces, breaking the line (CRLF) before a piece that would pass 78.
+
+    Every piece but the first starts with whitespace, so each continuation
+    line begins with WSP and unfolding (deleting the CRLFs) restores the value.
+    """
+    out: list[str] = []
+    length = offset
+    for i, piece in enumerate(pieces):
+        if i and length + len(piece) > MAX_LINE and piece.strip():
+            out.append("\r\n")
+            length = 0
+        out.append(piece)
+        length += len(piece)
+    return "".join(out)
+
+
+def _needs_encoding(value: str) -> bool:
+    # Non-ASCII must be encoded; ASCII that merely *looks* like an encoded word
+    # is encoded too, so no client decodes it; a word too long to fold within
+    # 78 characters is encoded so it can be split across lines.
+    return (
+        not value.isascii()
+        or "=?" in value
+        or any(len(word) > MAX_LINE - 2 for word in value.split())
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _header_value(value: str, field: str, offset: int) -> str:
+    check_header_text(value, field)
+    if _needs_encoding(value):
+        words = _encoded_words(value, max(MAX_LINE - offset, 24))
+        return "\r\n ".join(words)
+    return _fold(re.findall(r"[ \t]*[^ \t]+|[ \t]+$", value), offset)
+
+
+def header_value(value: str, field: str, *, header_name: str = "") -> str:
+    """Return *value* ready to follow ``"Name: "`` in a message header.
+
+    Raises InputError naming *field* when the value contains CR, LF, NUL or any
+    other control character except TAB, or U+0085/U+2028/U+2029 — also when
+    such a character hides inside something a client could decode as an RFC
+    2047 encoded word, e.g. ``=?utf-8?q?a=0Ab?=`` (CVE-2024-6923).  Printable
+    ASCII passes through, folded at whitespace; anything else (non-ASCII, text
+    that looks like an encoded word, words too long to fold) becomes utf-8
+    encoded words of at most 75 characters, one per line.  The result contains
+    CRLF + space folds, so it is meant for hand-assembled messages; give
+    *header_name* so the first line is measured correctly.
+    """
+    offset = len(header_name) + 2 if header_name else DEFAULT_OFFSET
+    return _header_value(value, field, offset)
+
+
+# --------------------------------------------------------------------------
+# Addresses
+
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# A conservative subset of RFC 5321 syntax (dot-atom local part, host name with
+# an alphabetic TLD) accepted without calling email-validator, which costs
+# ~40 us per address -- a third of the whole message budget.  Anything else
+# goes through email-validator.
+_SIMPLE_ADDR_RE = re.compile(
+    rf"{_ATEXT}+(?:\.{_ATEXT}+)*@(?:{_LABEL}\.)+[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_address(addr: str, field: str) -> str:
+    check_header_text(addr, field)
+    if len(addr) <= 254 and _SIMPLE_ADDR_RE.fullmatch(addr) and len(addr.split("@")[0]) <= 64:
+        return addr
+    try:
+        # Syntax only: deliverability was checked (or not) when the address was
+        # collected; .test domains are allowed so tests and demos can use them.
+        result = validate_email(
+            addr, check_deliverability=False, allow_smtputf8=False, test_environment=True
+        )
+    except EmailNotValidError as exc:
+        raise InputError(f"{field}: {addr!r} is not a valid email address ({exc})") from None
+    return result.ascii_email or result.normalized
+
+
+def _display_name(name: str, field: str, offset: int) -> str:
+    check_header_text(name, field)
+    name = name.strip()  # as the stdlib does; outer whitespace is never shown
+    if not name:
+        return ""
+    if name.isascii() and "=?" not in name and len(name) + offset < MAX_LINE - 10:
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # Encoded words are never placed inside a quoted string (RFC 2047 5.3).
+    return "\r\n ".join(_encoded_words(name, max(MAX_LINE - offset, 24)))
+
+
+def format_address(
+    name: str,
+    addr: str,
+    field: str = "address",
+    *,
+    name_field: str | None = None,
+    header_name: str = "",
+) -> str:
+    """Return ``"Display Name" <addr>`` (or just ``addr``) safe for a header.
+
+    The address is checked for line breaks, then for syntax only
+    (email-validator, no DNS; IDN domains become punycode so the message stays
+    7-bit).  The name goes through the same checks as :func:`header_value`; a
+    printable ASCII name is quoted, anything else is RFC 2047 encoded.
+    """
+    offset = len(header_name) + 2 if header_name else DEFAULT_OFFSET
+    ascii_addr = _checked_address(addr, field)
+    shown = _display_name(name, name_field or f"{field} name", offset)
+    if not shown:
+        return ascii_addr
+    last_line = shown.rsplit("\r\n", 1)[-1]
+    start = offset if "\r\n" not in shown else 0
+    sep = "\r\n " if start + len(last_line) + len(ascii_addr) + 3 > MAX_LINE else " "
+    return f"{shown}{sep}<{ascii_addr}>"
+
+
+# --------------------------------------------------------------------------
+# Structured values that are never encoded
+
+_MSGID_RE = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
+_DOMAIN_RE = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
+_LIST_ID_RE = re.compile(r"(?:(.*?)\s*)?<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+)>|([A-Za-z0-9.-]+)")
+_URL_RE = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]+")  # printable ASCII without < > and space
+_FIELD_NAME_RE = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 ftext
+#: Headers compose() writes itself; extra_headers may not repeat them.
+_OWN_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "From To Cc Bcc Subject Date Message-ID Reply-To List-Id List-Unsubscribe "
+        "List-Unsubscribe-Post MIME-Version Content-Type Content-Transfer-Encoding "
+        "Content-Disposition Sender Return-Path DKIM-Signature"
+    ).split()
+)
+
+
+def _message_id(value: str) -> str:
+    check_header_text(value, "message_id")
+    if not _MSGID_RE.fullmatch(value):
+        raise InputError(f"message_id: {value!r} is not of the form <left@right>")
+    return value
+
+
+def _list_id(value: str) -> str:
+    check_header_text(value, "list_id")
+    m = _LIST_ID_RE.fullmatch(value.strip())
+    if not m:
+        raise InputError(f"list_id: {value!r} is not a list id like 'Name <list.example.org>'")
+    phrase, ident, bare = m.groups()
+    ident = ident or bare
+    shown = _display_name(phrase or "", "list_id", len("List-Id: "))
+    return f"{shown}\r\n <{ident}>" if "\r\n" in shown else f"{shown} <{ident}>".lstrip()
+
+
+def _url(value: str, field: str, schemes: tuple[str, ...]) -> str:
+    check_header_text(value, field)
+    if not value.lower().startswith(schemes) or not _URL_RE.fullmatch(value):
+        raise InputError(
+            f"{field}: {value[:80]!r} must be an ASCII {' or '.join(schemes)} URL without spaces"
+        )
+    if len(value) > 900:  # one URL cannot be folded; keep its line under 998
+        raise InputError(f"{field}: the URL is {len(value)} characters long; the limit is 900")
+    return value
+
+
+def _unsubscribe_values(url: str | None, mailto: str | None) -> tuple[str | None, bool]:
+    items = []
+    if url:
+        items.append(_url(url, "unsubscribe_url", ("https://", "http://")))
+    if mailto:
+        if not mailto.lower().startswith("mailto:"):
+            mailto = "mailto:" + _checked_address(mailto, "unsubscribe_mailto")
+        items.append(_url(mailto, "unsubscribe_mailto", ("mailto:",)))
+    if not items:
+        return None, False
+    return ",\r\n ".join(f"<{item}>" for item in items), bool(url)
+
+
+# --------------------------------------------------------------------------
+# Bodies
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file attached after the text/HTML alternative part."""
+
+    filename: str
+    content_type: str  # e.g. "text/calendar; method=REQUEST; charset=utf-8"
+    data: bytes
+
+
+_TOKEN = r"[A-Za-z0-9!#$&^_.+-]+"
+_CONTENT_TYPE_RE = re.compile(
+    rf"({_TOKEN})/({_TOKEN})((?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"[\x20\x21\x23-\x5b\x5d-\x7e]*\"))*)"
+    r"[ \t]*;?[ \t]*"
+)
+_PARAM_RE = re.compile(rf"({_TOKEN})=({_TOKEN}|\"[\x20\x21\x23-\x5b\x5d-\x7e]*\")")
+
+
+def _parse_content_type(value: str) -> tuple[str, str, dict[str, str]]:
+    m = _CONTENT_TYPE_RE.fullmatch(value.strip())
+    if not m:
+        raise InputError(f"attachment content_type: {value!r} is not a MIME type like 'text/plain'")
+    params = {k.lower(): v.strip('"') for k, v in _PARAM_RE.findall(m.group(3))}
+    return m.group(1).lower(), m.group(2).lower(), params
+
+
+def _disposition(filename: str) -> str:
+    check_header_text(filename, "attachment filename")
+    if filename.isascii() and '"' not in filename and "\\" not in filename:
+        param = f'filename="{filename}"'
+    else:  # RFC 2231, as the stdlib writes it
+        param = "filename*=utf-8''" + quote(filename, safe="")
+    if len(param) > 900:
+        raise InputError(f"attachment filename: {filename[:40]!r}... is too long")
+    return "attachment; " + param
+
+
+def _qp(text: str) -> bytes:
+    """Quoted-printable body with CRLF line ends, <= 76 characters a line.
+
+    Line ends are normalised first: b2a_qp picks LF or CRLF from the *first*
+    line end it sees, so mixed input would come out mixed.  The body always
+    ends with a line break (as the stdlib writes it).  "From " at the start of
+    a line is written as "=46rom " so an mbox hop cannot mangle it to ">From "
+    (which would also break the DKIM body hash).
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.endswith("\n"):
+        text += "\n"
+    body = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True)
+    body = body.replace(b"\n", CRLF)
+    if b"From " in body:
+        body = CRLF.join(_escape_from(line) for line in body.split(CRLF))
+    return body
+
+
+def _escape_from(line: bytes) -> bytes:
+    """Write a leading "From " as "=46rom ", re-wrapping if that passes 76."""
+    if not line.startswith(b"From "):
+        return line
+    line = b"=46" + line[1:]
+    if len(line) <= 76:
+        return line
+    cut = 75
+    while b"=" in line[cut - 2 : cut]:  # never split an =XX escape
+        cut -= 1
+    return line[:cut] + b"=\r\n" + line[cut:]
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.encodebytes(data).replace(b"\n", CRLF)
+
+
+def _boundary() -> str:
+    # "=_" can never occur in quoted-printable or base64 output ("=" is only
+    # followed by hex digits, a line break or padding), so the boundary cannot
+    # collide with any body line.
+    return "=_" + os.urandom(12).hex()
+
+
+# --------------------------------------------------------------------------
+# Composition
+
+
+def _check_date(date: datetime) -> datetime:
+    if not isinstance(date, datetime) or date.tzinfo is None or date.utcoffset() is None:
+        raise InputError(f"date: {date!r} must be a timezone-aware datetime")
+    return date
+
+
+def _headers(
+    *,
+    from_name: str,
+    from_addr: str,
+    to_name: str,
+    to_addr: str,
+    subject: str,
+    date: datetime,
+    message_id: str,
+    list_id: str | None,
+    unsubscribe_url: str | None,
+    unsubscribe_mailto: str | None,
+    reply_to: str | None,
+    extra_headers: Sequence[tuple[str, str]],
+) -> list[tuple[str, str]]:
+    """Validate every header input and return (name, folded value) pairs."""
+    headers = [
+        ("From", format_address(from_name, from_addr, "from_addr", name_field="from_name",
+                                header_name="From")),
+        ("To", format_address(to_name, to_addr, "to_addr", name_field="to_name", header_name="To")),
+        ("Subject", header_value(subject, "subject", header_name="Subject")),
+        ("Date", format_datetime(_check_date(date))),
+        ("Message-ID", _message_id(message_id)),
+    ]  # fmt: skip
+    if reply_to:
+        headers.append(("Reply-To", _checked_address(reply_to, "reply_to")))
+    if list_id:
+        headers.append(("List-Id", _list_id(list_id)))
+    unsubscribe, one_click = _unsubscribe_values(unsubscribe_url, unsubscribe_mailto)
+    if unsubscribe:
+        headers.append(("List-Unsubscribe", unsubscribe))
+    if one_click:
+        headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    for name, value in extra_headers:
+        if not isinstance(name, str) or not _FIELD_NAME_RE.fullmatch(name) or len(name) > 76:
+            raise InputError(f"extra_headers: {name!r} is not a valid header name")
+        if name.lower() in _OWN_HEADERS:
+            raise InputError(f"extra_headers: {name} is set by compose and cannot be added again")
+        headers.append((name, header_value(value, f"extra_headers {name}", header_name=name)))
+    return headers
+
+
+def compose(
+    *,
+    from_name: str,
+    from_addr: str,
+    to_name: str,
+    to_addr: str,
+    subject: str,
+    date: datetime,
+    message_id: str,
+    text: str,
+    html: str,
+    list_id: str | None = None,
+    unsubscribe_url: str | None = None,
+    unsubscribe_mailto: str | None = None,
+    reply_to: str | None = None,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    attachments: Sequence[Attachment] = (),
+) -> bytes:
+    """Return the complete message as 7-bit bytes with CRLF line ends.
+
+    multipart/alternative (text/plain then text/html, both utf-8 and
+    quoted-printable); with attachments, multipart/mixed wrapping that
+    alternative part followed by each attachment (base64).  Raises InputError
+    naming the argument for any unsafe or malformed input.
+    """
+    headers = _headers(
+        from_name=from_name, from_addr=from_addr, to_name=to_name, to_addr=to_addr,
+        subject=subject, date=date, message_id=message_id, list_id=list_id,
+        unsubscribe_url=unsubscribe_url, unsubscribe_mailto=unsubscribe_mailto,
+        reply_to=reply_to, extra_headers=extra_headers,
+    )  # fmt: skip
+    alt = _boundary()
+    alt_b = alt.encode()
+    alternative = b"".join(
+        (
+            b"--", alt_b, b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n", _qp(text),
+            b"\r\n--", alt_b, b"\r\nContent-Type: text/html; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n", _qp(html),
+            b"\r\n--", alt_b, b"--\r\n",
+        )
+    )  # fmt: skip
+    if attachments:
+        mixed = _boundary()
+        mixed_b = mixed.encode()
+        parts = [
+            b"--", mixed_b, b'\r\nContent-Type: multipart/alternative; boundary="', alt_b,
+            b'"\r\n\r\n', alternative,
+        ]  # fmt: skip
+        for att in attachments:
+            _parse_content_type(att.content_type)  # validates; raises InputError
+            ctype = att.content_type.strip().rstrip(";").strip()
+            parts += [
+                b"\r\n--", mixed_b, b"\r\nContent-Type: ", ctype.encode("ascii"),
+                b"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: ",
+                _disposition(att.filename).encode("ascii"), b"\r\n\r\n", _b64(att.data),
+            ]  # fmt: skip
+        parts += [b"\r\n--", mixed_b, b"--\r\n"]
+        body = b"".join(parts)
+        headers.append(("Content-Type", f'multipart/mixed; boundary="{mixed}"'))
+    else:
+        body = alternative
+        headers.append(("Content-Type", f'multipart/alternative; boundary="{alt}"'))
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    # .encode("ascii") doubles as the 7-bit guarantee: every value above has
+    # been encoded, so a non-ASCII character here is a bug and fails loudly.
+    return b"".join((head.encode("ascii"), b"MIME-Version: 1.0\r\n\r\n", body))
+
+
+def compose_stdlib(
+    *,
+    from_name: str,
+    from_addr: str,
+    to_name: str,
+    to_addr: str,
+    subject: str,
+    date: datetime,
+    message_id: str,
+    text: str,
+    html: str,
+    list_id: str | None = None,
+    unsubscribe_url: str | None = None,
+    unsubscribe_mailto: str | None = None,
+    reply_to: str | None = None,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    attachments: Sequence[Attachment] = (),
+) -> bytes:
+    """The same message as :func:`compose`, built with ``EmailMessage``.
+
+    The reference for tests and the naive pipeline for ``bench/mime.py``.  It
+    runs the same input checks first (the stdlib alone is not safe against
+    CVE-2024-6923), then lets the email package encode names, subject and
+    bodies itself, so the comparison tests are meaningful.
+    """
+    headers = dict(
+        _headers(
+            from_name=from_name, from_addr=from_addr, to_name=to_name, to_addr=to_addr,
+            subject=subject, date=date, message_id=message_id, list_id=list_id,
+            unsubscribe_url=unsubscribe_url, unsubscribe_mailto=unsubscribe_mailto,
+            reply_to=reply_to, extra_headers=extra_headers,
+        )
+    )  # fmt: skip
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = Address(from_name.strip(), addr_spec=_checked_address(from_addr, "from_addr"))
+    msg["To"] = Address(to_name.strip(), addr_spec=_checked_address(to_addr, "to_addr"))
+    msg["Subject"] = subject
+    msg["Date"] = date
+    msg["Message-ID"] = message_id
+    for name in ("Reply-To", "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post"):
+        if name in headers:  # already ASCII and validated; unfold for the stdlib
+            msg[name] = headers[name].replace("\r\n", "")
+    for name, value in extra_headers:
+        msg[name] = value
+    msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+    for att in attachments:
+        maintype, subtype, params = _parse_content_type(att.content_type)
+        msg.add_attachment(
+            att.data, maintype=maintype, subtype=subtype, filename=att.filename, params=params
+        )
+    return msg.as_bytes()
+
+
+def make_message_id(row_id: int, domain: str, salt: str = "") -> str:
+    """Return ``<ROW.HASH@domain>``, the same for the same inputs.
+
+    Stable per outbox row, so a message resent after a crash keeps its
+    Message-ID and receivers can de-duplicate it.  The keyed hash means ids
+    don't reveal a bare, guessable sequence when *salt* is secret.
+    """
+    if not isinstance(row_id, int) or isinstance(row_id, bool) or row_id < 0:
+        raise InputError(f"row_id: {row_id!r} must be a non-negative integer")
+    if not _DOMAIN_RE.fullmatch(domain or ""):
+        raise InputError(f"domain: {domain!r} is not a host name for a Message-ID")
+    digest = hmac.new(salt.encode("utf-8"), str(row_id).encode(), hashlib.sha256).hexdigest()
+    return f"<{row_id}.{digest[:16]}@{domain}>"
