@@ -330,6 +330,9 @@ def connect(path: str | Path, *, migrate: bool = False, readonly_ok: bool = Fals
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")
+        # 32 MB page cache (default 2 MB): random-keyed unique indexes (email_hash,
+        # message_id) stay in memory during bulk imports and queueing.
+        conn.execute("PRAGMA cache_size = -32000")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal" and not readonly_ok and path != ":memory:":
             raise DatabaseError(f"{path}: could not switch the database to WAL mode (got {mode})")
@@ -421,4 +424,71 @@ def log_event(
     db.execute(
         "INSERT INTO events (at, kind, subscriber_id, ref, data) VALUES (?, ?, ?, ?, ?)",
         (iso(now), kind, subscriber_id, ref, data),
+    )
+
+
+@migrations(name="0005_delivery")
+def m0005_delivery(db: sqlite_utils.Database) -> None:
+    """Delivery engine: series versions for ``series diff``, anchors for the drip rhythm."""
+    db.executescript(
+        """
+        -- The nominal slot (UTC) of the last step materialised for this enrollment:
+        -- the next step is timed from it, so a postponed step keeps the weekly rhythm.
+        ALTER TABLE enrollments ADD COLUMN last_due_at TEXT;
+        -- Set when every recipient row of a campaign has been queued.
+        ALTER TABLE campaigns ADD COLUMN queued_at TEXT;
+
+        -- The step-key list of a series as last applied (``funnel series apply``);
+        -- the scheduler holds a series whose content no longer matches it.
+        CREATE TABLE series_versions (
+            series TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            step_keys TEXT NOT NULL,           -- JSON list, send order
+            applied_at TEXT NOT NULL,
+            PRIMARY KEY (series, version)
+        );
+        CREATE INDEX series_deliveries_part ON series_deliveries(series, part);
+        CREATE INDEX campaigns_status ON campaigns(status, send_at);
+        """
+    )
+
+
+
+@migrations(name="0006_devmail")
+def m0006_devmail(db: sqlite_utils.Database) -> None:
+    """Mail caught by the embedded dev SMTP server (``funnel up``, see funnel/devmail.py).
+
+    Only the dev server writes here, so the table stays empty in production.
+    It lives in the main database (not a side file) so the schema keeps one
+    owner and the dev inbox needs no second connection string.
+    """
+    db.executescript(
+        """
+        CREATE TABLE devmail (
+            id INTEGER PRIMARY KEY,
+            received_at TEXT NOT NULL,
+            mail_from TEXT NOT NULL DEFAULT '',
+            rcpt_tos TEXT NOT NULL DEFAULT '[]',   -- JSON list
+            subject TEXT NOT NULL DEFAULT '',
+            data BLOB NOT NULL                     -- the message exactly as received
+        );
+        """
+    )
+
+
+@migrations(name="0008_sending")
+def m0008_sending(db: sqlite_utils.Database) -> None:
+    """Sending half of the delivery engine (campaigns/sender.py, campaigns/smtp.py).
+
+    ``lease_owner`` ("host:pid:start") lets a restarted ``funnel send`` see at
+    once that the worker holding a lease is dead, instead of waiting for the
+    lease to run out.  The relay index makes the per-relay hourly/daily window
+    (messages sent via a relay since T, counted from the ledger so the limits
+    survive restarts) an index range scan instead of a table scan.
+    """
+    db.executescript(
+        """
+        ALTER TABLE outbox ADD COLUMN lease_owner TEXT;
+        CREATE INDEX outbox_relay_sent ON outbox(relay, sent_at) WHERE status = 'sent';
+        """
     )

@@ -95,9 +95,9 @@ def clean_name(raw: str | None, field: str = "name") -> str:
     name = (raw or "").strip()
     if len(name) > MAX_NAME:
         raise InputError(f"{field}: the name is longer than {MAX_NAME} characters")
-    if any(c in name for c in "\r\n\x00") or any(
-        unicodedata.category(c) == "Cc" for c in name
-    ):
+    # isprintable() is a fast C check that is False for every control character;
+    # only then look closer (it is also False for harmless format characters).
+    if not name.isprintable() and any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
         raise InputError(f"{field}: the name contains a line break or control character")
     lowered = name.lower()
     if "=?" in lowered and "?=" in lowered and ("=0a" in lowered or "=0d" in lowered or "=00" in lowered):
@@ -168,6 +168,10 @@ def signup(
             if last is not None and now - last < timedelta(hours=settings.confirm_resend_hours):
                 return SignupResult(sid, "throttled")
             action = "resent"
+            if not sub.confirm_nonce:  # a webinar-only contact (see webinar_contact) opting in
+                db.execute(
+                    "UPDATE subscribers SET confirm_nonce = ? WHERE id = ?", (secrets.token_urlsafe(12), sid)
+                )
             _update_details(db, sid, name, timezone, now)
         elif sub.status == "unsubscribed":
             sid = sub.id
@@ -187,6 +191,68 @@ def signup(
         )
         outbox_id = queue_confirmation(db, settings, sid, email, now)
     return SignupResult(sid, action, outbox_id)
+
+
+def webinar_contact(
+    db,
+    settings: Settings,
+    email: str,
+    now: datetime,
+    *,
+    purpose: str,
+    action: str = "requested",
+    name: str = "",
+    timezone: str | None = None,
+    source: str = "",
+    ip: str | None = None,
+    user_agent: str | None = None,
+    note: str | None = None,
+) -> int | None:
+    """Someone asked for one webinar's mail only: a contact, NOT a newsletter subscriber.
+
+    Registering for a webinar is consent to that webinar's mail (confirmation,
+    reminders, updates, follow-up) and nothing else.  So a new address gets a
+    ``pending`` row *without* a confirm nonce: no newsletter confirmation is
+    queued, no stream is turned on and no series starts.  If they later opt in
+    to the newsletter, :func:`signup` mints the nonce and sends the usual
+    confirmation.  An unsubscribed address asking again becomes such a pending
+    contact too (their fresh, explicit request).  Consent is recorded for
+    ``purpose`` (e.g. ``webinar:spine-health``) only.
+
+    Returns the subscriber id, or None when the address is suppressed.
+    """
+    email = clean_email(email)
+    name = clean_name(name)
+    timezone = clean_timezone(timezone)
+    source = clean_source(source)
+    with transaction(db):
+        if lifecycle.is_suppressed(db, email):
+            return None
+        sub = lifecycle.find(db, email)
+        if sub is None:
+            sid = db.execute(
+                "INSERT INTO subscribers (email, email_hash, name, timezone, source, status, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (email, lifecycle.email_hash(email), name, timezone, source, iso(now), iso(now)),
+            ).lastrowid
+        elif sub.status in ("pending", "active"):
+            sid = sub.id
+            if not sub.name and name:
+                db.execute("UPDATE subscribers SET name = ? WHERE id = ?", (name, sid))
+            if not sub.timezone and timezone:
+                db.execute("UPDATE subscribers SET timezone = ? WHERE id = ?", (timezone, sid))
+        elif sub.status == "unsubscribed":
+            sid = sub.id
+            lifecycle.transition(db, sid, "pending", now, ref=purpose)
+        else:
+            return None
+        db.execute(
+            "INSERT INTO consent (subscriber_id, purpose, action, at, source, ip, user_agent, "
+            "consent_text_version, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sid, purpose, action, iso(now), source, ip, (user_agent or "")[:300] or None,
+             settings.consent_version, note),
+        )
+    return sid
 
 
 def _update_details(db, sid: int, name: str, timezone: str | None, now: datetime) -> None:
