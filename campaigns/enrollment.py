@@ -1,0 +1,705 @@
+"""Series enrollment, and the scheduler tick that turns due series steps into outbox rows.
+
+Confirming enrols a reader in the configured series (``settings.enroll_series``)
+and queues part 1 inside the confirm transaction, so it is on its way at once
+(unless it is night where the reader lives).  After that the scheduler
+(:func:`schedule_series`, run by ``funnel send`` and ``funnel worker``) finds
+enrollments whose next step is due and queues one outbox row per step.
+
+Which step comes next is decided from the ledger (``series_deliveries``, by
+stable step key) and the series' CURRENT step list, never from a stored index,
+so editing a live series can't re-send anything:
+
+    Let R be the keys the reader has been sent, oldest first, and K the current
+    step keys in order.  The anchor is the position in K of the most recently
+    sent key that still exists in K (none: before the start).  The next step is
+    the first key after the anchor that is not in R.
+
+So a step inserted before where the reader is now is skipped by them (it is
+for later readers), a step inserted ahead of them is sent, a removed step is
+simply not there, and a reordering never sends a step twice.
+
+Structural edits (steps added, removed or reordered) are held until an admin
+runs ``funnel series apply`` after looking at ``funnel series diff``: the
+scheduler compares the step keys with the snapshot in ``series_versions`` and
+skips a series that no longer matches (the first snapshot is taken
+automatically).  Text edits inside a step apply at once.
+
+Timing (see :func:`campaigns.schedule.step_due`): part 1 right away, later
+parts on the series' send day and hour in the reader's own zone, each timed
+from the previous step's *scheduled* slot so a postponed step (frequency cap,
+webinar) doesn't shift the weekly rhythm.  A step found more than half a
+cadence late (the worker was down, a long pause) moves to the next regular
+slot instead of arriving in a burst.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from funnel.db import iso, log_event, parse_iso, transaction
+from funnel.errors import FunnelError, InputError, NotFound
+from funnel.settings import Settings
+from subscribers import optin, segments
+
+from . import messages, outbox, schedule
+from .series import Series, check_gaps, find_series
+
+# ----------------------------------------------------------------- loading
+_series_cache: dict[tuple[str, str], tuple[tuple, Series]] = {}
+
+
+def _folder(content_dir: Path, slug: str) -> Path:
+    root = Path(content_dir)
+    return (root / "series" if (root / "series").is_dir() else root) / slug
+
+
+def _signature(folder: Path) -> tuple:
+    """Names, sizes and mtimes of the series' files: changes when anything is edited."""
+    try:
+        return tuple(
+            sorted(
+                (e.name, e.stat().st_mtime_ns, e.stat().st_size)
+                for e in os.scandir(folder)
+                if e.is_file()
+            )
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        return ()
+
+
+def load(settings: Settings, slug: str) -> Series:
+    """The series ``slug`` from the content folder, re-read only when its files change."""
+    key = (str(settings.content_path), slug)
+    signature = _signature(_folder(settings.content_path, slug))
+    cached = _series_cache.get(key)
+    if cached is not None and signature and cached[0] == signature:
+        return cached[1]
+    series = find_series(settings.content_path, slug)
+    _series_cache[key] = (signature, series)
+    return series
+
+
+def zone_for(settings: Settings, name: str | None) -> ZoneInfo:
+    """The reader's zone; the clinic's when unknown (or, defensively, invalid)."""
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return settings.zone
+
+
+# ----------------------------------------------------------------- the rule
+def next_step_index(keys: Sequence[str], received: Sequence[str]) -> int | None:
+    """Index in ``keys`` of the reader's next step, or None when they are done.
+
+    ``received`` are the keys already sent, oldest first (see the module doc).
+    """
+    position = {k: i for i, k in enumerate(keys)}
+    got = set(received)
+    anchor = -1
+    for key in reversed(received):
+        if key in position:
+            anchor = position[key]
+            break
+    for i in range(anchor + 1, len(keys)):
+        if keys[i] not in got:
+            return i
+    return None
+
+
+def _nominal_due(
+    settings: Settings, series: Series, index: int, previous: datetime, tz: ZoneInfo, first: bool
+) -> datetime:
+    """The regular slot of step ``index``: step 1 timed from enrollment, others from the previous."""
+    qs, qe = settings.quiet_start_hour, settings.quiet_end_hour
+    if first:
+        return schedule.step_due(series, index, previous, tz, qs, qe)
+    # A later step keeps "later step" timing even if an edit moved it to the front.
+    step = series.steps[index]
+    return schedule.step_due(replace(series, steps=[step, step]), 1, previous, tz, qs, qe)
+
+
+def _late_after(series: Series) -> timedelta:
+    return max(timedelta(days=series.cadence_days) / 2, timedelta(days=1))
+
+
+# ----------------------------------------------------------------- versions
+@dataclass(frozen=True)
+class Version:
+    number: int
+    keys: list[str]
+    applied_at: str
+
+
+def applied_version(db, slug: str) -> Version | None:
+    row = db.execute(
+        "SELECT version, step_keys, applied_at FROM series_versions WHERE series = ? "
+        "ORDER BY version DESC LIMIT 1",
+        (slug,),
+    ).fetchone()
+    return Version(row[0], json.loads(row[1]), row[2]) if row else None
+
+
+def apply_version(db, series: Series, now: datetime) -> tuple[int, bool]:
+    """Record the series' current step list as the applied version.
+
+    Returns ``(version, changed)``.  When it changed, every enrollment that
+    is active or completed is re-timed by the next scheduler tick (completed
+    readers get steps appended after their last one).
+    """
+    keys = [s.key for s in series.steps]
+    with transaction(db):
+        current = applied_version(db, series.slug)
+        if current is not None and current.keys == keys:
+            return current.number, False
+        number = (current.number if current else 0) + 1
+        db.execute(
+            "INSERT INTO series_versions (series, version, step_keys, applied_at) VALUES (?, ?, ?, ?)",
+            (series.slug, number, json.dumps(keys), iso(now)),
+        )
+        if current is not None:
+            db.execute(
+                "UPDATE enrollments SET status = 'active', next_due_at = ?, updated_at = ? "
+                "WHERE series = ? AND status IN ('active', 'completed')",
+                (iso(now), iso(now), series.slug),
+            )
+    return number, True
+
+
+def is_applied(db, series: Series, now: datetime) -> bool:
+    """Whether the scheduler may use the series as it is now (first use applies it)."""
+    current = applied_version(db, series.slug)
+    if current is None:
+        apply_version(db, series, now)
+        return True
+    return current.keys == [s.key for s in series.steps]
+
+
+# ----------------------------------------------------------------- enrolling
+def enroll(
+    db,
+    settings: Settings,
+    subscriber_id: int,
+    slug: str,
+    now: datetime,
+    *,
+    series: Series | None = None,
+    materialise: bool = True,
+) -> str:
+    """Enrol one subscriber; returns ``enrolled``, ``resumed``, ``already`` or ``skipped``.
+
+    Idempotent.  Only active subscribers who haven't unsubscribed from the
+    series' stream are enrolled (their stream subscription is created if
+    missing).  A stopped enrollment (they had unsubscribed) resumes where it
+    stopped: steps already sent are never sent again.  With ``materialise``,
+    a step that is due now (part 1, outside quiet hours) is queued at once.
+    """
+    stream = series.stream if series is not None else f"series:{slug}"
+    with transaction(db):
+        row = db.execute(
+            "SELECT status, timezone FROM subscribers WHERE id = ?", (subscriber_id,)
+        ).fetchone()
+        if row is None or row[0] != "active":
+            return "skipped"
+        tz = zone_for(settings, row[1])
+        sub_row = db.execute(
+            "SELECT status FROM subscriptions WHERE subscriber_id = ? AND stream = ?",
+            (subscriber_id, stream),
+        ).fetchone()
+        if sub_row is not None and sub_row[0] == "unsubscribed":
+            return "skipped"
+        if sub_row is None:
+            from subscribers import lifecycle
+
+            lifecycle.set_subscription(db, subscriber_id, stream, "subscribed", now)
+        due = now if series is None else _nominal_due(settings, series, 0, now, tz, first=True)
+        existing = db.execute(
+            "SELECT status FROM enrollments WHERE subscriber_id = ? AND series = ?",
+            (subscriber_id, slug),
+        ).fetchone()
+        if existing is None:
+            db.execute(
+                "INSERT INTO enrollments (subscriber_id, series, status, enrolled_at, next_step, "
+                "next_due_at, updated_at) VALUES (?, ?, 'active', ?, 0, ?, ?)",
+                (subscriber_id, slug, iso(now), iso(due), iso(now)),
+            )
+            outcome = "enrolled"
+        elif existing[0] == "stopped":
+            db.execute(
+                "UPDATE enrollments SET status = 'active', next_due_at = ?, updated_at = ? "
+                "WHERE subscriber_id = ? AND series = ?",
+                (iso(now), iso(now), subscriber_id, slug),
+            )
+            outcome = "resumed"
+        else:
+            return "already"
+        log_event(db, "enrolled", now, subscriber_id, f"series:{slug}")
+        if materialise and series is not None and is_applied(db, series, now):
+            _process(db, settings, series, subscriber_id, now)
+    return outcome
+
+
+def enroll_on_confirm(db, settings: Settings, subscriber_id: int, now: datetime) -> None:
+    """CONFIRM_HOOKS entry: enrol in every ``settings.enroll_series``, part 1 queued now.
+
+    A series that can't be loaded must not break the reader's confirmation:
+    the enrollment is stored anyway and the scheduler picks it up (and
+    reports the problem) once the content is fixed.
+    """
+    # Only a reader who has just clicked "confirm" was promised part 1 at once;
+    # a pre-confirmed import is enrolled and the scheduler's next pass queues
+    # its first step (with the frequency cap, and without slowing the import).
+    last = db.execute(
+        "SELECT action FROM consent WHERE subscriber_id = ? ORDER BY id DESC LIMIT 1",
+        (subscriber_id,),
+    ).fetchone()
+    now_please = last is None or last[0] != "imported"
+    for slug in settings.enroll_series:
+        try:
+            series = load(settings, slug)
+        except FunnelError:
+            series = None
+        enroll(db, settings, subscriber_id, slug, now, series=series, materialise=now_please)
+
+
+if enroll_on_confirm not in optin.CONFIRM_HOOKS:
+    optin.CONFIRM_HOOKS.append(enroll_on_confirm)
+
+
+@dataclass
+class EnrollReport:
+    enrolled: int = 0
+    resumed: int = 0
+    already: int = 0
+    skipped: int = 0
+
+    def line(self) -> str:
+        return (
+            f"{self.enrolled} enrolled, {self.resumed} resumed, {self.already} already enrolled, "
+            f"{self.skipped} skipped (not active or unsubscribed from the series)"
+        )
+
+
+def enroll_segment(
+    db,
+    settings: Settings,
+    slug: str,
+    now: datetime,
+    *,
+    segment: str | None = None,
+    where: Sequence[str] = (),
+    allow_gaps: bool = False,
+    batch: int = 500,
+    progress: Callable[[int], None] | None = None,
+) -> EnrollReport:
+    """``funnel series enroll``: enrol existing subscribers (idempotent).
+
+    Refuses a series with missing parts unless ``allow_gaps``.  Steps are not
+    queued here: the next scheduler tick does it, with the frequency cap.
+    """
+    series = load(settings, slug)
+    check_gaps(series, allow_gaps)
+    if segment is None and not where:
+        raise InputError("--segment: give a segment name or at least one --where expression")
+    is_applied(db, series, now)
+    report = EnrollReport()
+    for rows in segments.iter_members(db, settings, segment, batch, where=where, now=now):
+        with transaction(db):
+            for sid, _email in rows:
+                outcome = enroll(db, settings, sid, slug, now, series=series, materialise=False)
+                setattr(report, outcome, getattr(report, outcome) + 1)
+        if progress:
+            progress(len(rows))
+    return report
+
+
+# ----------------------------------------------------------------- the tick
+def _set(db, sid: int, slug: str, now: datetime, **fields) -> None:
+    fields["updated_at"] = iso(now)
+    sets = ", ".join(f"{k} = ?" for k in fields)
+    db.execute(
+        f"UPDATE enrollments SET {sets} WHERE subscriber_id = ? AND series = ?",
+        (*fields.values(), sid, slug),
+    )
+
+
+def _process(db, settings: Settings, series: Series, sid: int, now: datetime) -> str:
+    """Advance one enrollment (inside the caller's transaction); returns what happened.
+
+    ``queued`` | ``waiting`` (re-timed, not due yet) | ``postponed`` (cap or
+    webinar) | ``paused`` | ``stopped`` | ``completed``.
+    """
+    slug = series.slug
+    e = db.execute(
+        "SELECT enrolled_at, last_due_at FROM enrollments WHERE subscriber_id = ? AND series = ?",
+        (sid, slug),
+    ).fetchone()
+    sub = db.execute(
+        "SELECT status, email, timezone FROM subscribers WHERE id = ?", (sid,)
+    ).fetchone()
+    if e is None or sub is None:
+        return "stopped"
+    if sub[0] != "active" or not sub[1]:
+        _set(db, sid, slug, now, status="stopped", next_due_at=None)
+        return "stopped"
+    stream = db.execute(
+        "SELECT status, paused_until FROM subscriptions WHERE subscriber_id = ? AND stream = ?",
+        (sid, series.stream),
+    ).fetchone()
+    if stream is None or stream[0] == "unsubscribed":
+        _set(db, sid, slug, now, status="stopped", next_due_at=None)
+        return "stopped"
+    tz = zone_for(settings, sub[2])
+    if stream[0] == "paused":
+        until = parse_iso(stream[1])
+        if until is None or until > now:
+            # An open-ended pause is looked at again daily; a dated one at its end.
+            resume = (
+                now + timedelta(days=1)
+                if until is None
+                else schedule.next_slot(until, tz, series.send_day, series.send_hour)
+            )
+            _set(db, sid, slug, now, next_due_at=iso(resume))
+            return "paused"
+    received_rows = db.execute(
+        "SELECT step_key, at FROM series_deliveries WHERE subscriber_id = ? AND series = ? "
+        "ORDER BY at, rowid",
+        (sid, slug),
+    ).fetchall()
+    received = [r[0] for r in received_rows]
+    keys = [s.key for s in series.steps]
+    index = next_step_index(keys, received)
+    if index is None:
+        _set(db, sid, slug, now, status="completed", next_due_at=None)
+        return "completed"
+    if received:
+        previous = parse_iso(e[1]) or parse_iso(received_rows[-1][1])
+    else:
+        previous = parse_iso(e[0])
+    due = _nominal_due(settings, series, index, previous, tz, first=not received)
+    if now - due > _late_after(series):
+        # The next regular slot at or after now.
+        due = schedule.next_slot(
+            now - timedelta(microseconds=1), tz, series.send_day, series.send_hour
+        )
+    if due > now:
+        _set(db, sid, slug, now, next_due_at=iso(due), next_step=index)
+        return "waiting"
+    hold = schedule.hold_until(db, settings, sid, now)
+    if hold is not None:
+        later = schedule.postponed_due(
+            hold[0],
+            hold[1],
+            now,
+            tz,
+            series.send_hour,
+            settings.quiet_start_hour,
+            settings.quiet_end_hour,
+        )
+        _set(db, sid, slug, now, next_due_at=iso(later), next_step=index)
+        return "postponed"
+    step = series.steps[index]
+    ref = f"series:{slug}:{step.key}"
+    row_id = outbox.enqueue(
+        db,
+        settings,
+        dedupe_key=f"{ref}:{sid}",
+        kind="series",
+        subscriber_id=sid,
+        to_addr=sub[1],
+        due_at=now,
+        now=now,
+        stream=series.stream,
+        ref=ref,
+        priority=outbox.PRIORITY_SERIES,
+        expires_at=now + timedelta(hours=settings.newsletter_expiry_hours),
+        data={"series": slug, "step": step.key, "part": step.part},
+    )
+    db.execute(
+        "INSERT OR IGNORE INTO series_deliveries (subscriber_id, series, step_key, part, "
+        "outbox_id, at) VALUES (?, ?, ?, ?, ?, ?)",
+        (sid, slug, step.key, step.part, row_id, iso(now)),
+    )
+    following = next_step_index(keys, [*received, step.key])
+    if following is None:
+        _set(
+            db,
+            sid,
+            slug,
+            now,
+            status="completed",
+            next_due_at=None,
+            next_step=len(keys),
+            last_due_at=iso(due),
+            last_step_key=step.key,
+        )
+    else:
+        next_due = _nominal_due(settings, series, following, due, tz, first=False)
+        _set(
+            db,
+            sid,
+            slug,
+            now,
+            next_due_at=iso(next_due),
+            next_step=following,
+            last_due_at=iso(due),
+            last_step_key=step.key,
+        )
+    return "queued"
+
+
+@dataclass
+class TickReport:
+    queued: int = 0
+    postponed: int = 0
+    stopped: int = 0
+    completed: int = 0
+    held_series: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def schedule_series(
+    db, settings: Settings, now: datetime, *, batch: int = 500, report: TickReport | None = None
+) -> int:
+    """Queue every series step that is due; returns how many rows were queued.
+
+    Streams enrollments in batches of ``batch`` (keyset order), one write
+    transaction per batch; the selection is made inside the transaction so two
+    schedulers running at once see each other's progress.
+    """
+    report = report if report is not None else TickReport()
+    resume_resubscribed(db, now)
+    usable: dict[str, Series | None] = {}
+    cursor: tuple = ("", 0, "")
+    while True:
+        with transaction(db):
+            rows = db.execute(
+                "SELECT next_due_at, subscriber_id, series FROM enrollments "
+                "WHERE status = 'active' AND next_due_at <= ? "
+                "AND (next_due_at, subscriber_id, series) > (?, ?, ?) "
+                "ORDER BY next_due_at, subscriber_id, series LIMIT ?",
+                (iso(now), *cursor, batch),
+            ).fetchall()
+            for _due, sid, slug in rows:
+                if slug not in usable:
+                    usable[slug] = _usable(db, settings, slug, now, report)
+                series = usable[slug]
+                if series is None:
+                    continue
+                outcome = _process(db, settings, series, sid, now)
+                if outcome == "queued":
+                    report.queued += 1
+                elif outcome in ("postponed", "stopped", "completed"):
+                    setattr(report, outcome, getattr(report, outcome) + 1)
+        if len(rows) < batch:
+            return report.queued
+        cursor = tuple(rows[-1])
+
+
+def resume_resubscribed(db, now: datetime) -> int:
+    """Reactivate stopped enrollments whose reader turned the series back on.
+
+    (E.g. on the preferences page.)  They continue after the last step they
+    were sent; nothing is sent twice.
+    """
+    with transaction(db):
+        return db.execute(
+            "UPDATE enrollments SET status = 'active', next_due_at = ?, updated_at = ? "
+            "WHERE status = 'stopped' AND EXISTS (SELECT 1 FROM subscriptions ss "
+            "JOIN subscribers s ON s.id = ss.subscriber_id "
+            "WHERE ss.subscriber_id = enrollments.subscriber_id "
+            "AND ss.stream = 'series:' || enrollments.series AND ss.status = 'subscribed' "
+            "AND ss.updated_at > enrollments.updated_at AND s.status = 'active')",
+            (iso(now), iso(now)),
+        ).rowcount
+
+
+def _usable(db, settings: Settings, slug: str, now: datetime, report: TickReport) -> Series | None:
+    try:
+        series = load(settings, slug)
+    except FunnelError as exc:
+        report.problems.append(f"series {slug}: {exc}")
+        return None
+    if not is_applied(db, series, now):
+        report.held_series.append(slug)
+        report.problems.append(
+            f"series {slug}: steps were added, removed or reordered; nothing is sent from it "
+            f"until you check `funnel series diff {slug}` and run `funnel series apply {slug}`"
+        )
+        return None
+    return series
+
+
+def defer_held(db, settings: Settings, now: datetime, *, limit: int = 1000) -> int:
+    """Move queued series steps that must wait (cap, webinar) to their new slot.
+
+    The sender's claim filter already keeps them back; this gives them a
+    proper due time (the next day's send hour, never in quiet hours) and a
+    fresh expiry, so a postponed step is never dropped and isn't re-examined
+    on every claim.
+    """
+    held, params = schedule.held_sql(settings.frequency_cap, now, row="o")
+    moved = 0
+    with transaction(db):
+        rows = db.execute(
+            "SELECT o.id, o.subscriber_id, o.priority, o.data, s.timezone FROM outbox o "
+            "JOIN subscribers s ON s.id = o.subscriber_id "
+            f"WHERE o.status IN ('queued', 'retry') AND o.due_at <= ? AND {held} "
+            "ORDER BY o.id LIMIT ?",
+            (iso(now), *params, limit),
+        ).fetchall()
+        for row_id, sid, priority, data, tz_name in rows:
+            hold = schedule.hold_until(db, settings, sid, now, row_id=row_id, priority=priority)
+            if hold is None:
+                continue
+            send_hour = settings.quiet_end_hour
+            slug = json.loads(data).get("series") if data else None
+            if slug:
+                try:
+                    send_hour = load(settings, slug).send_hour
+                except FunnelError:
+                    pass
+            tz = zone_for(settings, tz_name)
+            due = schedule.postponed_due(
+                hold[0],
+                hold[1],
+                now,
+                tz,
+                send_hour,
+                settings.quiet_start_hour,
+                settings.quiet_end_hour,
+            )
+            expires = due + timedelta(hours=settings.newsletter_expiry_hours)
+            moved += db.execute(
+                "UPDATE outbox SET due_at = ?, expires_at = ?, updated_at = ?, "
+                "last_error = ? WHERE id = ? AND status IN ('queued', 'retry')",
+                (iso(due), iso(expires), iso(now), f"postponed: {hold[0]}", row_id),
+            ).rowcount
+    return moved
+
+
+# ----------------------------------------------------------------- diff
+@dataclass(frozen=True)
+class StepChange:
+    key: str
+    change: str  # unchanged | moved | new | removed
+    old_position: int | None  # 1-based
+    new_position: int | None
+
+
+@dataclass
+class SeriesDiff:
+    slug: str
+    applied: Version | None
+    current_keys: list[str]
+    changes: list[StepChange]
+    next_before: Counter
+    next_after: Counter
+    readers: int
+
+    @property
+    def changed(self) -> bool:
+        return self.applied is None or self.applied.keys != self.current_keys
+
+
+DONE = "(finished)"
+
+
+def step_changes(old: Sequence[str], new: Sequence[str]) -> list[StepChange]:
+    """Per key: new, removed, moved (relative order changed) or unchanged."""
+    old_pos = {k: i + 1 for i, k in enumerate(old)}
+    new_pos = {k: i + 1 for i, k in enumerate(new)}
+    common_old = [k for k in old if k in new_pos]
+    common_new = [k for k in new if k in old_pos]
+    matcher = difflib.SequenceMatcher(a=common_old, b=common_new, autojunk=False)
+    stay = {
+        common_new[j]
+        for block in matcher.get_matching_blocks()
+        for j in range(block.b, block.b + block.size)
+    }
+    out = []
+    for k in new:
+        if k not in old_pos:
+            out.append(StepChange(k, "new", None, new_pos[k]))
+        else:
+            out.append(StepChange(k, "unchanged" if k in stay else "moved", old_pos[k], new_pos[k]))
+    out += [StepChange(k, "removed", old_pos[k], None) for k in old if k not in new_pos]
+    return out
+
+
+def diff(db, settings: Settings, slug: str) -> SeriesDiff:
+    """Compare the series' content with the applied version and with what readers got.
+
+    ``next_before``/``next_after`` count, over enrolled readers (active or
+    completed), which step key each would be sent next under the applied
+    version and under the current content (``DONE`` when none).
+    """
+    series = load(settings, slug)
+    applied = applied_version(db, slug)
+    current = [s.key for s in series.steps]
+    old = applied.keys if applied else []
+    before: Counter = Counter()
+    after: Counter = Counter()
+    readers = 0
+    cur = db.execute(
+        "SELECT e.subscriber_id, d.step_key FROM enrollments e "
+        "LEFT JOIN series_deliveries d ON d.subscriber_id = e.subscriber_id AND d.series = e.series "
+        "WHERE e.series = ? AND e.status IN ('active', 'completed') "
+        "ORDER BY e.subscriber_id, d.at, d.rowid",
+        (slug,),
+    )
+    for _sid, group in itertools.groupby(cur, key=lambda r: r[0]):
+        received = [r[1] for r in group if r[1] is not None]
+        readers += 1
+        b = next_step_index(old, received) if applied else None
+        a = next_step_index(current, received)
+        before[old[b] if b is not None else DONE] += 1
+        after[current[a] if a is not None else DONE] += 1
+    return SeriesDiff(slug, applied, current, step_changes(old, current), before, after, readers)
+
+
+# ----------------------------------------------------------------- builder
+@messages.builder("series")
+def _build_series(db, settings: Settings, row, sub, now: datetime) -> messages.Content:
+    """Render the step named by the row (``data`` or ``ref``) from the current content."""
+    slug = row.data.get("series")
+    key = row.data.get("step")
+    if not (slug and key) and row.ref and row.ref.count(":") >= 2:
+        _, slug, key = row.ref.split(":", 2)
+    if sub.status != "active":
+        raise messages.SkipMessage("cancelled", f"the subscriber is {sub.status}")
+    try:
+        series = load(settings, slug)
+    except NotFound as exc:
+        raise messages.SkipMessage("cancelled", f"series {slug} no longer exists") from exc
+    step = next((s for s in series.steps if s.key == key), None)
+    if step is None:
+        raise messages.SkipMessage(
+            "cancelled", f"step {key} was removed from series {slug} after it was queued"
+        )
+    return messages.Content(
+        kind="series",
+        subject=step.subject,
+        preheader=step.preheader,
+        body_md=step.body_md,
+        ctas=tuple(step.ctas),
+        extra={
+            "part": step.part,
+            "series_title": series.title,
+            "reason": (
+                f"You are getting this because you subscribed to {settings.site_name}'s "
+                f"emails and are receiving the series \u201c{series.title}\u201d."
+            ),
+        },
+    )

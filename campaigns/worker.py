@@ -1,0 +1,132 @@
+"""The long-lived worker: schedule, queue, send, sleep, until told to stop.
+
+One loop iteration is a scheduler :func:`tick` (series steps that are due,
+broadcasts whose time has come, postponed steps moved to their new slot,
+finished campaigns closed) followed by :func:`campaigns.sender.send_due`.
+``funnel send`` runs the same tick once before sending, so cron users get
+the same behaviour as a worker.
+
+Everything the worker knows is in the database, so it can be stopped at any
+point (SIGINT/SIGTERM set the stop event; the current batch is marked first)
+and several workers may run at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from funnel.db import connect, utcnow
+from funnel.errors import FunnelError
+from funnel.settings import Settings
+
+from . import broadcasts, enrollment, sender
+
+
+@dataclass
+class Tick:
+    series_queued: int = 0
+    series_postponed: int = 0
+    deferred: int = 0
+    campaigns_queued: int = 0
+    broadcast_rows: int = 0
+    campaigns_finished: int = 0
+    held_series: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        parts = []
+        if self.campaigns_queued:
+            parts.append(
+                f"{self.campaigns_queued} campaign(s) queued ({self.broadcast_rows} messages)"
+            )
+        if self.series_queued:
+            parts.append(f"{self.series_queued} series step(s) queued")
+        if self.series_postponed or self.deferred:
+            parts.append(
+                f"{self.series_postponed + self.deferred} series step(s) postponed "
+                "(frequency cap or webinar)"
+            )
+        if self.campaigns_finished:
+            parts.append(f"{self.campaigns_finished} campaign(s) finished")
+        return ", ".join(parts)
+
+
+def tick_line(ticked: dict) -> str:
+    """One line describing a :func:`tick` result ("" when nothing happened)."""
+    return Tick(**ticked).line()
+
+
+def tick(
+    db, settings: Settings, now: datetime, *, progress: Callable[[int], None] | None = None
+) -> dict:
+    """One scheduler pass; returns counts (see :class:`Tick`) as a dict.
+
+    Broadcasts are queued before series steps are materialised, so a series
+    step sees a broadcast due at the same moment and yields to it.
+    """
+    t = Tick()
+    t.campaigns_queued, t.broadcast_rows = broadcasts.queue_due(
+        db, settings, now, progress=progress
+    )
+    report = enrollment.TickReport()
+    t.series_queued = enrollment.schedule_series(db, settings, now, report=report)
+    t.series_postponed = report.postponed
+    t.held_series, t.problems = report.held_series, report.problems
+    t.deferred = enrollment.defer_held(db, settings, now)
+    t.campaigns_finished = broadcasts.finish_done(db, now)
+    for slug in settings.enroll_series:
+        try:
+            enrollment.load(settings, slug)
+        except FunnelError as exc:
+            t.problems.append(f"enroll_series {slug!r}: {exc}")
+    return t.as_dict()
+
+
+def run_worker(
+    settings: Settings,
+    stop: threading.Event,
+    clock: Callable[[], datetime] = utcnow,
+    interval: float = 5.0,
+    on_summary: Callable[[dict, sender.Summary | None], None] | None = None,
+    *,
+    relay=None,
+    on_error: Callable[[FunnelError], None] | None = None,
+) -> int:
+    """Loop tick + send until ``stop`` is set; returns the number of iterations.
+
+    ``on_summary(tick_dict, send_summary)`` is called after each iteration.
+    A FunnelError in one iteration (a locked database, a broken series file)
+    is reported through ``on_error`` and the loop carries on; bugs propagate.
+    """
+    db = connect(settings.db, migrate=True)
+    pool = relay
+    if pool is None:
+        from .smtp import RelayPool
+
+        pool = RelayPool.from_configs(settings.relays)
+    loops = 0
+    try:
+        while not stop.is_set():
+            loops += 1
+            try:
+                t = tick(db, settings, clock())
+                summary = sender.send_due(db, settings, clock, relay=pool)
+            except FunnelError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+            else:
+                if on_summary:
+                    on_summary(t, summary)
+            stop.wait(interval)
+    finally:
+        if relay is None:
+            pool.close()
+        db.close()
+    return loops
