@@ -11,13 +11,18 @@ Crash safety:
 * ``dedupe_key`` is UNIQUE, so enqueueing twice or two workers racing never
   creates a second row for one recipient.
 * ``claim`` runs in ``BEGIN IMMEDIATE`` and stamps each claimed row with a
-  lease token and a lease deadline.  ``mark`` only updates rows that still
-  carry the caller's token, so a stalled worker whose lease was taken over
-  cannot overwrite the new owner's result.
-* A row found in ``sending`` past its lease (the sender died) is counted as
-  uncertain and requeued with the SAME Message-ID, so receivers can
-  deduplicate.  A row that has crashed the sender ``crash_limit`` times is
-  parked as ``failed`` with the error, and the campaign carries on.
+  lease token, a lease deadline and the owner ("host:pid:start").  ``mark``
+  only updates rows that still carry the caller's token, so a stalled worker
+  whose lease was taken over cannot overwrite the new owner's result.
+* A row found in ``sending`` whose sender is gone is counted as uncertain and
+  requeued with the SAME Message-ID, so receivers can deduplicate.  "Gone"
+  means either the lease ran out (any host) or -- so that a plain restart of
+  ``funnel send`` does not wait out a 5-minute lease -- the owning process is
+  on this host and no longer alive (see :func:`owner_alive`).
+* A row that has crashed the sender ``crash_limit`` times is parked as
+  ``failed`` with the error, and the campaign carries on.  The sender resends
+  recovered rows one per claim, so a poison message crashes alone and only
+  its own counter climbs (campaigns/sender.py).
 * Marks are committed in batches (one transaction per claimed batch): the
   duplicates a kill can cause are bounded by the batch in flight.
 """
@@ -25,10 +30,13 @@ Crash safety:
 from __future__ import annotations
 
 import json
+import os
 import secrets
-from collections.abc import Iterable, Sequence
+import socket
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 
 from funnel.db import iso, transaction
 from funnel.settings import Settings
@@ -64,17 +72,18 @@ class OutboxRow:
     lease_token: str | None
     expires_at: str | None
     data: dict = field(default_factory=dict)
+    created_at: str | None = None
 
 
 _ROW_COLUMNS = (
     "id, dedupe_key, kind, subscriber_id, campaign_id, stream, ref, to_addr, message_id, "
-    "attempts, crashes, uncertain, lease_token, expires_at, data"
+    "attempts, crashes, uncertain, lease_token, expires_at, data, created_at"
 )
 
 
 def _row(t: tuple) -> OutboxRow:
-    *head, data = t
-    return OutboxRow(*head, data=json.loads(data) if data else {})
+    *head, data, created_at = t
+    return OutboxRow(*head, data=json.loads(data) if data else {}, created_at=created_at)
 
 
 def enqueue(
@@ -94,7 +103,12 @@ def enqueue(
     expires_at: datetime | None = None,
     data: dict | None = None,
 ) -> int | None:
-    """Queue one message; returns the new row id, or None if it was already queued."""
+    """Queue one message; returns the new row id, or None if it was already queued.
+
+    Without ``expires_at`` a row that keeps failing temporarily is given up
+    ``settings.newsletter_expiry_hours`` after it was queued (the sender
+    applies that default when it schedules a retry).
+    """
     cur = db.execute(
         "INSERT OR IGNORE INTO outbox (dedupe_key, kind, subscriber_id, campaign_id, stream, ref, "
         "to_addr, message_id, priority, status, due_at, expires_at, data, created_at, updated_at) "
@@ -104,7 +118,7 @@ def enqueue(
             new_message_id(settings), priority, iso(due_at), iso(expires_at),
             json.dumps(data) if data else None, iso(now), iso(now),
         ),
-    )
+    )  # fmt: skip
     return cur.lastrowid if cur.rowcount else None
 
 
@@ -112,7 +126,7 @@ def enqueue_many(db, settings: Settings, rows: Iterable[dict], now: datetime) ->
     """Bulk enqueue (dicts with enqueue()'s keyword names); returns rows inserted.
 
     Call inside the caller's transaction; duplicates are skipped by the
-    UNIQUE dedupe key.
+    UNIQUE dedupe key.  ``rows`` may be a generator: nothing is held in memory.
     """
     domain = settings.sender_domain
     stamp = iso(now)
@@ -125,7 +139,7 @@ def enqueue_many(db, settings: Settings, rows: Iterable[dict], now: datetime) ->
                 f"<{secrets.token_hex(10)}.funnel@{domain}>", r.get("priority", PRIORITY_SERIES),
                 iso(r["due_at"]), iso(r.get("expires_at")),
                 json.dumps(r["data"]) if r.get("data") else None, stamp, stamp,
-            )
+            )  # fmt: skip
 
     before = db.conn.total_changes
     db.conn.executemany(
@@ -137,31 +151,124 @@ def enqueue_many(db, settings: Settings, rows: Iterable[dict], now: datetime) ->
     return db.conn.total_changes - before
 
 
-# ----------------------------------------------------------------- claim / mark
-def recover_stale(db, settings: Settings, now: datetime) -> tuple[int, int]:
-    """Requeue rows left in ``sending`` past their lease (their sender died).
+# ----------------------------------------------------------------- lease owners
+@cache
+def _process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), or "" elsewhere.
 
-    Returns (requeued, parked).  Each such row is counted as uncertain: it may
-    or may not have reached the server.  It is resent with the same
-    Message-ID; after ``crash_limit`` crashes it is parked as failed.
+    Stored with the pid so that a recycled pid is not mistaken for the
+    original owner.
     """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return ""
+    # Field 2 (comm) may contain spaces and parentheses: split after the last ")".
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+def this_owner() -> str:
+    """Who holds a lease: ``host:pid:start``."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """False only when we can tell for sure that the lease owner has died.
+
+    An owner on another host, an unreadable owner, a live process and a pid we
+    may not signal all count as alive: those rows wait for their lease to run
+    out, which is always safe.  A zombie (dead, not yet reaped) counts as dead.
+    """
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return True  # no /proc: trust kill()
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if fields and fields[0] == b"Z":
+        return False
+    if start and len(fields) > 19 and fields[19].decode() != start:
+        return False  # the pid was recycled by another process
+    return True
+
+
+# ----------------------------------------------------------------- claim / mark
+@dataclass(frozen=True)
+class Recovery:
+    requeued: list[int]
+    parked: list[int]
+
+
+def recover(
+    db, settings: Settings, now: datetime, *, alive: Callable[[str | None], bool] = owner_alive
+) -> Recovery:
+    """Requeue rows left in ``sending`` by a sender that is gone; returns their ids.
+
+    Each such row is counted as uncertain: it may or may not have reached the
+    server.  It is resent with the same Message-ID; after ``crash_limit``
+    crashes it is parked as failed.
+    """
+    stamp = iso(now)
     with transaction(db):
-        stamp = iso(now)
-        parked = db.execute(
-            "UPDATE outbox SET status = 'failed', uncertain = uncertain + 1, crashes = crashes + 1, "
-            "lease_token = NULL, lease_until = NULL, updated_at = ?, "
-            "last_error = 'parked: the sender crashed while sending this message ' || (crashes + 1) || ' times' "
-            "WHERE status = 'sending' AND lease_until < ? AND crashes + 1 >= ?",
-            (stamp, stamp, settings.crash_limit),
-        ).rowcount
-        requeued = db.execute(
-            "UPDATE outbox SET status = 'retry', uncertain = uncertain + 1, crashes = crashes + 1, "
-            "lease_token = NULL, lease_until = NULL, due_at = ?, updated_at = ?, "
-            "last_error = 'the sender stopped while this message was in flight; resending' "
-            "WHERE status = 'sending' AND lease_until < ?",
-            (stamp, stamp, stamp),
-        ).rowcount
-    return requeued, parked
+        stale: list[int] = []
+        for rid, until, owner in db.execute(
+            "SELECT id, lease_until, lease_owner FROM outbox WHERE status = 'sending'"
+        ).fetchall():
+            if until is None or until < stamp or not alive(owner):
+                stale.append(rid)
+        if not stale:
+            return Recovery([], [])
+        marks = ",".join("?" * len(stale))
+        parked = [
+            r[0]
+            for r in db.execute(
+                f"SELECT id FROM outbox WHERE id IN ({marks}) AND crashes + 1 >= ?",
+                (*stale, settings.crash_limit),
+            ).fetchall()
+        ]
+        db.execute(
+            "UPDATE outbox SET status = CASE WHEN crashes + 1 >= ? THEN 'failed' ELSE 'retry' END, "
+            "last_error = CASE WHEN crashes + 1 >= ? "
+            "THEN 'parked: the sender crashed while sending this message ' || (crashes + 1) || ' times' "
+            "ELSE 'the sender stopped while this message was in flight; resending' END, "
+            "uncertain = uncertain + 1, crashes = crashes + 1, due_at = ?, updated_at = ?, "
+            f"lease_token = NULL, lease_until = NULL, lease_owner = NULL WHERE id IN ({marks})",
+            (settings.crash_limit, settings.crash_limit, stamp, stamp, *stale),
+        )
+        if parked:
+            db.conn.executemany(
+                "INSERT INTO events (at, kind, subscriber_id, ref) "
+                "SELECT ?, 'failed', subscriber_id, COALESCE(ref, kind) FROM outbox WHERE id = ?",
+                [(stamp, rid) for rid in parked],
+            )
+    parked_set = set(parked)
+    return Recovery([r for r in stale if r not in parked_set], parked)
+
+
+def recover_stale(
+    db, settings: Settings, now: datetime, *, alive: Callable[[str | None], bool] = owner_alive
+) -> tuple[int, int]:
+    """Like :func:`recover`, returning (requeued, parked) counts."""
+    r = recover(db, settings, now, alive=alive)
+    return len(r.requeued), len(r.parked)
 
 
 def expire_due(db, now: datetime) -> int:
@@ -182,11 +289,13 @@ def claim(
     lease: timedelta = DEFAULT_LEASE,
     where: str = "",
     params: Sequence = (),
+    owner: str | None = None,
 ) -> tuple[str, list[OutboxRow]]:
     """Claim up to ``limit`` due rows for this worker; returns (lease_token, rows).
 
     ``where``/``params`` let the delivery engine add a bound SQL filter (for
     example, skip paused campaigns); they are never built from user input.
+    ``owner`` defaults to this process (:func:`this_owner`).
     """
     token = secrets.token_hex(8)
     stamp = iso(now)
@@ -205,13 +314,14 @@ def claim(
         marks = ",".join("?" * len(ids))
         db.execute(
             f"UPDATE outbox SET status = 'sending', lease_token = ?, lease_until = ?, "
-            f"attempts = attempts + 1, updated_at = ? WHERE id IN ({marks})",
-            (token, iso(now + lease), stamp, *ids),
+            f"lease_owner = ?, attempts = attempts + 1, updated_at = ? WHERE id IN ({marks})",
+            (token, iso(now + lease), owner or this_owner(), stamp, *ids),
         )
         rows = [
             _row(t)
             for t in db.execute(
-                f"SELECT {_ROW_COLUMNS} FROM outbox WHERE id IN ({marks}) ORDER BY priority, due_at, id",
+                f"SELECT {_ROW_COLUMNS} FROM outbox WHERE id IN ({marks}) "
+                "ORDER BY priority, due_at, id",
                 ids,
             ).fetchall()
         ]
@@ -228,49 +338,79 @@ class Outcome:
     error: str | None = None
     retry_at: datetime | None = None
     relay: str | None = None
+    crashed: bool = False  # building it raised an unexpected exception
+
+
+_FINAL_EVENTS = ("sent", "failed", "expired")
+
+
+def mark_owned(db, lease_token: str, outcomes: Sequence[Outcome], now: datetime) -> list[int]:
+    """Record outcomes for rows this worker still owns; returns the ids it did NOT own.
+
+    One transaction (a savepoint inside the caller's), with ``executemany``:
+    the ledger write per batch costs one commit, not one per message.
+    """
+    stamp = iso(now)
+    with transaction(db):
+        owned = {
+            r[0]
+            for r in db.execute(
+                "SELECT id FROM outbox WHERE status = 'sending' AND lease_token = ?", (lease_token,)
+            ).fetchall()
+        }
+        mine = [o for o in outcomes if o.row_id in owned]
+        db.conn.executemany(
+            "UPDATE outbox SET status = ?, smtp_code = ?, last_error = ?, "
+            "relay = COALESCE(?, relay), due_at = COALESCE(?, due_at), "
+            "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END, crashes = crashes + ?, "
+            "lease_token = NULL, lease_until = NULL, lease_owner = NULL, updated_at = ? "
+            "WHERE id = ? AND lease_token = ?",
+            [
+                (
+                    o.status, o.smtp_code, o.error, o.relay, iso(o.retry_at), o.status, stamp,
+                    int(o.crashed), stamp, o.row_id, lease_token,
+                )
+                for o in mine
+            ],
+        )  # fmt: skip
+        db.conn.executemany(
+            "INSERT INTO events (at, kind, subscriber_id, ref) "
+            "SELECT ?, ?, subscriber_id, COALESCE(ref, kind) FROM outbox WHERE id = ?",
+            [(stamp, o.status, o.row_id) for o in mine if o.status in _FINAL_EVENTS],
+        )
+    return [o.row_id for o in outcomes if o.row_id not in owned]
 
 
 def mark(db, lease_token: str, outcomes: Sequence[Outcome], now: datetime) -> int:
     """Record outcomes for rows this worker still owns; returns how many were NOT owned.
 
-    Also writes a ``sent``/``failed`` event per row for the funnel report.
+    Also writes a ``sent``/``failed``/``expired`` event per row for the funnel report.
     """
-    stamp = iso(now)
-    lost = 0
-    with transaction(db):
-        for o in outcomes:
-            cur = db.execute(
-                "UPDATE outbox SET status = ?, smtp_code = ?, last_error = ?, relay = COALESCE(?, relay), "
-                "due_at = COALESCE(?, due_at), sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END, "
-                "lease_token = NULL, lease_until = NULL, updated_at = ? "
-                "WHERE id = ? AND lease_token = ? AND status = 'sending'",
-                (
-                    o.status, o.smtp_code, o.error, o.relay, iso(o.retry_at), o.status, stamp,
-                    stamp, o.row_id, lease_token,
-                ),
-            )
-            if cur.rowcount == 0:
-                lost += 1
-                continue
-            if o.status in ("sent", "failed", "expired"):
-                db.execute(
-                    "INSERT INTO events (at, kind, subscriber_id, ref) "
-                    "SELECT ?, ?, subscriber_id, COALESCE(ref, kind) FROM outbox WHERE id = ?",
-                    (stamp, o.status, o.row_id),
-                )
-    return lost
+    return len(mark_owned(db, lease_token, outcomes, now))
 
 
 def release(db, lease_token: str, row_ids: Sequence[int], now: datetime) -> None:
-    """Give rows back unsent (e.g. the campaign was paused mid-batch)."""
+    """Give rows back unsent (e.g. the relays are at their limit): no attempt is counted."""
     with transaction(db):
-        for rid in row_ids:
-            db.execute(
-                "UPDATE outbox SET status = CASE WHEN attempts > 1 THEN 'retry' ELSE 'queued' END, "
-                "attempts = MAX(attempts - 1, 0), lease_token = NULL, lease_until = NULL, updated_at = ? "
-                "WHERE id = ? AND lease_token = ? AND status = 'sending'",
-                (iso(now), rid, lease_token),
-            )
+        db.conn.executemany(
+            "UPDATE outbox SET status = CASE WHEN attempts > 1 THEN 'retry' ELSE 'queued' END, "
+            "attempts = MAX(attempts - 1, 0), lease_token = NULL, lease_until = NULL, "
+            "lease_owner = NULL, updated_at = ? "
+            "WHERE id = ? AND lease_token = ? AND status = 'sending'",
+            [(iso(now), rid, lease_token) for rid in row_ids],
+        )
+
+
+def sent_via(db, relay: str, since: datetime) -> int:
+    """Messages the ledger says went out through ``relay`` since ``since``.
+
+    The hourly/daily relay windows are counted here, so they survive restarts
+    and see what other workers sent (index ``outbox_relay_sent``).
+    """
+    return db.execute(
+        "SELECT COUNT(*) FROM outbox WHERE status = 'sent' AND relay = ? AND sent_at >= ?",
+        (relay, iso(since)),
+    ).fetchone()[0]
 
 
 def counts(db, where: str = "", params: Sequence = ()) -> dict[str, int]:
@@ -284,5 +424,6 @@ def counts(db, where: str = "", params: Sequence = ()) -> dict[str, int]:
 
 def due_count(db, now: datetime) -> int:
     return db.execute(
-        "SELECT COUNT(*) FROM outbox WHERE status IN ('queued', 'retry') AND due_at <= ?", (iso(now),)
+        "SELECT COUNT(*) FROM outbox WHERE status IN ('queued', 'retry') AND due_at <= ?",
+        (iso(now),),
     ).fetchone()[0]

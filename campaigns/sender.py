@@ -3,6 +3,19 @@
 ``send_due`` is what ``funnel send`` (cron) and ``funnel worker`` (a loop)
 run.  It owns no state between calls: everything it knows is in the outbox
 table, so it can be killed at any moment and started again.
+
+The hot path, per claimed batch (``settings.batch_size`` rows):
+
+1. one ``BEGIN IMMEDIATE`` claims the batch (lease token + owner);
+2. each row is built (template compiled once per content, Jinja per
+   recipient, MIME by hand) and written to a kept-open SMTP connection;
+3. one transaction marks every outcome and records SMTP-time bounces.
+
+A kill between 1 and 3 leaves the batch in ``sending``; the next run finds it
+(the owner's pid is dead, or the lease ran out), counts it as uncertain and
+resends it with the same Message-ID, one row per claim, so that a message that
+crashes the sender crashes alone and is parked after ``crash_limit`` times.
+So the duplicates a kill can cause are bounded by the batch in flight.
 """
 
 from __future__ import annotations
@@ -12,20 +25,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from funnel.db import parse_iso, transaction
 from funnel.errors import FunnelError
 from funnel.settings import Settings
 
 from . import messages, outbox
-from .smtp import Relay, SendResult
+from .smtp import Relay, RelayPool, SendResult
 
-#: Retry backoff: base * 2**(attempt-1), capped, plus up to 20% jitter.
-BACKOFF_BASE = timedelta(minutes=2)
-BACKOFF_CAP = timedelta(hours=6)
+#: Retry backoff: base * 2**(attempt-1), capped, plus up to 20% jitter.  With
+#: the default 4-day expiry that is about 30 attempts (Postfix's queue
+#: lifetime policy, in spirit).
+BACKOFF_BASE = timedelta(minutes=5)
+BACKOFF_CAP = timedelta(hours=4)
 
 
 def backoff(attempt: int, rng: random.Random | None = None) -> timedelta:
     rng = rng or random
-    delay = min(BACKOFF_BASE * (2 ** max(attempt - 1, 0)), BACKOFF_CAP)
+    delay = min(BACKOFF_BASE * (2 ** min(max(attempt - 1, 0), 20)), BACKOFF_CAP)
     return delay * (1 + rng.random() * 0.2)
 
 
@@ -35,10 +51,14 @@ class Summary:
     sent: int = 0
     retry: int = 0
     failed: int = 0
+    expired: int = 0
     skipped: int = 0
     recovered: int = 0
     parked: int = 0
+    bounced: int = 0
     lost_leases: int = 0
+    released: int = 0
+    blocked: str | None = None  # why sending stopped early (relays down or at their limit)
     errors: list[str] = field(default_factory=list)
 
     def add(self, status: str) -> None:
@@ -48,33 +68,76 @@ class Summary:
             self.retry += 1
         elif status == "failed":
             self.failed += 1
+        elif status == "expired":
+            self.expired += 1
         else:
             self.skipped += 1
 
     def line(self) -> str:
         parts = [f"{self.sent} sent", f"{self.retry} to retry", f"{self.failed} failed"]
+        if self.expired:
+            parts.append(f"{self.expired} expired")
         if self.skipped:
             parts.append(f"{self.skipped} skipped")
         if self.recovered or self.parked:
-            parts.append(f"{self.recovered} resent after a crash, {self.parked} parked")
+            parts.append(f"{self.recovered} uncertain after a crash (resent), {self.parked} parked")
+        if self.lost_leases:
+            parts.append(f"{self.lost_leases} taken over by another worker")
         return ", ".join(parts)
 
 
-def outcome_for(row: outbox.OutboxRow, result: SendResult, now: datetime,
-                settings: Settings, relay_label: str) -> outbox.Outcome:
+def _deadline(row: outbox.OutboxRow, settings: Settings) -> datetime | None:
+    if row.expires_at:
+        return parse_iso(row.expires_at)
+    if row.created_at:
+        return parse_iso(row.created_at) + timedelta(hours=settings.newsletter_expiry_hours)
+    return None
+
+
+def outcome_for(
+    row: outbox.OutboxRow, result: SendResult, now: datetime, settings: Settings, relay_label: str
+) -> outbox.Outcome:
+    """The ledger outcome of one SMTP answer (reply-code policy in campaigns/smtp.py)."""
     verdict = result.verdict
+    detail = f"{result.stage}: {result.code or ''} {result.message}".replace("  ", " ")[:500]
     if verdict == "sent":
         return outbox.Outcome(row.id, "sent", result.code, None, relay=relay_label)
     if verdict == "failed":
-        return outbox.Outcome(row.id, "failed", result.code, f"{result.stage}: {result.message}"[:500],
-                              relay=relay_label)
-    # retry / slowdown
+        return outbox.Outcome(row.id, "failed", result.code, detail, relay=relay_label)
+    # retry / slowdown / relay: temporary, until the message expires.
+    retry_at = now + backoff(row.attempts)
+    deadline = _deadline(row, settings)
+    if deadline is not None and retry_at >= deadline:
+        return outbox.Outcome(
+            row.id, "expired", result.code,
+            f"expired after {row.attempts} attempt(s), still failing: {detail}"[:500],
+            relay=relay_label,
+        )  # fmt: skip
     if row.attempts >= settings.max_attempts:
-        return outbox.Outcome(row.id, "failed", result.code,
-                              f"gave up after {row.attempts} attempts: {result.message}"[:500],
-                              relay=relay_label)
-    return outbox.Outcome(row.id, "retry", result.code, f"{result.stage}: {result.message}"[:500],
-                          retry_at=now + backoff(row.attempts), relay=relay_label)
+        return outbox.Outcome(
+            row.id, "failed", result.code,
+            f"gave up after {row.attempts} attempts: {detail}"[:500], relay=relay_label,
+        )  # fmt: skip
+    return outbox.Outcome(
+        row.id, "retry", result.code, detail, retry_at=retry_at, relay=relay_label
+    )
+
+
+def signer_for(settings: Settings):
+    """The DKIM signer for these settings (None without a key); made once per run."""
+    if not settings.dkim_key_file:
+        return None
+    from .dkim import DkimSigner
+
+    return DkimSigner(settings.dkim_selector, settings.dkim_domain, settings.dkim_key_file)
+
+
+def claim_filter(settings: Settings, now: datetime) -> tuple[str, tuple]:
+    """Extra claim conditions: paused campaigns, frequency cap, webinar hold (schedule.py)."""
+    from . import schedule
+
+    make = getattr(schedule, "claim_filter", None)
+    return make(settings, now) if make else ("", ())
 
 
 def send_due(
@@ -82,57 +145,196 @@ def send_due(
     settings: Settings,
     clock: Callable[[], datetime],
     *,
-    relay: Relay | None = None,
+    relay: Relay | RelayPool | None = None,
     limit: int | None = None,
     signer=None,
     progress: Callable[[int], None] | None = None,
+    owner: str | None = None,
 ) -> Summary:
-    """Send everything due now (up to ``limit`` rows); returns a summary."""
+    """Send everything due now (up to ``limit`` rows); returns a summary.
+
+    ``relay`` may be a :class:`Relay`, a :class:`RelayPool` (a worker keeps
+    one for its lifetime, so relay health and rate state carry over), or None
+    for a pool of ``settings.relays`` opened and closed here.
+    """
     summary = Summary()
-    own_relay = relay is None
-    relay = relay or Relay(settings.relays[0])
+    if isinstance(relay, RelayPool):
+        pool, own_pool = relay, False
+    elif isinstance(relay, Relay):
+        pool, own_pool = RelayPool([relay]), False
+    else:
+        pool, own_pool = RelayPool.from_configs(settings.relays), True
+    if signer is None:
+        signer = signer_for(settings)
+    owner = owner or outbox.this_owner()
+    lease = outbox.DEFAULT_LEASE
+    batch_size = settings.batch_size
+    if pool.per_second():  # a batch must finish well inside its lease
+        batch_size = max(1, min(batch_size, int(pool.per_second() * lease.total_seconds() / 2)))
+
+    def counter(label: str, since: datetime) -> int:
+        return outbox.sent_via(db, label, since)
+
     try:
-        summary.recovered, summary.parked = outbox.recover_stale(db, settings, clock())
+        recovered = outbox.recover(db, settings, clock())
+        summary.recovered, summary.parked = len(recovered.requeued), len(recovered.parked)
+        isolate = list(recovered.requeued)  # resend these one per claim (see module doc)
         while limit is None or summary.claimed < limit:
             now = clock()
-            batch = settings.batch_size if limit is None else min(settings.batch_size, limit - summary.claimed)
-            token, rows = outbox.claim(db, now, batch)
-            if not rows:
+            pool.refresh(now, counter)
+            blocked = pool.blocked(now)
+            if blocked:
+                summary.blocked = blocked
                 break
-            summary.claimed += len(rows)
-            outcomes: list[outbox.Outcome] = []
-            stop = False
-            for row in rows:
-                now = clock()
-                try:
-                    msg = messages.build(db, settings, row, now, signer=signer)
-                except messages.SkipMessage as skip:
-                    outcomes.append(outbox.Outcome(row.id, skip.status, None, skip.reason))
-                    summary.add(skip.status)
+            where, params = claim_filter(settings, now)
+            if isolate:
+                rid = isolate.pop(0)
+                token, rows = outbox.claim(
+                    db, now, 1, lease=lease, where=" AND id = ?" + where, params=(rid, *params),
+                    owner=owner,
+                )  # fmt: skip
+                if not rows:
                     continue
-                except FunnelError as exc:
-                    outcomes.append(outbox.Outcome(row.id, "failed", None, f"build: {exc}"))
-                    summary.add("failed")
-                    summary.errors.append(f"row {row.id}: {exc}")
-                    continue
-                result = relay.send(msg.envelope_from, msg.recipient, msg.data)
-                o = outcome_for(row, result, now, settings, relay.config.label)
-                outcomes.append(o)
-                summary.add(o.status)
-                if result.code is None and result.stage == "connect":
-                    stop = True  # the relay is down: stop claiming, keep the rest queued
+            else:
+                n = batch_size if limit is None else min(batch_size, limit - summary.claimed)
+                token, rows = outbox.claim(
+                    db, now, n, lease=lease, where=where, params=params, owner=owner
+                )
+                if not rows:
                     break
-            done = {o.row_id for o in outcomes}
-            leftover = [r.id for r in rows if r.id not in done]
-            summary.lost_leases += outbox.mark(db, token, outcomes, clock())
-            if leftover:
-                outbox.release(db, token, leftover, clock())
+            summary.claimed += len(rows)
+            if _send_batch(db, settings, clock, pool, signer, token, rows, summary):
+                break
             if progress:
-                progress(len(outcomes))
-            if stop:
-                summary.errors.append(f"relay {relay.config.label} refused the connection; rows stay queued")
+                progress(len(rows))
+    finally:
+        if own_pool:
+            pool.close()
+    if summary.blocked:
+        waiting = summary.released
+        summary.errors.append(
+            f"sending stopped: {summary.blocked}"
+            + (f"; {waiting} message(s) stay queued" if waiting else "")
+        )
+    return summary
+
+
+def _send_batch(
+    db,
+    settings: Settings,
+    clock,
+    pool: RelayPool,
+    signer,
+    token: str,
+    rows: list[outbox.OutboxRow],
+    summary: Summary,
+) -> bool:
+    """Send one claimed batch and mark it; returns True when sending must stop."""
+    outcomes: list[outbox.Outcome] = []
+    bounced: dict[int, tuple[outbox.OutboxRow, SendResult, str]] = {}
+    stop = False
+    in_flight: int | None = None
+    try:
+        for row in rows:
+            in_flight = row.id
+            now = clock()
+            msg = _build(db, settings, signer, row, now, summary)
+            if isinstance(msg, outbox.Outcome):
+                outcome: outbox.Outcome | None = msg
+            else:
+                outcome = _send(settings, pool, row, msg, now, summary, bounced)
+            in_flight = None
+            if outcome is None:  # no relay could take it: it goes back unsent
+                stop = True
+                break
+            outcomes.append(outcome)
+            summary.add(outcome.status)
+            if pool.blocked(now):
+                summary.blocked = pool.blocked(now)
+                stop = True
                 break
     finally:
-        if own_relay:
-            relay.close()
-    return summary
+        # Even when interrupted (Ctrl-C), record what is known.  A row whose
+        # fate is unknown (``in_flight``) stays in 'sending' and is recovered
+        # as uncertain by the next run.
+        handled = {o.row_id for o in outcomes}
+        untouched = [r.id for r in rows if r.id not in handled and r.id != in_flight]
+        _record(db, settings, clock, token, outcomes, bounced, untouched, summary)
+    return stop
+
+
+def _record(
+    db,
+    settings: Settings,
+    clock,
+    token: str,
+    outcomes: list[outbox.Outcome],
+    bounced: dict,
+    untouched: list[int],
+    summary: Summary,
+) -> None:
+    """One transaction for the batch's outcomes and bounces; unsent rows go back."""
+    with transaction(db):
+        lost = set(outbox.mark_owned(db, token, outcomes, clock()))
+        for rid, (row, result, label) in bounced.items():
+            if rid not in lost:
+                summary.bounced += _record_bounce(db, settings, row, result, label, clock())
+    summary.lost_leases += len(lost)
+    if untouched:
+        outbox.release(db, token, untouched, clock())
+        summary.released += len(untouched)
+
+
+def _build(
+    db, settings: Settings, signer, row: outbox.OutboxRow, now: datetime, summary: Summary
+) -> messages.Outgoing | outbox.Outcome:
+    """The wire bytes for a row, or the outcome that replaces sending it."""
+    try:
+        return messages.build(db, settings, row, now, signer=signer)
+    except messages.SkipMessage as skip:
+        return outbox.Outcome(row.id, skip.status, None, skip.reason)
+    except FunnelError as exc:
+        summary.errors.append(f"row {row.id}: {exc}")
+        return outbox.Outcome(row.id, "failed", None, f"build: {exc}"[:500])
+    except Exception as exc:  # a bug in a builder: count it as a crash of this row
+        crashes = row.crashes + 1
+        error = f"building the message crashed ({crashes} time(s)): {exc!r}"[:500]
+        summary.errors.append(f"row {row.id}: {error}")
+        if crashes >= settings.crash_limit:
+            return outbox.Outcome(row.id, "failed", None, f"parked: {error}", crashed=True)
+        return outbox.Outcome(
+            row.id, "retry", None, error, retry_at=now + backoff(crashes), crashed=True
+        )
+
+
+def _send(
+    settings: Settings,
+    pool: RelayPool,
+    row: outbox.OutboxRow,
+    msg: messages.Outgoing,
+    now: datetime,
+    summary: Summary,
+    bounced: dict,
+) -> outbox.Outcome | None:
+    sent = pool.send(msg.envelope_from, msg.recipient, msg.data, now)
+    if sent.result is None:
+        summary.blocked = sent.blocked
+        return None
+    outcome = outcome_for(row, sent.result, now, settings, sent.relay or "")
+    if outcome.status == "failed" and sent.result.code and sent.result.stage in ("rcpt", "data"):
+        bounced[row.id] = (row, sent.result, sent.relay or "")
+    return outcome
+
+
+def _record_bounce(
+    db, settings: Settings, row: outbox.OutboxRow, result: SendResult, relay: str, now: datetime
+) -> int:
+    from subscribers import bounces
+
+    if row.subscriber_id is None:
+        return 0
+    bounces.record_smtp_failure(
+        db, settings, subscriber_id=row.subscriber_id, outbox_id=row.id, code=result.code,
+        message=result.message, relay=relay, now=now,
+    )  # fmt: skip
+    return 1

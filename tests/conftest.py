@@ -188,3 +188,61 @@ def cli_env(settings, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+# ----------------------------------------------------------------- sending (delivery engine)
+TEST_BULK_KIND = "test_bulk"
+
+
+class Mailings:
+    """Delivery-test helpers: subscribers and bulk outbox rows without the opt-in path."""
+
+    def __init__(self, db, settings, clock):
+        self.db, self.settings, self.clock = db, settings, clock
+
+    def subscriber(self, email: str, name: str = "Sam Lee", status: str = "active") -> int:
+        from funnel.db import iso
+        from subscribers.lifecycle import email_hash
+
+        stamp = iso(self.clock())
+        return self.db.execute(
+            "INSERT INTO subscribers (email, email_hash, name, status, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (email, email_hash(email), name, status, stamp, stamp),
+        ).lastrowid
+
+    def queue(self, sid: int, email: str, *, kind: str = TEST_BULK_KIND, stream: str = "broadcasts",
+              expires_at=None, due_at=None) -> int:
+        from campaigns import outbox
+
+        now = self.clock()
+        return outbox.enqueue(
+            self.db, self.settings, dedupe_key=f"{kind}:{stream}:{sid}:{email}", kind=kind,
+            subscriber_id=sid, to_addr=email, due_at=due_at or now, now=now, stream=stream,
+            expires_at=expires_at,
+        )
+
+    def many(self, n: int, domain: str = "example.com") -> list[int]:
+        return [self.queue(self.subscriber(f"r{i}@{domain}", f"Reader {i}"), f"r{i}@{domain}")
+                for i in range(n)]
+
+    def row(self, rid: int) -> dict:
+        return next(self.db.query("SELECT * FROM outbox WHERE id = ?", (rid,)))
+
+
+@pytest.fixture
+def mailings(db, settings, clock):
+    """Registers a bulk 'test_bulk' message kind (a broadcast-like email) for the test."""
+    from campaigns import messages
+
+    def build(db, settings, row, sub, now):
+        return messages.Content(
+            kind="broadcast", subject="News from the clinic",
+            body_md="Hello reader.\n\n.A line that starts with a dot.\n\n.\n\nBye.",
+        )
+
+    messages.BUILDERS[TEST_BULK_KIND] = build
+    try:
+        yield Mailings(db, settings, clock)
+    finally:
+        messages.BUILDERS.pop(TEST_BULK_KIND, None)

@@ -1,0 +1,228 @@
+"""Bounce reports we wrote ourselves (tests/data/dsn/): parsing, row lookup, Mailman scoring."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from funnel.errors import InputError
+from subscribers import bounces, lifecycle
+
+DSN = Path(__file__).parent / "data" / "dsn"
+
+
+@pytest.fixture
+def rows(db, mailings):
+    """Rows 1-3 with the Message-IDs the sample reports quote."""
+    made = {}
+    for name, addr in (
+        ("hard", "gone@example.com"),
+        ("soft", "full@example.org"),
+        ("complaint", "angry@isp.example"),
+    ):
+        rid = mailings.queue(mailings.subscriber(addr), addr)
+        db.execute(
+            "UPDATE outbox SET message_id = ? WHERE id = ?",
+            (f"<{name}-original@clinic.example>", rid),
+        )
+        made[name] = rid
+    assert list(made.values()) == [1, 2, 3]
+    return made
+
+
+def test_samples_parse_and_classify(settings):
+    hard = bounces.parse_report((DSN / "hard.eml").read_bytes(), settings)
+    assert (hard.kind, hard.status, hard.recipient, hard.verp_row) == (
+        "hard",
+        "5.1.1",
+        "gone@example.com",
+        1,
+    )
+    assert hard.message_id == "<hard-original@clinic.example>" and "User unknown" in hard.diagnostic
+    soft = bounces.parse_report((DSN / "soft.eml").read_bytes(), settings)
+    assert (soft.kind, soft.status, soft.verp_row, soft.message_id) == (
+        "soft",
+        "4.2.2",
+        None,
+        "<soft-original@clinic.example>",
+    )
+    arf = bounces.parse_report((DSN / "complaint.eml").read_bytes(), settings)
+    assert (arf.kind, arf.recipient, arf.message_id) == (
+        "complaint",
+        "angry@isp.example",
+        "<complaint-original@clinic.example>",
+    )
+    assert arf.diagnostic == "feedback; abuse"
+    with pytest.raises(InputError, match="not a delivery report: Content-Type is text/plain"):
+        bounces.parse_report((DSN / "unparseable.eml").read_bytes(), settings)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "the file is empty"),
+    (b"Content-Type: multipart/report; report-type=disposition-notification; boundary=x\n\n--x--\n",
+     "report-type 'disposition-notification'"),
+    (b"Content-Type: multipart/report; report-type=delivery-status; boundary=x\n\n--x\n"
+     b"Content-Type: text/plain\n\nhi\n--x--\n", "without a message/delivery-status part"),
+    (b"Content-Type: multipart/report; report-type=delivery-status; boundary=x\n\n--x\n"
+     b"Content-Type: message/delivery-status\n\nReporting-MTA: dns; a\n\nAction: failed\nStatus: bogus\n--x--\n",
+     "no valid Status field"),
+])  # fmt: skip
+def test_bad_reports_say_why(settings, data, reason):
+    with pytest.raises(InputError, match=reason):
+        bounces.parse_report(data, settings)
+
+
+def test_lookup_by_verp_then_message_id(db, settings, rows):
+    hard = bounces.parse_report((DSN / "hard.eml").read_bytes(), settings)
+    soft = bounces.parse_report((DSN / "soft.eml").read_bytes(), settings)
+    assert bounces.find_row(db, hard)[0] == rows["hard"]
+    assert bounces.find_row(db, soft)[0] == rows["soft"]
+    # VERP wins over a quoted Message-ID that names another row
+    mixed = (DSN / "hard.eml").read_bytes().replace(b"hard-original", b"soft-original")
+    assert bounces.find_row(db, bounces.parse_report(mixed, settings))[0] == rows["hard"]
+    # no VERP, no known Message-ID: no row
+    orphan = (DSN / "soft.eml").read_bytes().replace(b"soft-original", b"unknown")
+    assert bounces.find_row(db, bounces.parse_report(orphan, settings)) is None
+
+
+def test_maildir_processing_via_cli(db, settings, cli_env, rows, tmp_path):
+    box = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (box / sub).mkdir(parents=True)
+    for i, name in enumerate(("hard", "soft", "complaint", "unparseable")):
+        shutil.copy(DSN / f"{name}.eml", box / "new" / f"17000000{i}.M{i}P1.host")
+    r = CliRunner().invoke(cli.main, ["bounces", "process", str(box)])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.splitlines() == [
+        f"{box / 'new' / '170000003.M3P1.host'}: not a delivery report: Content-Type is "
+        "text/plain, expected multipart/report"
+    ]
+    assert r.stdout.strip() == (
+        "3 report(s) recorded (1 hard, 1 soft, 1 complaint); 2 subscriber(s) suppressed; "
+        "1 left in place (see above)"
+    )
+    assert sorted(p.name for p in (box / "cur").iterdir()) == [
+        "170000000.M0P1.host:2,S",
+        "170000001.M1P1.host:2,S",
+        "170000002.M2P1.host:2,S",
+    ]
+    assert [p.name for p in (box / "new").iterdir()] == ["170000003.M3P1.host"]
+
+    assert lifecycle.find(db, "gone@example.com").status == "bounced"
+    assert lifecycle.find(db, "angry@isp.example").status == "complained"
+    assert lifecycle.find(db, "full@example.org").status == "active"
+    assert db.execute(
+        "SELECT outbox_id, kind, status_code FROM bounces ORDER BY outbox_id"
+    ).fetchall() == [(1, "hard", "5.1.1"), (2, "soft", "4.2.2"), (3, "complaint", None)]
+    assert (
+        db.execute(
+            "SELECT bounce_score FROM subscribers WHERE email = 'full@example.org'"
+        ).fetchone()[0]
+        == 0.5
+    )
+
+    # A second run skips the seen messages and reports the bad one again.
+    r = CliRunner().invoke(cli.main, ["bounces", "process", str(box)])
+    assert r.stdout.startswith("0 report(s) recorded") and len(r.stderr.splitlines()) == 1
+    # Plain files are never moved; the same report twice is recorded once.
+    r = CliRunner().invoke(cli.main, ["bounces", "process", str(DSN / "soft.eml")])
+    assert "1 already recorded" in r.stdout
+    assert (DSN / "soft.eml").exists()
+    assert db.execute("SELECT COUNT(*) FROM bounces").fetchone()[0] == 3
+
+
+def test_bad_paths(cli_env, tmp_path):
+    r = CliRunner().invoke(cli.main, ["bounces", "process", str(tmp_path)])
+    assert r.exit_code == 1 and "a folder that is not a Maildir" in r.output
+    r = CliRunner().invoke(cli.main, ["bounces", "process", str(tmp_path / "nope.eml")])
+    assert r.exit_code == 1 and "no such file or folder" in r.output
+
+
+def _soft(db, settings, sid, now):
+    return bounces.record(
+        db,
+        settings,
+        subscriber_id=sid,
+        outbox_id=None,
+        kind="soft",
+        status_code="4.2.2",
+        diagnostic="mailbox full",
+        source="test",
+        now=now,
+    )
+
+
+def test_soft_bounces_score_once_a_day_and_suppress_at_five(db, settings, clock, mailings):
+    sid = mailings.subscriber("full@example.org")
+    assert _soft(db, settings, sid, clock()).score == 0.5
+    assert (
+        _soft(db, settings, sid, clock.advance(hours=3)).score == 0.5
+    )  # same day: not counted again
+    scores = []
+    for _ in range(9):
+        clock.advance(days=1)
+        result = _soft(db, settings, sid, clock())
+        scores.append(result.score)
+    assert scores[-1] == 5.0 and result.suppressed == "bounced"
+    assert lifecycle.find(db, "full@example.org").status == "bounced"
+    assert (
+        db.execute("SELECT COUNT(*) FROM bounces WHERE subscriber_id = ?", (sid,)).fetchone()[0]
+        == 11
+    )
+
+
+def test_score_resets_after_a_quiet_week(db, settings, clock, mailings):
+    sid = mailings.subscriber("full@example.org")
+    for _ in range(4):
+        _soft(db, settings, sid, clock.advance(days=1))
+    assert (
+        db.execute("SELECT bounce_score FROM subscribers WHERE id = ?", (sid,)).fetchone()[0] == 2.0
+    )
+    clock.advance(days=settings.bounce_reset_days)
+    assert _soft(db, settings, sid, clock()).score == 0.5
+
+
+def test_hard_bounces_suppress_at_once_unless_policy(db, settings, clock, mailings):
+    gone = mailings.subscriber("gone@example.com")
+    blocked = mailings.subscriber("blocked@example.com")
+    r = bounces.record(
+        db,
+        settings,
+        subscriber_id=gone,
+        outbox_id=None,
+        kind="hard",
+        status_code="5.1.1",
+        diagnostic="no such user",
+        source="t",
+        now=clock(),
+    )
+    assert r.suppressed == "bounced" and lifecycle.is_suppressed(db, "gone@example.com")
+    r = bounces.record(
+        db,
+        settings,
+        subscriber_id=blocked,
+        outbox_id=None,
+        kind="hard",
+        status_code="5.7.1",
+        diagnostic="spam",
+        source="t",
+        now=clock(),
+    )
+    assert (r.suppressed, r.score) == (None, 1.0)
+    for _ in range(4):
+        r = bounces.record(
+            db,
+            settings,
+            subscriber_id=blocked,
+            outbox_id=None,
+            kind="hard",
+            status_code="5.7.1",
+            diagnostic="spam",
+            source="t",
+            now=clock.advance(days=1),
+        )
+    assert r.suppressed == "bounced"  # five days of policy blocks reach the threshold

@@ -1,0 +1,112 @@
+"""kill -9 the real `funnel send` again and again: nothing is lost, duplicates stay bounded.
+
+The sink is the live aiosmtpd in this test process; each message is identified
+by its Message-ID, which the outbox row keeps across resends.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+import pytest
+
+from funnel.db import connect
+from subscribers.io import import_csv
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = 20
+
+
+def funnel_send(env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", "import cli; cli.main()", "send", "-q"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def pending_subscribers(tmp_path, settings, n: int) -> None:
+    """n pending readers from a CSV import: n confirmation rows, due now (real time)."""
+    csv = tmp_path / "people.csv"
+    csv.write_text("email,name\n" + "".join(f"p{i}@example.com,Reader {i}\n" for i in range(n)))
+    db = connect(settings.db, migrate=True)
+    assert import_csv(db, settings, csv, datetime.now(UTC)).imported == n
+    db.close()
+
+
+def env_for(cli_env: dict, smtp_url: str, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNNEL_")}
+    env.update(cli_env, FUNNEL_SMTP_URL=smtp_url, **extra)
+    return env
+
+
+@pytest.mark.slow
+def test_kill_9_twenty_times_then_resume(tmp_path, settings, cli_env, smtp_server):
+    n = 2000
+    pending_subscribers(tmp_path, settings, n)
+    # 200 messages/s keeps the run going through all 20 kills.  The crash limit
+    # is raised because random kills, unlike a poison message, may hit the same
+    # resent row more than 3 times (parking is tested in test_sender.py).
+    env = env_for(
+        cli_env,
+        smtp_server.url + "?rate=200",
+        FUNNEL_BATCH_SIZE=str(BATCH),
+        FUNNEL_CRASH_LIMIT="1000",
+    )
+    rng = random.Random(20261121)
+    db = connect(settings.db)
+    in_flight_at_kills = 0
+    kills = 0
+    for _ in range(20):
+        before = len(smtp_server.messages)
+        proc = funnel_send(env)
+        deadline = time.monotonic() + 20
+        while len(smtp_server.messages) == before and proc.poll() is None:
+            assert time.monotonic() < deadline, "funnel send never started sending"
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.05, 0.5))
+        if proc.poll() is not None:
+            break  # it finished everything before we could kill it
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        kills += 1
+        in_flight_at_kills += db.execute(
+            "SELECT COUNT(*) FROM outbox WHERE status = 'sending'"
+        ).fetchone()[0]
+    assert kills == 20, "the send finished too early to be killed 20 times"
+
+    proc = funnel_send(env)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert "uncertain after a crash (resent)" in out.decode()
+
+    rows = db.execute("SELECT message_id, status, uncertain FROM outbox").fetchall()
+    assert len(rows) == n and {r[1] for r in rows} == {"sent"}
+    received = Counter(m.message["Message-ID"] for m in smtp_server.messages)
+    assert set(received) == {r[0] for r in rows}  # every recipient got their message
+    duplicates = sum(received.values()) - n
+    assert duplicates <= in_flight_at_kills <= kills * BATCH
+    assert sum(r[2] for r in rows) >= in_flight_at_kills > 0  # resent rows were counted uncertain
+    # each recipient's copies are the same message
+    by_rcpt = {m.rcpt_tos[0]: m.message["Message-ID"] for m in smtp_server.messages}
+    assert len(by_rcpt) == n
+    db.close()
+
+
+def test_two_funnel_send_processes_share_the_work(tmp_path, settings, cli_env, smtp_server):
+    n = 400
+    pending_subscribers(tmp_path, settings, n)
+    env = env_for(cli_env, smtp_server.url, FUNNEL_BATCH_SIZE="10")
+    procs = [funnel_send(env) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    sent = [int(o[0].split()[0]) for o in outs]
+    assert sum(sent) == n
+    ids = [m.message["Message-ID"] for m in smtp_server.messages]
+    assert len(ids) == len(set(ids)) == n
