@@ -1,0 +1,161 @@
+"""Fixtures for the browser tests: the real stack on loopback and Debian's Chromium.
+
+The stack is what ``funnel up`` runs (waitress + worker thread + embedded SMTP
+server) against a temp database, with the real clock.  Chromium is Debian's
+``/usr/bin/chromium`` driven by Python playwright; we never download browsers.
+Without it the tests skip, except under CI=true, where a missing browser fails.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from conftest import free_port
+
+from funnel import devmail
+from funnel.db import connect
+from funnel.settings import test_settings
+from funnel.web import start_stack
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+#: Zones spread around the world; the tests pick one where it is daytime now,
+#: so part 1 is not held back by quiet hours.
+ZONES = (
+    "Europe/London",
+    "America/New_York",
+    "America/Los_Angeles",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+    "Asia/Kolkata",
+    "Europe/Berlin",
+    "America/Sao_Paulo",
+    "Pacific/Auckland",
+    "Asia/Dubai",
+    "America/Chicago",
+    "Asia/Singapore",
+)
+
+
+def daytime_zone(now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    for name in ZONES:
+        if 10 <= now.astimezone(ZoneInfo(name)).hour <= 18:
+            return name
+    raise AssertionError("no daytime zone found")  # pragma: no cover - the zones span the globe
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class LiveStack:
+    def __init__(self, stack, settings):
+        self.stack = stack
+        self.settings = settings
+        self.url = stack.url
+        self.db = connect(settings.db)
+
+    def inbox(self) -> list[dict]:
+        return devmail.listing(self.db)
+
+    def wait_for_mail(self, to: str, subject_part: str, timeout: float = 15.0) -> dict:
+        def find():
+            for m in self.inbox():
+                if to in m["rcpt_tos"] and subject_part.lower() in m["subject"].lower():
+                    return m
+            return None
+
+        return wait_for(find, timeout, f"a message to {to} about {subject_part!r}")
+
+    def message(self, message_id: int) -> devmail.DevMessage:
+        return devmail.get(self.db, message_id)
+
+    def get(self, url: str) -> int:
+        """A plain GET like a link scanner's: no cookies, no scripts."""
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                r.read()
+                return r.status
+        except urllib.error.HTTPError as exc:
+            exc.read()
+            exc.close()
+            return exc.code
+
+
+@pytest.fixture
+def live(tmp_path):
+    port = free_port()
+    settings = test_settings(
+        tmp_path,
+        dev=True,
+        base_url=f"http://127.0.0.1:{port}",
+        min_form_seconds=0.3,
+        smtp_urls=(f"smtp://127.0.0.1:{free_port()}",),
+    )
+    stack = start_stack(settings, port=port, smtp_port=settings.relays[0].port, worker_interval=0.2)
+    live = LiveStack(stack, stack.settings)
+    try:
+        yield live
+    finally:
+        live.db.close()
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    if not CHROMIUM.exists():
+        message = f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def zone() -> str:
+    return daytime_zone()
+
+
+@pytest.fixture
+def page(chromium, zone):
+    context = chromium.new_context(timezone_id=zone, viewport={"width": 800, "height": 900})
+    context.set_default_timeout(15_000)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    pg.console_errors = errors
+    try:
+        yield pg
+    finally:
+        context.close()
