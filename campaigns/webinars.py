@@ -1,0 +1,1627 @@
+"""Webinars: creation, invites, registration, reminders, reschedules, follow-ups.
+
+A webinar's mail, in order, for one registrant::
+
+    invite (stream "webinars", to a segment)        -- expires at the start
+    confirmation + .ics (METHOD:REQUEST)             -- at registration, expires at the start
+    reminders (default 24 h, 1 h, 10 min before)     -- each expires at the start
+    update + .ics (same UID, SEQUENCE+1)              -- if it moves
+    cancellation + .ics (METHOD:CANCEL)              -- if it is called off
+    follow-up: thank-you + offer | replay             -- after the end, per attendance
+
+Everything goes through the outbox (DESIGN rule 4) with a dedupe key, so
+repeating a command never queues a message twice.  Builders read the webinar
+*when the message is built*, so a queued reminder always carries the current
+time and join link, and a follow-up picks its branch from the registrant's
+current attendance.
+
+Consent model
+-------------
+Registering is consent to *this webinar's* mail only (``consent`` purpose
+``webinar:<slug>``).  A new person becomes a ``pending`` contact without a
+confirm nonce (``optin.webinar_contact``): no newsletter confirmation, no
+series, no broadcasts.  The newsletter is a separate, unticked box that runs
+the ordinary double opt-in.  Registrant mail travels on the stream
+``webinar:<slug>``; unsubscribing from it (the link in reminders) cancels the
+rest of that webinar's mail and nothing else.
+
+Events written: ``invited`` (queued invite), ``registered``, ``waitlisted``,
+``registration_cancelled``, ``attended``, ``no_show``, ``clicked_offer``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from funnel.db import iso, log_event, parse_iso, transaction
+from funnel.errors import FunnelError, InputError, NotFound, TokenError
+from funnel.settings import Settings
+from subscribers import lifecycle, optin, tokens
+
+from . import ics, messages, mime, outbox
+from .messages import Content, SkipMessage
+from .schedule import local_to_utc, parse_local_time
+
+OFFERS = {
+    "appointment": ("appointment_url", "Book an appointment"),
+    "programme": ("programme_url", "Start the 28-day programme"),
+}
+DEFAULT_REMINDERS = (1440, 60, 10)
+DEFAULT_DURATION = 60
+DEFAULT_FOLLOWUP_DELAY = 120
+#: Follow-ups older than this are not worth sending any more.
+FOLLOWUP_VALID = timedelta(days=14)
+_SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
+#: Registrations that hold a seat.
+_SEATED = ("registered", "attended", "no_show")
+#: Outbox kinds that only make sense before the start.
+_BEFORE_START_KINDS = ("webinar_invite", "webinar_confirm", "webinar_reminder", "webinar_update")
+
+
+# ================================================================= the webinar
+@dataclass(frozen=True)
+class Webinar:
+    id: int
+    slug: str
+    title: str
+    description: str
+    starts_at: datetime
+    timezone: str
+    duration_minutes: int
+    join_url: str
+    replay_url: str | None
+    capacity: int | None
+    host_name: str
+    offer: str
+    reminder_offsets: tuple[int, ...]
+    followup_delay_minutes: int
+    sequence: int
+    status: str
+    created_at: str
+    updated_at: str
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def ends_at(self) -> datetime:
+        return self.starts_at + timedelta(minutes=self.duration_minutes)
+
+    @property
+    def ref(self) -> str:
+        return f"webinar:{self.slug}"
+
+    @property
+    def stream(self) -> str:
+        """The stream registrant mail travels on (its own unsubscribe scope)."""
+        return f"webinar:{self.slug}"
+
+    @property
+    def local_start(self) -> datetime:
+        return self.starts_at.astimezone(self.zone)
+
+    def event_info(self) -> ics.EventInfo:
+        return ics.EventInfo(
+            slug=self.slug,
+            title=self.title,
+            description=self.description,
+            starts_at=self.starts_at,
+            timezone=self.timezone,
+            duration_minutes=self.duration_minutes,
+            join_url=self.join_url,
+            sequence=self.sequence,
+            cancelled=self.status == "cancelled",
+        )
+
+
+_W_COLUMNS = (
+    "id, slug, title, description, starts_at, timezone, duration_minutes, join_url, replay_url, "
+    "capacity, host_name, offer, reminder_offsets, followup_delay_minutes, sequence, status, "
+    "created_at, updated_at"
+)
+
+
+def _webinar(row: tuple) -> Webinar:
+    values = list(row)
+    values[4] = parse_iso(values[4])
+    values[12] = tuple(json.loads(values[12]))
+    return Webinar(*values)
+
+
+def get_webinar(db, slug: str) -> Webinar:
+    row = db.execute(f"SELECT {_W_COLUMNS} FROM webinars WHERE slug = ?", (slug,)).fetchone()
+    if row is None:
+        raise NotFound(f"webinar {slug!r} does not exist (see `funnel webinar list`)")
+    return _webinar(row)
+
+
+def find_webinar(db, slug: str) -> Webinar | None:
+    try:
+        return get_webinar(db, slug)
+    except NotFound:
+        return None
+
+
+def list_webinars(db) -> list[Webinar]:
+    return [
+        _webinar(r)
+        for r in db.execute(f"SELECT {_W_COLUMNS} FROM webinars ORDER BY starts_at").fetchall()
+    ]
+
+
+def registration_counts(db, webinar: Webinar) -> dict[str, int]:
+    rows = db.execute(
+        "SELECT status, COUNT(*) FROM registrations WHERE webinar_id = ? GROUP BY status",
+        (webinar.id,),
+    ).fetchall()
+    return dict(rows)
+
+
+def outbox_counts(db, webinar: Webinar) -> dict[str, dict[str, int]]:
+    """``{kind: {status: n}}`` for this webinar's mail."""
+    out: dict[str, dict[str, int]] = {}
+    for kind, status, n in db.execute(
+        "SELECT kind, status, COUNT(*) FROM outbox WHERE ref >= ? AND ref < ? GROUP BY kind, status",
+        (webinar.ref + ":", webinar.ref + ";"),
+    ).fetchall():
+        out.setdefault(kind, {})[status] = n
+    return out
+
+
+# ================================================================= validation
+Where = Callable[[str], str]
+
+
+def _cli_where(key: str) -> str:
+    return {
+        "start": "--start",
+        "timezone": "--tz",
+        "join_url": "--join-url",
+        "replay_url": "--replay-url",
+        "duration_minutes": "--duration",
+        "capacity": "--capacity",
+        "host_name": "--host",
+        "reminder_offsets": "--reminders",
+        "followup_delay_minutes": "--followup-delay",
+    }.get(key, f"--{key.replace('_', '-')}")
+
+
+def _text(value: object, key: str, where: Where, *, required: bool, limit: int) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise InputError(f"{where(key)}: expected text, got {value!r}")
+    text = value.strip()
+    if required and not text:
+        raise InputError(f"{where(key)}: must not be empty")
+    if len(text) > limit:
+        raise InputError(f"{where(key)}: longer than {limit} characters")
+    if any(c in text for c in "\x00\r") or (key != "description" and "\n" in text):
+        raise InputError(f"{where(key)}: contains a line break or control character")
+    return text
+
+
+def _https(value: object, key: str, where: Where, *, required: bool) -> str | None:
+    text = _text(value, key, where, required=required, limit=2000)
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme != "https" or not parts.netloc or " " in text:
+        raise InputError(f"{where(key)}: {text!r} must be an https:// URL")
+    return text
+
+
+def _int(value: object, key: str, where: Where, lo: int, hi: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InputError(f"{where(key)}: expected a whole number of {what}, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise InputError(f"{where(key)}: expected a whole number of {what}, got {value!r}") from exc
+    if not lo <= number <= hi:
+        raise InputError(f"{where(key)}: {number} is out of range ({lo} to {hi} {what})")
+    return number
+
+
+def _zone(value: object, where: Where) -> str:
+    name = _text(value, "timezone", where, required=True, limit=64)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InputError(
+            f"{where('timezone')}: unknown time zone {name!r} (use an IANA name like Europe/London)"
+        ) from exc
+    return name
+
+
+def _reminders(value: object, where: Where) -> tuple[int, ...]:
+    if isinstance(value, str):
+        items: list = [p.strip() for p in value.split(",") if p.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise InputError(
+            f"{where('reminder_offsets')}: expected a list of minutes like [1440, 60, 10]"
+        )
+    offsets = {
+        _int(v, "reminder_offsets", where, 1, 60 * 24 * 30, "minutes before the start")
+        for v in items
+    }
+    return tuple(sorted(offsets, reverse=True))
+
+
+def clean_values(
+    values: dict,
+    now: datetime,
+    *,
+    where: Where = _cli_where,
+    partial: bool = False,
+    current: Webinar | None = None,
+) -> dict:
+    """Validate webinar fields; returns column values.  Raises InputError naming the field.
+
+    ``values`` keys: slug, title, description, start (wall-clock text in
+    ``timezone``) or starts_at (aware datetime), timezone, duration_minutes,
+    join_url, replay_url, capacity, host_name, offer, reminder_offsets,
+    followup_delay_minutes.  With ``partial`` only the given keys are checked
+    (edits); ``current`` supplies the zone for a new wall-clock start.
+    """
+    out: dict = {}
+    given = {k for k, v in values.items() if v is not None}
+
+    def want(key: str) -> bool:
+        return key in given or not partial
+
+    if want("slug"):
+        slug = _text(values.get("slug"), "slug", where, required=True, limit=63)
+        if not _SLUG_RE.match(slug):
+            raise InputError(
+                f"{where('slug')}: {slug!r} must be lower-case letters, digits and hyphens"
+            )
+        out["slug"] = slug
+    if want("title"):
+        out["title"] = _text(values.get("title"), "title", where, required=True, limit=200)
+    if want("description"):
+        out["description"] = _text(
+            values.get("description"), "description", where, required=False, limit=5000
+        )
+    if want("timezone"):
+        out["timezone"] = _zone(values.get("timezone"), where)
+    tz_name = out.get("timezone") or (current.timezone if current else None)
+    if "starts_at" in given:
+        start = values["starts_at"]
+        if not isinstance(start, datetime) or start.tzinfo is None:
+            raise InputError(f"{where('start')}: expected an aware datetime")
+        out["starts_at"] = start
+    elif want("start"):
+        raw = values.get("start")
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            raise InputError(f'{where("start")}: a start time like "2026-12-10 18:00" is required')
+        if isinstance(raw, datetime):  # a TOML datetime without offset
+            raw = raw.strftime("%Y-%m-%d %H:%M")
+        out["starts_at"] = parse_local_time(str(raw), ZoneInfo(tz_name), where("start"))
+    elif "timezone" in given and current is not None:
+        # A new zone for the same wall-clock time moves the webinar.
+        local = current.local_start
+        out["starts_at"] = local_to_utc(local.date(), local.hour, ZoneInfo(tz_name), local.minute)
+    if "starts_at" in out and out["starts_at"] <= now:
+        local = out["starts_at"].astimezone(ZoneInfo(tz_name))
+        raise InputError(
+            f"{where('start')}: {local:%Y-%m-%d %H:%M} {tz_name} is in the past; "
+            "a webinar must start in the future"
+        )
+    if want("duration_minutes"):
+        raw = values.get("duration_minutes")
+        out["duration_minutes"] = _int(
+            DEFAULT_DURATION if raw is None else raw,
+            "duration_minutes",
+            where,
+            1,
+            24 * 60,
+            "minutes",
+        )
+    if want("join_url"):
+        out["join_url"] = _https(values.get("join_url"), "join_url", where, required=True)
+    if "replay_url" in given:
+        out["replay_url"] = _https(values["replay_url"], "replay_url", where, required=False)
+    elif not partial:
+        out["replay_url"] = None
+    if "capacity" in given:
+        cap = values["capacity"]
+        if isinstance(cap, str) and cap.strip().lower() in ("", "none", "unlimited"):
+            out["capacity"] = None
+        else:
+            try:
+                number = int(cap) if not isinstance(cap, bool) else None
+            except ValueError:
+                number = None
+            if number is None or number < 1:
+                raise InputError(
+                    f"{where('capacity')}: {cap!r} is not a valid capacity; use a number of "
+                    "seats of at least 1, or 'unlimited'"
+                )
+            out["capacity"] = number
+    elif not partial:
+        out["capacity"] = None
+    if want("host_name"):
+        out["host_name"] = _text(
+            values.get("host_name"), "host_name", where, required=False, limit=200
+        )
+    if want("offer"):
+        offer = values.get("offer") or "appointment"
+        if offer not in OFFERS:
+            raise InputError(f"{where('offer')}: {offer!r} must be one of {', '.join(OFFERS)}")
+        out["offer"] = offer
+    if want("reminder_offsets"):
+        raw = values.get("reminder_offsets")
+        out["reminder_offsets"] = DEFAULT_REMINDERS if raw is None else _reminders(raw, where)
+    if want("followup_delay_minutes"):
+        raw = values.get("followup_delay_minutes")
+        out["followup_delay_minutes"] = _int(
+            DEFAULT_FOLLOWUP_DELAY if raw is None else raw,
+            "followup_delay_minutes",
+            where,
+            0,
+            60 * 24 * 14,
+            "minutes",
+        )
+    return out
+
+
+# ================================================================= TOML files
+#: TOML key -> field name.
+TOML_KEYS = {
+    "slug": "slug",
+    "title": "title",
+    "description": "description",
+    "timezone": "timezone",
+    "start": "start",
+    "duration": "duration_minutes",
+    "join_url": "join_url",
+    "replay_url": "replay_url",
+    "capacity": "capacity",
+    "host": "host_name",
+    "offer": "offer",
+    "reminders": "reminder_offsets",
+    "followup_delay": "followup_delay_minutes",
+}
+
+
+def _toml_line(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if pattern.match(line):
+            return number
+    return None
+
+
+def load_webinar_file(path: Path) -> tuple[dict, Where]:
+    """Raw field values from ``content/webinars/<slug>.toml`` and a file:line locator."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the file ({exc.strerror})") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML ({exc})") from exc
+    field_to_key = {v: k for k, v in TOML_KEYS.items()}
+
+    def where(fieldname: str) -> str:
+        key = field_to_key.get(fieldname, fieldname)
+        line = _toml_line(text, key)
+        return f"{path}:{line}: {key}" if line else f"{path}: {key}"
+
+    unknown = sorted(set(data) - set(TOML_KEYS))
+    if unknown:
+        line = _toml_line(text, unknown[0])
+        raise InputError(
+            f"{path}:{line or 1}: unknown key {unknown[0]!r} (known: {', '.join(TOML_KEYS)})"
+        )
+    values = {TOML_KEYS[k]: v for k, v in data.items()}
+    values.setdefault("slug", path.stem)
+    return values, where
+
+
+# ================================================================= create / edit / cancel
+def create_webinar(
+    db, settings: Settings, values: dict, now: datetime, *, where: Where = _cli_where
+) -> Webinar:
+    """Create a webinar from raw values (see :func:`clean_values`)."""
+    cols = clean_values(values, now, where=where)
+    with transaction(db):
+        if find_webinar(db, cols["slug"]) is not None:
+            raise InputError(
+                f"{where('slug')}: a webinar called {cols['slug']!r} already exists; "
+                "change it with `funnel webinar edit`"
+            )
+        db.execute(
+            "INSERT INTO webinars (slug, title, description, starts_at, timezone, duration_minutes, "
+            "join_url, replay_url, capacity, host_name, offer, reminder_offsets, "
+            "followup_delay_minutes, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                cols["slug"],
+                cols["title"],
+                cols["description"],
+                iso(cols["starts_at"]),
+                cols["timezone"],
+                cols["duration_minutes"],
+                cols["join_url"],
+                cols["replay_url"],
+                cols["capacity"],
+                cols["host_name"],
+                cols["offer"],
+                json.dumps(list(cols["reminder_offsets"])),
+                cols["followup_delay_minutes"],
+                iso(now),
+                iso(now),
+            ),
+        )
+    return get_webinar(db, cols["slug"])
+
+
+def create_from_file(
+    db, settings: Settings, path: Path, now: datetime, overrides: dict | None = None
+) -> Webinar:
+    values, where = load_webinar_file(path)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return create_webinar(db, settings, values, now, where=where)
+
+
+def next_weekday_at(now: datetime, tz: ZoneInfo, weekday: int, hour: int) -> datetime:
+    """The first ``weekday`` at ``hour``:00 local time at least a day after ``now`` (UTC)."""
+    day = (now + timedelta(days=1)).astimezone(tz).date()
+    while True:
+        if day.weekday() == weekday:
+            candidate = local_to_utc(day, hour, tz)
+            if candidate > now + timedelta(days=1):
+                return candidate
+        day += timedelta(days=1)
+
+
+def ensure_demo_webinar(db, settings: Settings, now: datetime, path: Path | None = None) -> Webinar:
+    """The bundled Spine Health Webinar, created if missing (``funnel up`` in dev mode).
+
+    If the file's date has passed, the demo is moved to the next Thursday at
+    18:00 in its own zone, so the dev site always has a webinar to register for.
+    """
+    path = path or settings.content_path / "webinars" / "spine-health.toml"
+    values, where = load_webinar_file(path)
+    existing = find_webinar(db, values.get("slug") or path.stem)
+    if existing is not None:
+        return existing
+    tz = ZoneInfo(_zone(values.get("timezone"), where))
+    try:
+        start = parse_local_time(str(values.get("start", "")), tz, where("start"))
+    except InputError:
+        start = None
+    if start is None or start <= now + timedelta(hours=1):
+        values.pop("start", None)
+        values["starts_at"] = next_weekday_at(now, tz, 3, 18)
+    return create_webinar(db, settings, values, now, where=where)
+
+
+@dataclass(frozen=True)
+class EditResult:
+    webinar: Webinar
+    changed: tuple[str, ...]
+    rescheduled: bool
+    updates_queued: int = 0
+    reminders_queued: int = 0
+    reminders_cancelled: int = 0
+    promoted: int = 0
+
+
+#: Changes after which registrants get an update with a new .ics.
+_SIGNIFICANT = ("starts_at", "duration_minutes", "join_url", "timezone")
+
+
+def edit_webinar(
+    db, settings: Settings, slug: str, values: dict, now: datetime, *, where: Where = _cli_where
+) -> EditResult:
+    """Change a webinar.  A new time, length or join link bumps SEQUENCE, queues an
+    update with a fresh ``.ics`` to every registrant and recomputes their reminders.
+
+    A bigger capacity lets waitlisted people in (oldest first).
+    """
+    with transaction(db):
+        w = get_webinar(db, slug)
+        if w.status == "cancelled":
+            raise InputError(f"webinar {slug!r} is cancelled and cannot be edited")
+        cols = clean_values(values, now, where=where, partial=True, current=w)
+        cols.pop("slug", None)
+        changed = tuple(k for k, v in cols.items() if getattr(w, k) != v)
+        if not changed:
+            return EditResult(w, (), False)
+        significant = any(k in _SIGNIFICANT for k in changed)
+        if significant and w.starts_at <= now:
+            raise InputError(
+                f"webinar {slug!r} has already started; only the replay URL, offer and "
+                "follow-up can still change"
+            )
+        sets = {
+            k: (
+                json.dumps(list(v))
+                if k == "reminder_offsets"
+                else iso(v)
+                if isinstance(v, datetime)
+                else v
+            )
+            for k, v in cols.items()
+            if k in changed
+        }
+        if significant:
+            sets["sequence"] = w.sequence + 1
+        sets["updated_at"] = iso(now)
+        db.execute(
+            f"UPDATE webinars SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?",
+            (*sets.values(), w.id),
+        )
+        new = get_webinar(db, slug)
+        updates = queued = cancelled = promoted = 0
+        if significant or "reminder_offsets" in changed:
+            cancelled = _cancel_rows(db, new, ("webinar_reminder",), now, "the webinar changed")
+            if "starts_at" in changed:
+                _move_expiry(db, new, now)
+            for sid, addr in _registered(db, new):
+                queued += _queue_reminders(db, settings, new, sid, addr, now)
+        if significant:
+            for sid, addr in _registered(db, new):
+                key = f"webinar_update:{slug}:{new.sequence}:{sid}"
+                if _queue(
+                    db,
+                    settings,
+                    new,
+                    "webinar_update",
+                    sid,
+                    addr,
+                    now,
+                    now,
+                    key,
+                    outbox.PRIORITY_TRANSACTIONAL,
+                    new.starts_at,
+                ):
+                    updates += 1
+        if "capacity" in changed:
+            promoted = _promote_waitlist(db, settings, new, now)
+    return EditResult(new, changed, significant, updates, queued, cancelled, promoted)
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    webinar: Webinar
+    notices_queued: int
+    rows_cancelled: int
+    registrations_cancelled: int
+
+
+def cancel_webinar(db, settings: Settings, slug: str, now: datetime) -> CancelResult:
+    """Call a webinar off: METHOD:CANCEL to registrants, queued mail cancelled."""
+    with transaction(db):
+        w = get_webinar(db, slug)
+        if w.status == "cancelled":
+            raise InputError(f"webinar {slug!r} is already cancelled")
+        if w.starts_at <= now:
+            raise InputError(f"webinar {slug!r} has already started and cannot be cancelled")
+        db.execute(
+            "UPDATE webinars SET status = 'cancelled', sequence = sequence + 1, updated_at = ? "
+            "WHERE id = ?",
+            (iso(now), w.id),
+        )
+        new = get_webinar(db, slug)
+        rows = _cancel_rows(db, new, _BEFORE_START_KINDS, now, "the webinar was cancelled")
+        notices = 0
+        regs = db.execute(
+            "SELECT r.subscriber_id, s.email, r.status FROM registrations r "
+            "JOIN subscribers s ON s.id = r.subscriber_id "
+            "WHERE r.webinar_id = ? AND r.status IN ('registered', 'waitlisted')",
+            (w.id,),
+        ).fetchall()
+        for sid, addr, status in regs:
+            db.execute(
+                "UPDATE registrations SET status = 'cancelled', updated_at = ? "
+                "WHERE webinar_id = ? AND subscriber_id = ?",
+                (iso(now), w.id, sid),
+            )
+            log_event(
+                db,
+                "registration_cancelled",
+                now,
+                sid,
+                new.ref,
+                json.dumps({"reason": "webinar cancelled", "was": status}),
+            )
+            if status == "registered" and addr:
+                key = f"webinar_cancel:{slug}:{new.sequence}:{sid}"
+                if _queue(
+                    db,
+                    settings,
+                    new,
+                    "webinar_cancel",
+                    sid,
+                    addr,
+                    now,
+                    now,
+                    key,
+                    outbox.PRIORITY_TRANSACTIONAL,
+                    new.starts_at,
+                ):
+                    notices += 1
+    return CancelResult(new, notices, rows, len(regs))
+
+
+# ================================================================= outbox helpers
+def _queue(
+    db,
+    settings: Settings,
+    w: Webinar,
+    kind: str,
+    sid: int,
+    addr: str,
+    due: datetime,
+    now: datetime,
+    dedupe_key: str,
+    priority: int,
+    expires: datetime | None,
+    data: dict | None = None,
+    stream: str | None = None,
+) -> bool:
+    suffix = kind.removeprefix("webinar_")
+    row_id = outbox.enqueue(
+        db,
+        settings,
+        dedupe_key=dedupe_key,
+        kind=kind,
+        subscriber_id=sid,
+        to_addr=addr,
+        due_at=due,
+        now=now,
+        stream=stream or w.stream,
+        ref=f"{w.ref}:{suffix}",
+        priority=priority,
+        expires_at=expires,
+        data={"webinar": w.slug, **(data or {})},
+    )
+    return row_id is not None
+
+
+def _cancel_rows(db, w: Webinar, kinds: tuple[str, ...], now: datetime, reason: str) -> int:
+    marks = ",".join("?" * len(kinds))
+    return db.execute(
+        "UPDATE outbox SET status = 'cancelled', updated_at = ?, last_error = ?, lease_token = NULL "
+        f"WHERE ref >= ? AND ref < ? AND kind IN ({marks}) AND status IN ('queued', 'retry')",
+        (iso(now), reason, w.ref + ":", w.ref + ";", *kinds),
+    ).rowcount
+
+
+def _move_expiry(db, w: Webinar, now: datetime) -> None:
+    """Queued invites, confirmations and updates now expire at the new start."""
+    marks = ",".join("?" * len(_BEFORE_START_KINDS))
+    db.execute(
+        f"UPDATE outbox SET expires_at = ?, updated_at = ? WHERE ref >= ? AND ref < ? "
+        f"AND kind IN ({marks}) AND status IN ('queued', 'retry')",
+        (iso(w.starts_at), iso(now), w.ref + ":", w.ref + ";", *_BEFORE_START_KINDS),
+    )
+
+
+def _registered(db, w: Webinar) -> list[tuple[int, str]]:
+    return db.execute(
+        "SELECT r.subscriber_id, s.email FROM registrations r "
+        "JOIN subscribers s ON s.id = r.subscriber_id "
+        "WHERE r.webinar_id = ? AND r.status = 'registered' AND s.email IS NOT NULL "
+        "ORDER BY r.id",
+        (w.id,),
+    ).fetchall()
+
+
+def reminder_times(w: Webinar, now: datetime) -> list[tuple[int, datetime]]:
+    """(offset, due) for the reminders still ahead of ``now``.
+
+    Reminders whose time has passed are skipped: someone registering 30
+    minutes before the start gets the confirmation (which carries the join
+    link) at once and the 10-minute reminder, nothing older.
+    """
+    return [
+        (offset, w.starts_at - timedelta(minutes=offset))
+        for offset in w.reminder_offsets
+        if w.starts_at - timedelta(minutes=offset) > now
+    ]
+
+
+def _queue_reminders(db, settings: Settings, w: Webinar, sid: int, addr: str, now: datetime) -> int:
+    n = 0
+    for offset, due in reminder_times(w, now):
+        key = f"webinar_reminder:{w.slug}:{w.sequence}:{offset}:{sid}"
+        if _queue(
+            db,
+            settings,
+            w,
+            "webinar_reminder",
+            sid,
+            addr,
+            due,
+            now,
+            key,
+            outbox.PRIORITY_WEBINAR,
+            w.starts_at,
+            {"offset": offset},
+        ):
+            n += 1
+    return n
+
+
+def _seats_taken(db, w: Webinar) -> int:
+    return db.execute(
+        f"SELECT COUNT(*) FROM registrations WHERE webinar_id = ? AND status IN "
+        f"({','.join('?' * len(_SEATED))})",
+        (w.id, *_SEATED),
+    ).fetchone()[0]
+
+
+def _seat(db, settings: Settings, w: Webinar, sid: int, addr: str, now: datetime) -> None:
+    """A seated registrant: webinar stream on, confirmation and reminders queued."""
+    lifecycle.set_subscription(db, sid, w.stream, "subscribed", now)
+    _queue(
+        db,
+        settings,
+        w,
+        "webinar_confirm",
+        sid,
+        addr,
+        now,
+        now,
+        f"webinar_confirm:{w.slug}:{sid}",
+        outbox.PRIORITY_TRANSACTIONAL,
+        w.starts_at,
+    )
+    _queue_reminders(db, settings, w, sid, addr, now)
+
+
+def _promote_waitlist(db, settings: Settings, w: Webinar, now: datetime) -> int:
+    if w.starts_at <= now:
+        return 0
+    free = None if w.capacity is None else max(w.capacity - _seats_taken(db, w), 0)
+    rows = db.execute(
+        "SELECT r.subscriber_id, s.email FROM registrations r JOIN subscribers s "
+        "ON s.id = r.subscriber_id WHERE r.webinar_id = ? AND r.status = 'waitlisted' "
+        "AND s.email IS NOT NULL ORDER BY r.registered_at, r.id"
+        + ("" if free is None else " LIMIT ?"),
+        (w.id,) if free is None else (w.id, free),
+    ).fetchall()
+    for sid, addr in rows:
+        db.execute(
+            "UPDATE registrations SET status = 'registered', updated_at = ? "
+            "WHERE webinar_id = ? AND subscriber_id = ?",
+            (iso(now), w.id, sid),
+        )
+        log_event(db, "registered", now, sid, w.ref, json.dumps({"from": "waitlist"}))
+        _seat(db, settings, w, sid, addr, now)
+    return len(rows)
+
+
+# ================================================================= invites
+@dataclass(frozen=True)
+class InviteResult:
+    webinar: Webinar
+    queued: int
+    already: int  # invited before, registered, or not on the webinars stream
+    due_at: datetime
+
+
+def invite_candidates(
+    db, settings: Settings, w: Webinar, segment, now: datetime, where: Sequence[str] = ()
+) -> Iterator[tuple[int, str]]:
+    """(subscriber id, email) of the segment who may get this webinar's invite.
+
+    ``segment`` is a segment name (``all``) or a list of expressions
+    (``["series:importance-of-exercise>=4"]``), see ``subscribers.segments``.
+    On top of it: active and receiving the ``webinars`` stream (not paused),
+    and not already registered (in any state) for this webinar.
+    """
+    from subscribers import segments
+
+    for batch in segments.iter_members(
+        db, settings, segment, where=tuple(where), now=now, stream="webinars"
+    ):
+        ids = [sid for sid, _addr in batch]
+        marks = ",".join("?" * len(ids))
+        taken = {
+            r[0]
+            for r in db.execute(
+                f"SELECT subscriber_id FROM registrations WHERE webinar_id = ? "
+                f"AND subscriber_id IN ({marks})",
+                (w.id, *ids),
+            ).fetchall()
+        }
+        for sid, addr in batch:
+            if sid not in taken:
+                yield sid, addr
+
+
+def split_segment(values: Sequence[str]):
+    """CLI ``--segment`` values: one bare name stays a name, anything else is expressions."""
+    values = [v.strip() for v in values if v.strip()]
+    if len(values) == 1 and re.fullmatch(r"[a-z0-9][a-z0-9_-]*", values[0]):
+        return values[0]
+    return values
+
+
+def invite(
+    db,
+    settings: Settings,
+    slug: str,
+    segment,
+    now: datetime,
+    *,
+    where: Sequence[str] = (),
+    at: datetime | None = None,
+) -> InviteResult:
+    """Queue the invite for a segment; idempotent per person and webinar."""
+    with transaction(db):
+        w = get_webinar(db, slug)
+        if w.status == "cancelled":
+            raise InputError(f"webinar {slug!r} is cancelled; there is nothing to invite to")
+        due = at or now
+        if w.starts_at <= max(due, now):
+            raise InputError(
+                f"--at: the invite would go out after webinar {slug!r} starts "
+                f"({w.local_start:%Y-%m-%d %H:%M %Z})"
+            )
+        queued = already = 0
+        for sid, addr in list(invite_candidates(db, settings, w, segment, now, where)):
+            if _queue(
+                db,
+                settings,
+                w,
+                "webinar_invite",
+                sid,
+                addr,
+                due,
+                now,
+                f"webinar_invite:{slug}:{sid}",
+                outbox.PRIORITY_WEBINAR,
+                w.starts_at,
+                stream="webinars",
+            ):
+                queued += 1
+                log_event(db, "invited", now, sid, w.ref)
+            else:
+                already += 1
+    return InviteResult(w, queued, already, due)
+
+
+# ================================================================= registration
+@dataclass(frozen=True)
+class RegistrationResult:
+    webinar: Webinar
+    status: str  # registered | waitlisted | already | suppressed
+    subscriber_id: int | None = None
+    registration_status: str | None = None
+    newsletter: str | None = None  # optin.signup action when the box was ticked
+
+
+def check_open(w: Webinar, now: datetime) -> None:
+    if w.status == "cancelled":
+        raise InputError(f"Registration is closed: {w.title} has been cancelled.")
+    if w.starts_at <= now:
+        raise InputError(
+            f"Registration is closed: {w.title} started at "
+            f"{w.local_start:%H:%M %Z on %A %-d %B %Y}."
+        )
+
+
+def is_full(db, w: Webinar) -> bool:
+    return w.capacity is not None and _seats_taken(db, w) >= w.capacity
+
+
+def register(
+    db,
+    settings: Settings,
+    slug: str,
+    now: datetime,
+    *,
+    email: str | None = None,
+    subscriber_id: int | None = None,
+    name: str = "",
+    timezone: str | None = None,
+    newsletter: bool = False,
+    source: str = "web",
+    ip: str | None = None,
+    user_agent: str | None = None,
+    consent_action: str = "requested",
+) -> RegistrationResult:
+    """Register someone (by id, from an invite token; or by email, from the form/CLI).
+
+    Registering twice is harmless.  A full webinar puts people on the
+    waitlist; after the start, registration is refused with InputError.
+    """
+    with transaction(db):
+        w = get_webinar(db, slug)
+        check_open(w, now)
+        signup_action = None
+        if subscriber_id is None:
+            if not email:
+                raise InputError("email: an email address is required")
+            if newsletter:
+                signup_action = optin.signup(
+                    db,
+                    settings,
+                    email,
+                    now,
+                    name=name,
+                    timezone=timezone,
+                    source=f"webinar:{slug}",
+                    ip=ip,
+                    user_agent=user_agent,
+                ).action
+            subscriber_id = optin.webinar_contact(
+                db,
+                settings,
+                email,
+                now,
+                purpose=w.ref,
+                action=consent_action,
+                name=name,
+                timezone=timezone,
+                source=source,
+                ip=ip,
+                user_agent=user_agent,
+            )
+            if subscriber_id is None:
+                return RegistrationResult(w, "suppressed", newsletter=signup_action)
+        sub = lifecycle.get(db, subscriber_id)
+        if sub.email is None or sub.status in ("bounced", "complained", "erased"):
+            return RegistrationResult(w, "suppressed", sub.id)
+        existing = db.execute(
+            "SELECT status FROM registrations WHERE webinar_id = ? AND subscriber_id = ?",
+            (w.id, sub.id),
+        ).fetchone()
+        if existing is not None:
+            return RegistrationResult(w, "already", sub.id, existing[0], signup_action)
+        if email is None:
+            # From an invite link: the token proves the address; record the consent.
+            db.execute(
+                "INSERT INTO consent (subscriber_id, purpose, action, at, source, ip, user_agent, "
+                "consent_text_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sub.id,
+                    w.ref,
+                    consent_action,
+                    iso(now),
+                    source,
+                    ip,
+                    (user_agent or "")[:300] or None,
+                    settings.consent_version,
+                ),
+            )
+        status = "waitlisted" if is_full(db, w) else "registered"
+        db.execute(
+            "INSERT INTO registrations (webinar_id, subscriber_id, status, source, registered_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (w.id, sub.id, status, source, iso(now), iso(now)),
+        )
+        log_event(db, status, now, sub.id, w.ref, json.dumps({"source": source}))
+        if status == "registered":
+            _seat(db, settings, w, sub.id, sub.email, now)
+    return RegistrationResult(w, status, sub.id, status, signup_action)
+
+
+def invite_token(settings: Settings, slug: str, subscriber_id: int, now: datetime) -> str:
+    return tokens.subscriber_token(settings, "webinar", subscriber_id, now, w=slug)
+
+
+def read_invite_token(settings: Settings, slug: str, token: str, now: datetime) -> int:
+    data = tokens.read_subscriber_token(settings, "webinar", token, now)
+    if data.get("w") != slug or data.get("k", "register") != "register":
+        raise TokenError("This link is for a different webinar.")
+    return int(data["s"])
+
+
+def invitee(db, settings: Settings, slug: str, token: str, now: datetime) -> lifecycle.Subscriber:
+    """Who an invite link names (for the prefilled "Reserve my spot" page); never changes state."""
+    sid = read_invite_token(settings, slug, token, now)
+    try:
+        sub = lifecycle.get(db, sid)
+    except NotFound as exc:
+        raise TokenError("This link is not valid.") from exc
+    if sub.email is None:
+        raise TokenError("This link is not valid.")
+    return sub
+
+
+def register_with_token(
+    db,
+    settings: Settings,
+    slug: str,
+    token: str,
+    now: datetime,
+    *,
+    ip: str | None = None,
+    user_agent: str | None = None,
+) -> RegistrationResult:
+    """One-click registration from an invite's "Reserve my spot" link (POST only)."""
+    sub = invitee(db, settings, slug, token, now)
+    return register(
+        db,
+        settings,
+        slug,
+        now,
+        subscriber_id=sub.id,
+        source="invite",
+        ip=ip,
+        user_agent=user_agent,
+        consent_action="confirmed",
+    )
+
+
+def registrants(db, slug: str) -> list[dict]:
+    w = get_webinar(db, slug)
+    return list(
+        db.query(
+            "SELECT s.email, s.name, s.timezone, r.status, r.source, r.registered_at, "
+            "r.attended_minutes, r.updated_at FROM registrations r "
+            "JOIN subscribers s ON s.id = r.subscriber_id WHERE r.webinar_id = ? ORDER BY r.id",
+            (w.id,),
+        )
+    )
+
+
+EXPORT_COLUMNS = (
+    "email",
+    "name",
+    "timezone",
+    "status",
+    "source",
+    "registered_at",
+    "attended_minutes",
+    "updated_at",
+)
+
+
+def export_registrants(db, slug: str, fh: IO[str]) -> int:
+    rows = registrants(db, slug)
+    writer = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r[k] is None else r[k]) for k in EXPORT_COLUMNS})
+    return len(rows)
+
+
+# ================================================================= attendance
+_EMAIL_COLS = ("useremail", "email", "emailaddress", "attendeeemail", "participantemail")
+_JOIN_COLS = ("jointime", "joined", "joinedat", "firstjointime")
+_DURATION_COLS = (
+    "durationminutes",
+    "duration",
+    "timeinsessionminutes",
+    "minutes",
+    "totaldurationminutes",
+    "durationmins",
+    "minutesattended",
+)
+_ATTENDED_COLS = ("attended",)
+_TIME_FORMATS = (
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%dT%H:%M:%SZ",
+    "%b %d, %Y %H:%M:%S",
+    "%b %d, %Y %I:%M:%S %p",
+    "%m/%d/%Y %I:%M:%S %p",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%Y %H:%M",
+    "%d/%m/%Y %H:%M:%S",
+    "%d/%m/%Y %H:%M",
+)
+
+
+def _norm(header: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", header.lower())
+
+
+def _col(headers: list[str], names: tuple[str, ...]) -> int | None:
+    normed = [_norm(h) for h in headers]
+    for name in names:
+        if name in normed:
+            return normed.index(name)
+    return None
+
+
+class _Cells:
+    """``cell(i)``: the stripped cell, or "" for a missing column or short row."""
+
+    def __init__(self, row: list[str]):
+        self.row = row
+
+    def __call__(self, i: int | None) -> str:
+        return self.row[i].strip() if i is not None and i < len(self.row) else ""
+
+
+def _parse_join(text: str) -> datetime | None:
+    text = text.strip()
+    for fmt in _TIME_FORMATS:
+        try:
+            return datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+    return None
+
+
+@dataclass
+class AttendanceReport:
+    path: str
+    attended: int = 0
+    no_show: int = 0
+    unknown: list[str] = field(default_factory=list)  # "file:line: reason", not fatal
+    problems: list[str] = field(default_factory=list)  # bad rows
+    followups_queued: int = 0
+
+
+class AttendanceRejected(InputError):
+    """Bad rows and skip_invalid off: nothing was changed."""
+
+    def __init__(self, report: AttendanceReport):
+        self.report = report
+        n = len(report.problems)
+        super().__init__(
+            f"{report.path}: {n} bad row{'s' if n != 1 else ''}, nothing was imported "
+            f"(first: {report.problems[0]}); fix them or pass --skip-invalid"
+        )
+
+
+def parse_attendance(
+    path: Path, text: str | None = None
+) -> tuple[dict[str, int], AttendanceReport, dict[str, int]]:
+    """``({email: minutes}, report, {email: line})`` from a Zoom-style CSV.
+
+    Header names are matched case- and punctuation-insensitively ("User Email",
+    "Email", "Join Time", "Duration (Minutes)", "Time in Session (minutes)").
+    Zoom reports put title sections above the table; any row that carries an
+    email header starts a new table.  Rejoins add up.
+    """
+    report = AttendanceReport(str(path))
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read the file ({exc.strerror})") from exc
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: not UTF-8 text; export the CSV as UTF-8") from exc
+    reader = csv.reader(io.StringIO(text))
+    cols: tuple[int, int | None, int | None, int | None] | None = None
+    minutes: dict[str, int] = {}
+    lines: dict[str, int] = {}
+    for row in reader:
+        line = reader.line_num
+        if not any(c.strip() for c in row):
+            continue
+        email_col = _col(row, _EMAIL_COLS)
+        if email_col is not None and "@" not in row[email_col]:
+            cols = (
+                email_col,
+                _col(row, _JOIN_COLS),
+                _col(row, _DURATION_COLS),
+                _col(row, _ATTENDED_COLS),
+            )
+            continue
+        if cols is None:
+            continue  # report preamble before the table
+        e_col, j_col, d_col, a_col = cols
+        cell = _Cells(row)
+        if a_col is not None and cell(a_col).lower() in ("no", "false", "0"):
+            continue  # Zoom lists registrants who never joined as Attended = No
+        raw_email = cell(e_col)
+        if not raw_email:
+            report.unknown.append(f"{path}:{line}: no email address (a guest?); skipped")
+            continue
+        try:
+            addr = optin.clean_email(raw_email, field=f"{path}:{line}: email")
+        except InputError as exc:
+            report.problems.append(str(exc))
+            continue
+        mins = 0
+        if d_col is not None:
+            raw = cell(d_col)
+            try:
+                mins = round(float(raw)) if raw else 0
+                if mins < 0:
+                    raise ValueError
+            except ValueError:
+                report.problems.append(
+                    f"{path}:{line}: duration {raw!r} is not a number of minutes"
+                )
+                continue
+        if j_col is not None and cell(j_col) and _parse_join(cell(j_col)) is None:
+            report.problems.append(
+                f"{path}:{line}: join time {cell(j_col)!r} is not a date and time"
+            )
+            continue
+        key = addr.lower()
+        minutes[key] = minutes.get(key, 0) + mins
+        lines.setdefault(key, line)
+    if cols is None:
+        raise InputError(
+            f'{path}: no header row with an email column (expected e.g. "User Email" or "Email")'
+        )
+    return minutes, report, lines
+
+
+def import_attendance(
+    db,
+    settings: Settings,
+    slug: str,
+    path: Path,
+    now: datetime,
+    *,
+    skip_invalid: bool = False,
+    text: str | None = None,
+) -> AttendanceReport:
+    """Mark registrants attended / no_show from the CSV and queue their follow-ups.
+
+    The file is taken as the full list of who joined: everyone registered and
+    not in it is a no-show (re-importing a corrected file recomputes).
+    Waitlisted people stay waitlisted unless they appear in the file.
+    Unknown addresses are reported, not fatal.  Bad rows reject the file
+    (nothing changes) unless ``skip_invalid``.
+    """
+    w = get_webinar(db, slug)
+    if w.status == "cancelled":
+        raise InputError(f"webinar {slug!r} was cancelled; there is no attendance to import")
+    if w.starts_at > now:
+        raise InputError(
+            f"webinar {slug!r} has not started yet ({w.local_start:%Y-%m-%d %H:%M %Z}); "
+            "import attendance after it"
+        )
+    minutes, report, lines = parse_attendance(path, text)
+    if report.problems and not skip_invalid:
+        raise AttendanceRejected(report)
+    with transaction(db):
+        regs = db.execute(
+            "SELECT r.subscriber_id, s.email, r.status FROM registrations r "
+            "JOIN subscribers s ON s.id = r.subscriber_id WHERE r.webinar_id = ? "
+            "AND r.status IN ('registered', 'waitlisted', 'attended', 'no_show')",
+            (w.id,),
+        ).fetchall()
+        known = {(addr or "").lower(): (sid, addr, status) for sid, addr, status in regs}
+        for key in minutes:
+            if key not in known:
+                report.unknown.append(f"{path}:{lines[key]}: {key} is not registered for {slug}")
+        due = max(now, w.ends_at + timedelta(minutes=w.followup_delay_minutes))
+        for key, (sid, addr, status) in known.items():
+            if key in minutes:
+                new = "attended"
+            elif status == "waitlisted":
+                continue
+            else:
+                new = "no_show"
+            db.execute(
+                "UPDATE registrations SET status = ?, attended_minutes = ?, updated_at = ? "
+                "WHERE webinar_id = ? AND subscriber_id = ?",
+                (new, minutes.get(key), iso(now), w.id, sid),
+            )
+            if new != status:
+                log_event(
+                    db,
+                    new,
+                    now,
+                    sid,
+                    w.ref,
+                    json.dumps({"minutes": minutes[key]}) if key in minutes else None,
+                )
+            if new == "attended":
+                report.attended += 1
+            else:
+                report.no_show += 1
+            if addr and _queue(
+                db,
+                settings,
+                w,
+                "webinar_followup",
+                sid,
+                addr,
+                due,
+                now,
+                f"webinar_followup:{slug}:{sid}",
+                outbox.PRIORITY_WEBINAR,
+                due + FOLLOWUP_VALID,
+            ):
+                report.followups_queued += 1
+    return report
+
+
+# ================================================================= offer clicks
+def offer_token(settings: Settings, slug: str, subscriber_id: int, now: datetime) -> str:
+    return tokens.subscriber_token(settings, "webinar", subscriber_id, now, w=slug, k="offer")
+
+
+def offer_target(db, settings: Settings, token: str, now: datetime) -> tuple[Webinar, str]:
+    """(webinar, destination URL) an offer link points to; never changes state."""
+    data = tokens.read_subscriber_token(settings, "webinar", token, now)
+    if data.get("k") != "offer":
+        raise TokenError("This link is not valid.")
+    w = get_webinar(db, str(data.get("w")))
+    setting, _text_ = OFFERS[w.offer]
+    url = getattr(settings, setting)
+    if not url:
+        raise NotFound(f"the {w.offer} offer has no URL configured ({setting})")
+    return w, url
+
+
+def record_offer_click(db, settings: Settings, token: str, now: datetime) -> str:
+    """Log ``clicked_offer`` and return where to send the reader.
+
+    Called from a POST (the interstitial's button), so link scanners that
+    fetch every URL in an email do not count as clicks (DESIGN rule 7).
+    """
+    w, url = offer_target(db, settings, token, now)
+    sid = int(tokens.read_subscriber_token(settings, "webinar", token, now)["s"])
+    with transaction(db):
+        if db.execute("SELECT 1 FROM subscribers WHERE id = ?", (sid,)).fetchone():
+            log_event(db, "clicked_offer", now, sid, w.ref, json.dumps({"offer": w.offer}))
+    return url
+
+
+# ================================================================= message builders
+def format_when(dt: datetime, tz: ZoneInfo) -> str:
+    """ "Thursday 10 December 2026, 6:00 pm GMT" in ``tz``."""
+    local = dt.astimezone(tz)
+    hour = local.hour % 12 or 12
+    ampm = "am" if local.hour < 12 else "pm"
+    return f"{local:%A} {local.day} {local:%B %Y}, {hour}:{local:%M} {ampm} {local:%Z}"
+
+
+def _reader_zone(settings: Settings, sub: lifecycle.Subscriber) -> ZoneInfo:
+    try:
+        return ZoneInfo(sub.timezone) if sub.timezone else settings.zone
+    except (ZoneInfoNotFoundError, ValueError):
+        return settings.zone
+
+
+def _load(db, row: outbox.OutboxRow, sub: lifecycle.Subscriber) -> Webinar:
+    slug = row.data.get("webinar")
+    w = find_webinar(db, slug) if slug else None
+    if w is None:
+        raise SkipMessage("cancelled", f"webinar {slug!r} no longer exists")
+    if sub.status in ("bounced", "complained", "erased", "unsubscribed"):
+        raise SkipMessage("cancelled", f"the subscriber is {sub.status}")
+    return w
+
+
+def _registration(db, w: Webinar, sid: int) -> str | None:
+    row = db.execute(
+        "SELECT status FROM registrations WHERE webinar_id = ? AND subscriber_id = ?", (w.id, sid)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _recipient(
+    settings: Settings, w: Webinar, sub: lifecycle.Subscriber, now: datetime, **extra: str
+) -> dict:
+    tz = _reader_zone(settings, sub)
+    info = w.event_info()
+    setting, offer_text = OFFERS[w.offer]
+    values = {
+        "register_url": settings.url(
+            f"/w/{w.slug}?t={invite_token(settings, w.slug, sub.id, now)}"
+        ),
+        "join_url": w.join_url,
+        "webinar_title": w.title,
+        "webinar_when": format_when(w.starts_at, tz),
+        "webinar_tz": tz.key,
+        "google_calendar_url": ics.google_calendar_url(info),
+        "outlook_url": ics.outlook_url(info),
+        "replay_url": w.replay_url or "",
+        "offer_url": "",
+        "offer_text": offer_text,
+        "webinar_url": settings.url(f"/w/{w.slug}"),
+    }
+    values.update(extra)
+    return values
+
+
+def _ics(
+    settings: Settings, w: Webinar, row: outbox.OutboxRow, sub: lifecycle.Subscriber, now: datetime
+) -> mime.Attachment:
+    method = "CANCEL" if w.status == "cancelled" else "REQUEST"
+    data = ics.build_ics(
+        w.event_info(),
+        uid=ics.event_uid(w.slug, sub.id, settings.sender_domain),
+        organizer_name=settings.from_name or settings.site_name,
+        organizer_email=settings.from_addr,
+        attendee_email=row.to_addr or "",
+        attendee_name=sub.name,
+        now=now,
+        method=method,
+    )
+    filename = "cancel.ics" if method == "CANCEL" else "invite.ics"
+    return mime.Attachment(filename, f"text/calendar; method={method}; charset=utf-8", data)
+
+
+def _registrant_reason(settings: Settings, w: Webinar) -> str:
+    return f"You are getting this because you registered for {w.title} with {settings.site_name}."
+
+
+def _require_registered(db, w: Webinar, sub: lifecycle.Subscriber) -> None:
+    if w.status == "cancelled":
+        raise SkipMessage("cancelled", "the webinar was cancelled")
+    status = _registration(db, w, sub.id)
+    if status != "registered":
+        raise SkipMessage("cancelled", f"the registration is {status or 'missing'}")
+
+
+@messages.builder("webinar_invite")
+def _build_invite(db, settings: Settings, row, sub, now: datetime) -> Content:
+    w = _load(db, row, sub)
+    if w.status == "cancelled":
+        raise SkipMessage("cancelled", "the webinar was cancelled")
+    if _registration(db, w, sub.id) is not None:
+        raise SkipMessage("cancelled", "already registered for this webinar")
+    stream = lifecycle.subscriptions(db, sub.id).get("webinars", {})
+    if stream.get("status") != "subscribed":
+        raise SkipMessage("cancelled", "not subscribed to webinar invitations")
+    return Content(
+        kind="webinar_invite",
+        subject=f"You're invited: {w.title} (free, live online)",
+        preheader="A free live session with our physiotherapists. Reserve your spot in one click.",
+        extra={
+            "reason": f"You are getting this because you subscribed to {settings.site_name}'s "
+            "newsletter and webinar invitations."
+        },
+        recipient=_recipient(settings, w, sub, now),
+    )
+
+
+@messages.builder("webinar_confirm")
+def _build_confirm(db, settings: Settings, row, sub, now: datetime) -> Content:
+    w = _load(db, row, sub)
+    _require_registered(db, w, sub)
+    return Content(
+        kind="webinar_confirm",
+        subject=f"You're registered: {w.title}",
+        preheader="Your join link and a calendar invite are inside.",
+        bulk=False,
+        extra={"reason": _registrant_reason(settings, w)},
+        recipient=_recipient(settings, w, sub, now),
+        attachments=(_ics(settings, w, row, sub, now),),
+    )
+
+
+def _in_words(minutes: int) -> str:
+    if minutes % 1440 == 0:
+        days = minutes // 1440
+        return "tomorrow" if days == 1 else f"in {days} days"
+    if minutes % 60 == 0:
+        hours = minutes // 60
+        return f"in {hours} hour{'s' if hours != 1 else ''}"
+    return f"in {minutes} minute{'s' if minutes != 1 else ''}"
+
+
+@messages.builder("webinar_reminder")
+def _build_reminder(db, settings: Settings, row, sub, now: datetime) -> Content:
+    w = _load(db, row, sub)
+    _require_registered(db, w, sub)
+    offset = int(row.data.get("offset", 60))
+    when = _in_words(offset)
+    return Content(
+        kind="webinar_reminder",
+        subject=f"Starting {when}: {w.title}",
+        preheader="Your join link is inside.",
+        extra={"reason": _registrant_reason(settings, w)},
+        recipient=_recipient(settings, w, sub, now),
+    )
+
+
+@messages.builder("webinar_update")
+def _build_update(db, settings: Settings, row, sub, now: datetime) -> Content:
+    w = _load(db, row, sub)
+    _require_registered(db, w, sub)
+    return Content(
+        kind="webinar_update",
+        subject=f"New time: {w.title}",
+        preheader="Your place is kept; the attached calendar file updates your entry.",
+        bulk=False,
+        extra={"reason": _registrant_reason(settings, w)},
+        recipient=_recipient(settings, w, sub, now),
+        attachments=(_ics(settings, w, row, sub, now),),
+    )
+
+
+@messages.builder("webinar_cancel")
+def _build_cancel(db, settings: Settings, row, sub, now: datetime) -> Content:
+    w = _load(db, row, sub)
+    if w.status != "cancelled":
+        raise SkipMessage("cancelled", "the webinar is no longer cancelled")
+    return Content(
+        kind="webinar_cancel",
+        subject=f"Cancelled: {w.title}",
+        preheader="We are sorry: this session will not go ahead.",
+        bulk=False,
+        extra={"reason": _registrant_reason(settings, w)},
+        recipient=_recipient(settings, w, sub, now),
+        attachments=(_ics(settings, w, row, sub, now),),
+    )
+
+
+@messages.builder("webinar_followup")
+def _build_followup(db, settings: Settings, row, sub, now: datetime) -> Content:
+    w = _load(db, row, sub)
+    status = _registration(db, w, sub.id)
+    if status not in ("attended", "no_show"):
+        raise SkipMessage("cancelled", f"no follow-up for a registration that is {status}")
+    attended = status == "attended"
+    extra: dict[str, str] = {}
+    if attended:
+        subject = f"Thank you for joining {w.title}"
+        preheader = "A thank-you, and an offer for attendees."
+        setting, _t = OFFERS[w.offer]
+        if getattr(settings, setting):
+            extra["offer_url"] = settings.url(f"/o/{offer_token(settings, w.slug, sub.id, now)}")
+    elif w.replay_url:
+        subject = f"The replay of {w.title}"
+        preheader = "Watch the session whenever it suits you."
+    else:
+        subject = f"Sorry we missed you at {w.title}"
+        preheader = "We will invite you to the next session."
+    return Content(
+        kind="webinar_followup",
+        subject=subject,
+        preheader=preheader,
+        extra={"reason": _registrant_reason(settings, w), "attended": attended},
+        recipient=_recipient(settings, w, sub, now, **extra),
+    )
+
+
+__all__ = [
+    "AttendanceRejected",
+    "AttendanceReport",
+    "CancelResult",
+    "EditResult",
+    "FunnelError",
+    "InviteResult",
+    "OFFERS",
+    "RegistrationResult",
+    "Webinar",
+    "cancel_webinar",
+    "check_open",
+    "clean_values",
+    "create_from_file",
+    "create_webinar",
+    "edit_webinar",
+    "ensure_demo_webinar",
+    "export_registrants",
+    "find_webinar",
+    "format_when",
+    "get_webinar",
+    "import_attendance",
+    "invite",
+    "invite_token",
+    "invitee",
+    "is_full",
+    "list_webinars",
+    "load_webinar_file",
+    "offer_target",
+    "offer_token",
+    "outbox_counts",
+    "parse_attendance",
+    "read_invite_token",
+    "record_offer_click",
+    "register",
+    "register_with_token",
+    "registrants",
+    "registration_counts",
+    "reminder_times",
+]
