@@ -123,8 +123,14 @@ def send_cmd(app: App, limit: int | None, quiet: bool) -> None:
       * * * * * cd /srv/funnel && .venv/bin/funnel send -q
     """
     from campaigns.sender import send_due
+    from campaigns.worker import tick, tick_line
 
     s = app.settings
+    ticked = tick(app.db, s, app.now())  # queue due series steps and broadcasts first
+    if not quiet and tick_line(ticked):
+        echo_err(tick_line(ticked))
+    for problem in ticked["problems"]:
+        echo_err(f"warning: {problem}")
     signer = _signer(s)
     total = _due_total(app)
     if quiet or total == 0:
@@ -674,11 +680,917 @@ def preview(
 
 # === delivery: campaign / segments / series enroll+diff / worker ===
 
+
+@main.group("campaign", cls=FunnelGroup)
+def campaign_group() -> None:
+    """One-off broadcasts to a segment: create, schedule, pause, resume, cancel.
+
+    \b
+    Example:
+      funnel campaign create --segment all --subject "Clinic news" --body news.md
+      funnel campaign schedule 3 --at "2026-12-01 09:00" --local
+      funnel campaign status 3
+    """
+
+
+@campaign_group.command("create")
+@click.option("--template", default="broadcast", show_default=True, help="Email template.")
+@click.option("--segment", default="all", show_default=True, help="Named segment (see `funnel segments list`).")
+@click.option("--where", "where", multiple=True, help="Extra filter, ANDed; repeatable.")
+@click.option("--subject", default=None, help="Subject line (or 'subject:' in the body's front matter).")
+@click.option("--preheader", default=None, help="Preview text shown after the subject.")
+@click.option("--body", "body", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Markdown file, optionally with front matter (subject, preheader, ctas).")
+@run
+def campaign_create(app: App, template: str, segment: str, where: tuple[str, ...], subject: str | None,
+                    preheader: str | None, body: Path | None) -> None:
+    """Create a draft broadcast and print its id.
+
+    \b
+    Example:
+      funnel campaign create --template broadcast --segment all \\
+          --subject "Winter opening hours" --body winter.md
+    """
+    from campaigns.broadcasts import create
+
+    cid = create(app.db, app.settings, app.now(), subject=subject, segment=segment, where=where,
+                 preheader=preheader, body_path=body, template=template)
+    click.echo(cid)
+
+
+@campaign_group.command("schedule")
+@click.argument("campaign_id", type=int)
+@click.option("--at", default=None, help='Wall-clock time "YYYY-MM-DD HH:MM".')
+@click.option("--tz", "tz", default=None, help="Zone of --at (default: the clinic's, FUNNEL_TIMEZONE).")
+@click.option("--local", is_flag=True, help="Send at --at in each reader's own time zone.")
+@click.option("--now", "send_now", is_flag=True, help="Queue it now; `funnel send` or the worker delivers it.")
+@run
+def campaign_schedule(app: App, campaign_id: int, at: str | None, tz: str | None, local: bool,
+                      send_now: bool) -> None:
+    """Schedule a draft: at a time (clinic zone, --tz, or --local per reader), or --now.
+
+    \b
+    Example:
+      funnel campaign schedule 3 --at "2026-12-01 09:00"
+      funnel campaign schedule 3 --at "2026-12-01 09:00" --tz America/New_York
+      funnel campaign schedule 3 --at "2026-12-01 09:00" --local
+      funnel campaign schedule 3 --now
+    """
+    from campaigns.broadcasts import queue, schedule_campaign
+
+    s = app.settings
+    c = schedule_campaign(app.db, s, campaign_id, app.now(), at=at, tz=tz, local=local, send_now=send_now)
+    if send_now:
+        from campaigns.broadcasts import status
+
+        total = status(app.db, s, campaign_id, app.now()).audience or 0
+        with click.progressbar(length=total, label="queueing", file=sys.stderr) as bar:
+            n = queue(app.db, s, campaign_id, app.now(), progress=bar.update)
+        click.echo(f"campaign {campaign_id}: {n} message(s) queued; `funnel send` or the worker sends them")
+    elif c.local_time:
+        click.echo(f"campaign {campaign_id}: scheduled for {c.local_at} in each reader's time zone")
+    else:
+        from zoneinfo import ZoneInfo
+
+        from funnel.db import parse_iso
+
+        when = parse_iso(c.send_at)
+        zone = ZoneInfo(tz) if tz else s.zone
+        click.echo(f"campaign {campaign_id}: scheduled for {when.astimezone(zone):%Y-%m-%d %H:%M %Z} "
+                   f"({when:%Y-%m-%d %H:%M} UTC)")
+
+
+@campaign_group.command("pause")
+@click.argument("campaign_id", type=int)
+@run
+def campaign_pause(app: App, campaign_id: int) -> None:
+    """Pause sending: nothing more of it goes out until `resume`.
+
+    \b
+    Example:
+      funnel campaign pause 3
+    """
+    from campaigns.broadcasts import pause
+
+    click.echo(f"campaign {campaign_id}: {pause(app.db, campaign_id, app.now()).status}")
+
+
+@campaign_group.command("resume")
+@click.argument("campaign_id", type=int)
+@run
+def campaign_resume(app: App, campaign_id: int) -> None:
+    """Resume a paused campaign where it stopped (nobody gets it twice).
+
+    \b
+    Example:
+      funnel campaign resume 3
+    """
+    from campaigns.broadcasts import resume
+
+    click.echo(f"campaign {campaign_id}: {resume(app.db, campaign_id, app.now()).status}")
+
+
+@campaign_group.command("cancel")
+@click.argument("campaign_id", type=int)
+@run
+def campaign_cancel(app: App, campaign_id: int) -> None:
+    """Cancel a campaign and every message of it not yet sent.
+
+    \b
+    Example:
+      funnel campaign cancel 3
+    """
+    from campaigns.broadcasts import cancel
+
+    _campaign, n = cancel(app.db, campaign_id, app.now())
+    click.echo(f"campaign {campaign_id}: cancelled; {n} unsent message(s) cancelled")
+
+
+@campaign_group.command("status")
+@click.argument("campaign_id", type=int)
+@run
+def campaign_status(app: App, campaign_id: int) -> None:
+    """Counts per delivery state and whether the campaign has finished.
+
+    \b
+    Example:
+      funnel campaign status 3
+    """
+    from campaigns.broadcasts import status
+
+    st = status(app.db, app.settings, campaign_id, app.now())
+    c = st.campaign
+    click.echo(f"campaign {c.id}: {c.status}  segment {c.segment}  subject {c.subject!r}")
+    if st.audience is not None:
+        click.echo(f"  audience now: {st.audience} subscriber(s) (rows are made when it starts)")
+    for state in ("queued", "sending", "retry", "sent", "failed", "suppressed", "expired", "cancelled"):
+        if st.counts.get(state):
+            click.echo(f"  {state:<10} {st.counts[state]}")
+    click.echo(f"  total      {st.total}")
+    click.echo("  finished: " + ("yes" if st.finished else "no"))
+
+
+@campaign_group.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@run
+def campaign_list(app: App, limit: int) -> None:
+    """List broadcasts, newest first.
+
+    \b
+    Example:
+      funnel campaign list
+    """
+    from campaigns.broadcasts import listing
+
+    rows = [("ID", "STATUS", "WHEN", "SEGMENT", "SENT", "SUBJECT")]
+    for r in listing(app.db, limit=limit):
+        rows.append((str(r["id"]), r["status"], r["when"], r["segment"], f"{r['sent']}/{r['rows']}",
+                     r["subject"]))
+    click.echo(_table(rows) if len(rows) > 1 else "no campaigns yet")
+
+
+@main.group("segments", cls=FunnelGroup)
+def segments_group() -> None:
+    """Named subscriber filters (segments.toml) and ad-hoc --where expressions.
+
+    \b
+    Keys: status, stream, source, signed_up, series:<slug>, tz, webinar:<slug>;
+    operators = != (and >= <= > < for signed_up and series); | means OR.
+
+    \b
+    Example:
+      funnel segments list
+      funnel segments count all --where "series:importance-of-exercise>=3"
+    """
+
+
+@segments_group.command("count")
+@click.argument("name", required=False)
+@click.option("--where", "where", multiple=True, help='Filter such as "tz=Europe/London"; repeatable, ANDed.')
+@run
+def segments_count(app: App, name: str | None, where: tuple[str, ...]) -> None:
+    """How many subscribers match segment NAME and/or the --where filters.
+
+    \b
+    Example:
+      funnel segments count engaged
+      funnel segments count --where "webinar:spine-health=registered" --where "status=active"
+    """
+    from subscribers.segments import count
+
+    click.echo(count(app.db, app.settings, name, where=where, now=app.now()))
+
+
+@segments_group.command("list")
+@run
+def segments_list(app: App) -> None:
+    """Every named segment, its definition and size.
+
+    \b
+    Example:
+      funnel segments list
+    """
+    from subscribers.segments import listing
+
+    rows = [("NAME", "MEMBERS", "WHERE")]
+    for seg in listing(app.db, app.settings, app.now()):
+        rows.append((seg["name"], str(seg["count"]), " AND ".join(seg["where"])))
+    click.echo(_table(rows))
+
+
+@series_group.command("enroll")
+@click.argument("slug")
+@click.option("--segment", default=None, help="Named segment to enrol.")
+@click.option("--where", "where", multiple=True, help="Filter expression; repeatable, ANDed.")
+@click.option("--allow-gaps", is_flag=True, help="Enrol even though parts are missing.")
+@run
+def series_enroll(app: App, slug: str, segment: str | None, where: tuple[str, ...], allow_gaps: bool) -> None:
+    """Enrol existing subscribers in a series (safe to repeat).
+
+    Only active subscribers who haven't left the series are enrolled; their
+    first step goes out with the next `funnel send` or worker pass.
+
+    \b
+    Example:
+      funnel series enroll importance-of-exercise --segment all
+      funnel series enroll importance-of-exercise --where "signed_up<2026-01-01"
+    """
+    from campaigns.enrollment import enroll_segment
+    from subscribers.segments import count
+
+    total = count(app.db, app.settings, segment, where=where, now=app.now()) if segment or where else 0
+    with click.progressbar(length=total, label="enrolling", file=sys.stderr) as bar:
+        report = enroll_segment(app.db, app.settings, slug, app.now(), segment=segment, where=where,
+                                allow_gaps=allow_gaps, progress=bar.update)
+    click.echo(f"{slug}: {report.line()}")
+
+
+@series_group.command("diff")
+@click.argument("slug")
+@run
+def series_diff(app: App, slug: str) -> None:
+    """What applying the series' current steps would change for enrolled readers.
+
+    Compares content/series/SLUG with the version last applied: per step key
+    new / removed / moved, and which step each enrolled reader gets next
+    before and after.  Nobody is ever sent a step twice.
+
+    \b
+    Example:
+      funnel series diff importance-of-exercise
+      funnel series apply importance-of-exercise
+    """
+    from campaigns.enrollment import diff
+
+    d = diff(app.db, app.settings, slug)
+    if d.applied is None:
+        click.echo(f"{slug}: never applied; `funnel series apply {slug}` records the current steps")
+    else:
+        click.echo(f"{slug}: applied version {d.applied.number} ({d.applied.applied_at[:16]} UTC) "
+                   f"-> current content: " + ("changed" if d.changed else "no structural change"))
+    rows = [("STEP", "CHANGE", "POSITION")]
+    for ch in d.changes:
+        pos = {"new": f"-> {ch.new_position}", "removed": f"{ch.old_position} ->"}.get(
+            ch.change, f"{ch.old_position} -> {ch.new_position}")
+        rows.append((ch.key, ch.change, pos))
+    click.echo(_table(rows))
+    click.echo(f"next step for {d.readers} enrolled reader(s):")
+    rows = [("STEP", "NOW", "AFTER APPLY")]
+    for key in [*d.current_keys, *[k for k in d.next_before if k not in d.current_keys]]:
+        if d.next_before.get(key) or d.next_after.get(key):
+            rows.append((key, str(d.next_before.get(key, 0)), str(d.next_after.get(key, 0))))
+    if len(rows) > 1:
+        click.echo(_table(rows))
+
+
+@series_group.command("apply")
+@click.argument("slug")
+@run
+def series_apply(app: App, slug: str) -> None:
+    """Let the scheduler use the series' current steps (after `funnel series diff`).
+
+    Until then a series whose steps were added, removed or reordered is held.
+
+    \b
+    Example:
+      funnel series apply importance-of-exercise
+    """
+    from campaigns.enrollment import apply_version, load
+
+    number, changed = apply_version(app.db, load(app.settings, slug), app.now())
+    click.echo(f"{slug}: version {number} " + ("applied" if changed else "was already applied"))
+
+
+@main.command("worker")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds between passes.")
+@run
+def worker_cmd(app: App, interval: float) -> None:
+    """Run the scheduler and sender in a loop until Ctrl-C (or SIGTERM).
+
+    Each pass queues due series steps and broadcasts, then sends what is
+    due.  Several workers (and cron `funnel send`) may run at once.
+
+    \b
+    Example:
+      funnel worker --interval 5
+    """
+    import signal
+    import threading
+
+    from campaigns.worker import run_worker, tick_line
+
+    stop = threading.Event()
+
+    def handle(signum, frame):  # noqa: ARG001
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    seen_problems: set[str] = set()
+
+    def on_summary(ticked: dict, summary) -> None:
+        for problem in ticked["problems"]:
+            if problem not in seen_problems:
+                seen_problems.add(problem)
+                echo_err(f"warning: {problem}")
+        parts = [p for p in (tick_line(ticked), summary.line() if summary.claimed else "") if p]
+        if parts:
+            click.echo(f"{app.now():%Y-%m-%d %H:%M:%S} " + "; ".join(parts))
+        errors = summary.errors[:5]
+        if errors != last_errors:  # a relay that stays down is reported once, not every pass
+            for err in errors:
+                echo_err(err)
+            last_errors[:] = errors
+
+    last_errors: list[str] = []
+    click.echo(f"worker started (every {interval:g} s); Ctrl-C to stop", err=True)
+    try:
+        loops = run_worker(app.settings, stop, clock=app.now, interval=interval,
+                           on_summary=on_summary, on_error=lambda exc: echo_err(f"error: {exc}"))
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    click.echo(f"worker stopped after {loops} pass(es)", err=True)
+
+
 # === delivery: bounces ===
+@main.group("bounces", cls=FunnelGroup)
+def bounces_group() -> None:
+    """Bounce reports (DSN) and spam complaints (ARF) mailed back to bounce+ROW@domain.
+
+    \b
+    Example:
+      funnel bounces process /var/mail/bounces/      (a Maildir)
+      funnel bounces process dsn-1.eml dsn-2.eml
+    """
+
+
+@bounces_group.command("process")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@run
+def bounces_process(app: App, paths: tuple[Path, ...]) -> None:
+    """Record bounces and complaints from message files or Maildir folders.
+
+    Hard bounces about the address and complaints suppress the reader at
+    once; soft bounces add to a score (Mailman's rules).  Handled Maildir
+    messages move to cur/ with the S flag; a message that can't be read is
+    reported as FILE: reason and left in place.
+
+    \b
+    Example (crontab, every 10 minutes):
+      */10 * * * * cd /srv/funnel && .venv/bin/funnel bounces process ~/Maildir/.bounces
+    """
+    from subscribers.bounces import process_paths
+
+    report = process_paths(app.db, app.settings, list(paths), app.now())
+    for problem in report.problems:
+        echo_err(problem)
+    click.echo(report.line())
+
 
 # === web: serve / up / form ===
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=32,
+    show_default=True,
+    help="waitress worker threads.",
+)
+@run
+def serve_cmd(app: App, host: str, port: int, threads: int) -> None:
+    """Serve the public site (waitress) until Ctrl-C / SIGTERM.
+
+    Production runs this behind nginx and `funnel worker` beside it; see
+    docs/production.md.
+
+    \b
+    Example:
+      funnel serve --host 127.0.0.1 --port 8000
+    """
+    from funnel.web import serve
+
+    serve(
+        app.settings,
+        host,
+        port,
+        threads,
+        on_ready=lambda url: click.echo(
+            f"serving {url} (public URL {app.settings.base_url}); Ctrl-C stops"
+        ),
+    )
+
+
+@main.command("up")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    help="Port of the site on 127.0.0.1.",
+)
+@click.option(
+    "--smtp-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port of the embedded SMTP server [default: the port of FUNNEL_SMTP_URL, 8025].",
+)
+@click.option(
+    "--no-devmail", is_flag=True, help="Send to FUNNEL_SMTP_URL instead of the dev inbox."
+)
+@run
+def up_cmd(app: App, port: int, smtp_port: int | None, no_devmail: bool) -> None:
+    """Run everything on this machine: site, worker and a dev SMTP inbox.
+
+    Creates or upgrades the database first, then serves the site on
+    http://127.0.0.1:PORT, sends due mail every second, and catches every
+    message in an embedded SMTP server shown at /dev/inbox (FUNNEL_DEV=1).
+    Ctrl-C stops it all.  `make up` runs this with FUNNEL_DEV=1.
+
+    \b
+    Example:
+      FUNNEL_DEV=1 funnel up --port 8000
+    """
+    import ipaddress
+
+    from funnel.db import connect, init_db
+    from funnel.settings import Settings
+    from funnel.web import configure_logging, start_stack, wait_for_signal
+
+    configure_logging()
+    s = app.settings
+    db = connect(s.db)
+    applied = init_db(db)
+    click.echo(
+        f"{s.db}: " + (f"applied {', '.join(applied)}" if applied else "schema is up to date")
+    )
+    if s.base_url == Settings().base_url:  # the default: follow --port
+        s = s.replace(base_url=f"http://127.0.0.1:{port}")
+    demo = None
+    if s.dev:
+        from campaigns.webinars import ensure_demo_webinar
+
+        demo = ensure_demo_webinar(db, s, app.now())
+    db.close()
+    relay = s.relays[0]
+    try:
+        relay_is_local = ipaddress.ip_address(relay.host).is_loopback
+    except ValueError:
+        relay_is_local = relay.host == "localhost"
+    if no_devmail or not relay_is_local:
+        smtp_port = None
+    else:
+        smtp_port = smtp_port or relay.port
+
+    def report(ticked: dict, summary) -> None:
+        from campaigns.worker import tick_line
+
+        queued = tick_line(ticked) if ticked else ""
+        if queued:
+            click.echo(f"worker: {queued}")
+        if summary is not None and (summary.sent or summary.failed or summary.retry):
+            click.echo(f"worker: {summary.line()}")
+
+    stack = start_stack(s, port=port, smtp_port=smtp_port, on_summary=report)
+    try:
+        site = stack.url
+        click.echo(f"\nfunnel is up:\n  site        {site}/")
+        if stack.devmail is not None and s.dev:
+            click.echo(f"  dev inbox   {site}/dev/inbox")
+        if stack.devmail is not None:
+            click.echo(
+                f"  dev SMTP    {stack.devmail.url}  (catches every message; nothing leaves this machine)"
+            )
+        else:
+            click.echo(f"  mail        sent to {relay.label} (FUNNEL_SMTP_URL)")
+        click.echo("  worker      sends due mail every second")
+        if demo is not None:
+            click.echo(f"  webinar     {site}/w/{demo.slug}  (the demo Spine Health Webinar)")
+        if s.base_url.rstrip("/") != site:
+            click.echo(f"  links in emails point to {s.base_url} (FUNNEL_BASE_URL)")
+        if not s.dev:
+            click.echo("  (set FUNNEL_DEV=1 to see caught mail at /dev/inbox)")
+        click.echo("Press Ctrl-C to stop.")
+        wait_for_signal(stack.stop_event)
+    finally:
+        click.echo("stopping...")
+        stack.stop()
+        click.echo("stopped")
+
+
+@main.group("form", cls=FunnelGroup)
+def form_group() -> None:
+    """The signup form for other sites.
+
+    \b
+    Example:
+      funnel form snippet > signup-snippet.html
+    """
+
+
+@form_group.command("snippet")
+@run
+def form_snippet_cmd(app: App) -> None:
+    """Print HTML to paste into the clinic's own site.
+
+    The form posts to BASE_URL/subscribe/embed, which shows the reader a
+    "check your details" page on the funnel site with one button (a form on
+    another site can't carry our anti-forgery cookie), then the usual
+    double opt-in follows.
+
+    \b
+    Example:
+      FUNNEL_BASE_URL=https://news.clinic.example funnel form snippet
+    """
+    from funnel.web import form_snippet
+
+    click.echo(form_snippet(app.settings), nl=False)
+
 
 # === webinars / report ===
+@main.group("webinar", cls=FunnelGroup)
+def webinar_group() -> None:
+    """Live webinars: create, invite a segment, register, attendance, follow-ups.
+
+    \b
+    Example:
+      funnel webinar create spine-health --title "Spine Health Webinar" \\
+          --start "2026-12-10 18:00" --tz Europe/London --join-url https://meet.example/spine
+      funnel webinar invite spine-health --segment "series:importance-of-exercise>=4" \\
+          --segment "webinar:spine-health!=registered"
+      funnel webinar attendance spine-health zoom-attendees.csv
+    """
+
+
+def _webinar_options(fn):
+    """The editable fields, shared by create and edit (None = not given)."""
+    options = [
+        click.option("--title", help="Title shown in emails and on the page."),
+        click.option("--description", help="A paragraph for the registration page."),
+        click.option("--start", help='Wall-clock start in --tz, e.g. "2026-12-10 18:00".'),
+        click.option("--tz", "timezone", help="IANA time zone of --start, e.g. Europe/London."),
+        click.option("--duration", "duration_minutes", type=int, help="Length in minutes (default 60)."),
+        click.option("--join-url", help="The https:// link people join with (Zoom, Meet...)."),
+        click.option("--replay-url", help="The https:// recording, for those who missed it."),
+        click.option("--capacity", help="Seats; later registrants are waitlisted ('unlimited' for none)."),
+        click.option("--host", "host_name", help="Host shown on the page."),
+        click.option("--offer", type=click.Choice(["appointment", "programme"]),
+                     help="What attendees are offered afterwards."),
+        click.option("--reminders", "reminder_offsets",
+                     help='Minutes before the start, e.g. "1440,60,10".'),
+        click.option("--followup-delay", "followup_delay_minutes", type=int,
+                     help="Minutes after the end before follow-ups go out (default 120)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _describe_webinar(w, counts=None) -> str:
+    local = w.local_start
+    lines = [
+        f"{w.slug}: {w.title} [{w.status}]",
+        f"  starts:    {local:%a %Y-%m-%d %H:%M %Z} ({w.timezone}), {w.duration_minutes} min",
+        f"  join:      {w.join_url}",
+        f"  replay:    {w.replay_url or '-'}",
+        f"  capacity:  {w.capacity or 'unlimited'}   host: {w.host_name or '-'}   offer: {w.offer}",
+        f"  reminders: {', '.join(str(m) for m in w.reminder_offsets)} min before; follow-ups "
+        f"{w.followup_delay_minutes} min after the end; SEQUENCE {w.sequence}",
+    ]
+    if counts is not None:
+        lines.append("  registrations: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
+    return "\n".join(lines)
+
+
+@webinar_group.command("create")
+@click.argument("slug", required=False)
+@click.option("--from", "from_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Read the webinar from a TOML file (options given here override it).")
+@_webinar_options
+@run
+def webinar_create(app: App, slug: str | None, from_file: Path | None, **fields) -> None:
+    """Create a webinar (times are wall-clock in --tz and stored in UTC).
+
+    \b
+    Example:
+      funnel webinar create spine-health --title "Spine Health Webinar" \\
+          --start "2026-12-10 18:00" --tz Europe/London --join-url https://meet.example/spine
+      funnel webinar create --from content/webinars/spine-health.toml
+    """
+    from campaigns.webinars import create_from_file, create_webinar
+
+    if from_file is not None:
+        w = create_from_file(app.db, app.settings, from_file, app.now(), {"slug": slug, **fields})
+    else:
+        if not slug:
+            raise click.UsageError("give a SLUG, or --from FILE")
+        w = create_webinar(app.db, app.settings, {"slug": slug, **fields}, app.now())
+    click.echo(_describe_webinar(w))
+    click.echo(f"page: {app.settings.url('/w/' + w.slug)}")
+
+
+@webinar_group.command("load")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@run
+def webinar_load(app: App, files: tuple[Path, ...]) -> None:
+    """Create webinars from TOML files (default: content/webinars/*.toml); existing ones are kept.
+
+    \b
+    Example:
+      funnel webinar load
+      funnel webinar load content/webinars/spine-health.toml
+    """
+    from campaigns.webinars import create_from_file, find_webinar, load_webinar_file
+
+    paths = list(files) or sorted((app.settings.content_path / "webinars").glob("*.toml"))
+    if not paths:
+        click.echo(f"no webinar files in {app.settings.content_path / 'webinars'}")
+    for path in paths:
+        values, _where = load_webinar_file(path)
+        if find_webinar(app.db, values["slug"]) is not None:
+            click.echo(f"{path}: {values['slug']} already exists; left as it is")
+            continue
+        w = create_from_file(app.db, app.settings, path, app.now())
+        click.echo(f"{path}: created {w.slug} ({w.local_start:%Y-%m-%d %H:%M %Z})")
+
+
+@webinar_group.command("list")
+@run
+def webinar_list(app: App) -> None:
+    """List webinars with their registrations.
+
+    \b
+    Example:
+      funnel webinar list
+    """
+    from campaigns.webinars import list_webinars, registration_counts
+
+    found = list_webinars(app.db)
+    if not found:
+        click.echo("no webinars yet; create one with `funnel webinar create`")
+        return
+    rows = [("SLUG", "STATUS", "STARTS", "REGISTRATIONS", "TITLE")]
+    for w in found:
+        counts = registration_counts(app.db, w)
+        regs = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
+        rows.append((w.slug, w.status, f"{w.local_start:%Y-%m-%d %H:%M %Z}", regs, w.title))
+    click.echo(_table(rows))
+
+
+@webinar_group.command("show")
+@click.argument("slug")
+@run
+def webinar_show(app: App, slug: str) -> None:
+    """Show one webinar: settings, registrations and its mail in the outbox.
+
+    \b
+    Example:
+      funnel webinar show spine-health
+    """
+    from campaigns.webinars import get_webinar, outbox_counts, registration_counts
+
+    w = get_webinar(app.db, slug)
+    click.echo(_describe_webinar(w, registration_counts(app.db, w)))
+    for kind, states in sorted(outbox_counts(app.db, w).items()):
+        click.echo(f"  {kind}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    click.echo(f"  page: {app.settings.url('/w/' + w.slug)}")
+
+
+@webinar_group.command("edit")
+@click.argument("slug")
+@_webinar_options
+@run
+def webinar_edit(app: App, slug: str, **fields) -> None:
+    """Change a webinar.  A new time, length or join link sends registrants an update
+    with a calendar file that replaces their entry (SEQUENCE+1) and recomputes reminders.
+
+    \b
+    Example:
+      funnel webinar edit spine-health --start "2026-12-11 18:00"
+      funnel webinar edit spine-health --replay-url https://video.example/replay
+    """
+    from campaigns.webinars import edit_webinar
+
+    res = edit_webinar(app.db, app.settings, slug, fields, app.now())
+    if not res.changed:
+        click.echo(f"{slug}: nothing changed")
+        return
+    click.echo(_describe_webinar(res.webinar))
+    click.echo(f"changed: {', '.join(res.changed)}")
+    if res.rescheduled:
+        click.echo(f"SEQUENCE {res.webinar.sequence}: {res.updates_queued} update(s) queued, "
+                   f"{res.reminders_cancelled} reminder(s) replaced by {res.reminders_queued}")
+    elif res.reminders_queued or res.reminders_cancelled:
+        click.echo(f"reminders: {res.reminders_cancelled} replaced by {res.reminders_queued}")
+    if res.promoted:
+        click.echo(f"{res.promoted} waitlisted registrant(s) now have a seat")
+
+
+@webinar_group.command("cancel")
+@click.argument("slug")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@run
+def webinar_cancel(app: App, slug: str, yes: bool) -> None:
+    """Cancel a webinar: registrants get a cancellation (METHOD:CANCEL); queued
+    invites and reminders are dropped.
+
+    \b
+    Example:
+      funnel webinar cancel spine-health --yes
+    """
+    from campaigns.webinars import cancel_webinar
+
+    if not yes:
+        click.confirm(f"Cancel webinar {slug} and tell its registrants?", abort=True)
+    res = cancel_webinar(app.db, app.settings, slug, app.now())
+    click.echo(f"{slug}: cancelled; {res.notices_queued} cancellation(s) queued, "
+               f"{res.rows_cancelled} queued message(s) dropped, "
+               f"{res.registrations_cancelled} registration(s) cancelled")
+
+
+@webinar_group.command("invite")
+@click.argument("slug")
+@click.option("--segment", "segments_", multiple=True, required=True,
+              help='A segment name ("all") or expression ("series:importance-of-exercise>=4"); repeat to AND.')
+@click.option("--where", "where", multiple=True, help="More expressions, ANDed.")
+@click.option("--at", "at", help="Send at this wall-clock time in the webinar's zone (default: now).")
+@run
+def webinar_invite(app: App, slug: str, segments_: tuple[str, ...], where: tuple[str, ...],
+                   at: str | None) -> None:
+    """Queue the invitation for a segment (once per person; expires at the start).
+
+    Only active people receiving webinar invitations are invited, and never
+    someone already registered.
+
+    \b
+    Example:
+      funnel webinar invite spine-health --segment "series:importance-of-exercise>=4" \\
+          --segment "webinar:spine-health!=registered"
+      funnel webinar invite spine-health --segment all --at "2026-12-01 09:00"
+    """
+    from campaigns.schedule import parse_local_time
+    from campaigns.webinars import get_webinar, invite, split_segment
+
+    when = parse_local_time(at, get_webinar(app.db, slug).zone, "--at") if at else None
+    res = invite(app.db, app.settings, slug, split_segment(segments_), app.now(), where=where, at=when)
+    click.echo(f"{slug}: {res.queued} invitation(s) queued for "
+               f"{res.due_at.astimezone(res.webinar.zone):%Y-%m-%d %H:%M %Z}"
+               f"{f', {res.already} already invited' if res.already else ''}")
+
+
+@webinar_group.command("register")
+@click.argument("slug")
+@click.argument("email")
+@click.option("--name", default="", help="Display name.")
+@click.option("--tz", "timezone", default=None, help="Their IANA time zone (for the times in emails).")
+@run
+def webinar_register(app: App, slug: str, email: str, name: str, timezone: str | None) -> None:
+    """Register someone (e.g. who phoned the clinic); they get the confirmation.
+
+    This does not subscribe them to the newsletter.
+
+    \b
+    Example:
+      funnel webinar register spine-health sam@example.com --name "Sam Lee" --tz Europe/London
+    """
+    from campaigns.webinars import register
+
+    res = register(app.db, app.settings, slug, app.now(), email=email, name=name, timezone=timezone,
+                   source="admin", consent_action="imported")
+    message = {
+        "registered": "registered; the confirmation and reminders are queued",
+        "waitlisted": "the webinar is full: on the waitlist",
+        "already": f"already {res.registration_status}",
+        "suppressed": "is suppressed (bounced, complained or erased); not registered",
+    }[res.status]
+    click.echo(f"{email}: {message}")
+
+
+@webinar_group.command("registrants")
+@click.argument("slug")
+@run
+def webinar_registrants(app: App, slug: str) -> None:
+    """List who registered and their state.
+
+    \b
+    Example:
+      funnel webinar registrants spine-health
+    """
+    from campaigns.webinars import registrants
+
+    rows = registrants(app.db, slug)
+    for r in rows:
+        minutes = f"{r['attended_minutes']} min" if r["attended_minutes"] is not None else ""
+        click.echo(f"{r['email'] or '(erased)':<40} {r['name']:<20} {r['status']:<11} "
+                   f"{r['source']:<8} {r['registered_at'][:16]} {minutes}")
+    click.echo(f"{len(rows)} registrant(s)")
+
+
+@webinar_group.command("export")
+@click.argument("slug")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write (default: stdout).")
+@run
+def webinar_export(app: App, slug: str, out: Path | None) -> None:
+    """Write the registrants and their states as CSV.
+
+    \b
+    Example:
+      funnel webinar export spine-health --out spine-health.csv
+    """
+    from campaigns.webinars import export_registrants
+
+    if out is None:
+        n = export_registrants(app.db, slug, click.get_text_stream("stdout"))
+    else:
+        tmp = out.with_suffix(out.suffix + ".part")
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            n = export_registrants(app.db, slug, fh)
+        tmp.replace(out)
+    echo_err(f"exported {n} registrant(s)")
+
+
+@webinar_group.command("attendance")
+@click.argument("slug")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--skip-invalid", is_flag=True, help="Import the good rows and report the bad ones.")
+@run
+def webinar_attendance(app: App, slug: str, file: Path, skip_invalid: bool) -> None:
+    """Import who attended from a Zoom-style CSV and queue the follow-ups.
+
+    Columns (any case): "User Email" or "Email", "Join Time", "Duration
+    (Minutes)".  Everyone registered and not in the file is a no-show.
+    Attendees get a thank-you with the offer; no-shows get the replay (or word
+    of the next session), followup-delay minutes after the end.
+
+    \b
+    Example:
+      funnel webinar attendance spine-health zoom-attendees.csv
+    """
+    from campaigns.webinars import AttendanceRejected, import_attendance
+
+    try:
+        report = import_attendance(app.db, app.settings, slug, file, app.now(),
+                                   skip_invalid=skip_invalid)
+    except AttendanceRejected as exc:
+        for problem in exc.report.problems[:50]:
+            echo_err(problem)
+        raise
+    for line in (report.problems + report.unknown)[:50]:
+        echo_err(line)
+    click.echo(f"{file}: {report.attended} attended, {report.no_show} no-show, "
+               f"{len(report.unknown)} not matched; {report.followups_queued} follow-up(s) queued")
+
+
+@main.command("report")
+@click.option("--since", help="First day (YYYY-MM-DD, the clinic's time zone).")
+@click.option("--until", help="Last day, inclusive (YYYY-MM-DD).")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML page with a funnel chart.")
+@run
+def report_cmd(app: App, since: str | None, until: str | None, html_out: Path | None) -> None:
+    """The funnel from signup to offer click, with the conversion at each step.
+
+    Counted from the event log: people who signed up, confirmed, received
+    each part of each series, were invited, registered, attended and clicked
+    the offer.
+
+    \b
+    Example:
+      funnel report
+      funnel report --since 2026-11-01 --until 2026-11-30 --html report.html
+    """
+    from campaigns.report import compute, render_html, render_text
+
+    rep = compute(app.db, app.settings, since=since, until=until, now=app.now())
+    click.echo(render_text(rep))
+    if html_out is not None:
+        html_out.write_text(render_html(rep, app.settings.site_name), encoding="utf-8")
+        echo_err(f"wrote {html_out}")
+
+
 
 
 if __name__ == "__main__":  # pragma: no cover

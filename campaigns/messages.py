@@ -185,3 +185,7 @@ def _confirm(db, settings: Settings, row: OutboxRow, sub: lifecycle.Subscriber, 
         },
         recipient={"confirm_url": settings.url(f"/confirm/{token}")},
     )
+
+
+# Builders for other kinds register themselves on import (kept last: they import this module).
+from . import broadcasts, enrollment, webinars  # noqa: E402,F401  (register builders)

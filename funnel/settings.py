@@ -130,7 +130,7 @@ class Settings:
     quiet_start_hour: int = 21
     quiet_end_hour: int = 8
     newsletter_expiry_hours: float = 96.0
-    max_attempts: int = 8
+    max_attempts: int = 30  # with sender.backoff (5 min doubling, 4 h cap) ~ the 4-day expiry
     crash_limit: int = 3
     batch_size: int = 200
     # Bounces (Mailman's model).
@@ -144,6 +144,10 @@ class Settings:
     signup_rate_per_minute: int = 30
     min_form_seconds: float = 2.0
     max_request_bytes: int = 64 * 1024
+    # How many reverse proxies in front of `funnel serve` to trust for
+    # X-Forwarded-For/-Proto/-Host (werkzeug ProxyFix).  0 = trust none: the
+    # per-IP rate limit then sees the proxy's address.  Set 1 behind nginx.
+    trusted_proxies: int = 0
 
     # ----------------------------------------------------------------- derived
     @property
@@ -273,6 +277,13 @@ def _validate(s: Settings) -> Settings:
     for name in ("frequency_cap", "confirm_max_age_days", "batch_size", "max_attempts", "crash_limit"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"{env(name)}: must be greater than zero")
+    if not 0 <= s.trusted_proxies <= 5:
+        raise SettingsError("FUNNEL_TRUSTED_PROXIES: must be a number of proxies from 0 to 5")
+    for name in ("signup_rate_per_minute", "max_request_bytes"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{env(name)}: must be greater than zero")
+    if s.min_form_seconds < 0:
+        raise SettingsError("FUNNEL_MIN_FORM_SECONDS: must not be negative")
     for name in ("quiet_start_hour", "quiet_end_hour"):
         if not 0 <= getattr(s, name) <= 23:
             raise SettingsError(f"{env(name)}: must be an hour from 0 to 23")
