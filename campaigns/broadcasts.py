@@ -302,7 +302,7 @@ def queue(
         batch_rows = []
         for sid, email, tz_name in rows:
             if wall is not None:
-                tz = _reader_zone(settings, tz_name)
+                tz = settings.zone_for(tz_name)
                 due = schedule.local_to_utc(wall.date(), wall.hour, tz, wall.minute)
             else:
                 due = due_default
@@ -334,15 +334,6 @@ def queue(
             (iso(now), iso(now), campaign_id),
         )
     return created
-
-
-def _reader_zone(settings: Settings, name: str | None) -> ZoneInfo:
-    if name:
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    return settings.zone
 
 
 def queue_due(

@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import FunnelError, InputError, NotFound
@@ -87,16 +87,6 @@ def load(settings: Settings, slug: str) -> Series:
     series = find_series(settings.content_path, slug)
     _series_cache[key] = (signature, series)
     return series
-
-
-def zone_for(settings: Settings, name: str | None) -> ZoneInfo:
-    """The reader's zone; the clinic's when unknown (or, defensively, invalid)."""
-    if name:
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    return settings.zone
 
 
 # ----------------------------------------------------------------- the rule
@@ -212,7 +202,7 @@ def enroll(
         ).fetchone()
         if row is None or row[0] != "active":
             return "skipped"
-        tz = zone_for(settings, row[1])
+        tz = settings.zone_for(row[1])
         sub_row = db.execute(
             "SELECT status FROM subscriptions WHERE subscriber_id = ? AND stream = ?",
             (subscriber_id, stream),
@@ -360,7 +350,7 @@ def _process(db, settings: Settings, series: Series, sid: int, now: datetime) ->
     if stream is None or stream[0] == "unsubscribed":
         _set(db, sid, slug, now, status="stopped", next_due_at=None)
         return "stopped"
-    tz = zone_for(settings, sub[2])
+    tz = settings.zone_for(sub[2])
     if stream[0] == "paused":
         until = parse_iso(stream[1])
         if until is None or until > now:
@@ -570,7 +560,7 @@ def defer_held(db, settings: Settings, now: datetime, *, limit: int = 1000) -> i
                     send_hour = load(settings, slug).send_hour
                 except FunnelError:
                     pass
-            tz = zone_for(settings, tz_name)
+            tz = settings.zone_for(tz_name)
             due = schedule.postponed_due(
                 hold[0],
                 hold[1],

@@ -171,7 +171,7 @@ def parse_send_hour(value: object, where: str) -> int:
     return value
 
 
-def _toml_line(text: str, key: str) -> int | None:
+def toml_line(text: str, key: str) -> int | None:
     """Line number of ``key = ...`` in a TOML document (tomllib keeps no positions)."""
     pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
     for number, line in enumerate(text.splitlines(), start=1):
@@ -325,7 +325,7 @@ def load_series(path_or_dir: Path) -> Series:
         raise InputError(f"{toml_path}: not valid TOML ({exc})") from exc
 
     def where(key: str) -> str:
-        line = _toml_line(text, key)
+        line = toml_line(text, key)
         return f"{toml_path}:{line}" if line else str(toml_path)
 
     for key in data:

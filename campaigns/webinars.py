@@ -52,6 +52,7 @@ from subscribers import lifecycle, optin, tokens
 from . import ics, messages, mime, outbox
 from .messages import Content, SkipMessage
 from .schedule import local_to_utc, parse_local_time
+from .series import toml_line
 
 OFFERS = {
     "appointment": ("appointment_url", "Book an appointment"),
@@ -399,14 +400,6 @@ TOML_KEYS = {
 }
 
 
-def _toml_line(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-    for number, line in enumerate(text.splitlines(), start=1):
-        if pattern.match(line):
-            return number
-    return None
-
-
 def load_webinar_file(path: Path) -> tuple[dict, Where]:
     """Raw field values from ``content/webinars/<slug>.toml`` and a file:line locator."""
     path = Path(path)
@@ -422,12 +415,12 @@ def load_webinar_file(path: Path) -> tuple[dict, Where]:
 
     def where(fieldname: str) -> str:
         key = field_to_key.get(fieldname, fieldname)
-        line = _toml_line(text, key)
+        line = toml_line(text, key)
         return f"{path}:{line}: {key}" if line else f"{path}: {key}"
 
     unknown = sorted(set(data) - set(TOML_KEYS))
     if unknown:
-        line = _toml_line(text, unknown[0])
+        line = toml_line(text, unknown[0])
         raise InputError(
             f"{path}:{line or 1}: unknown key {unknown[0]!r} (known: {', '.join(TOML_KEYS)})"
         )
@@ -1384,13 +1377,6 @@ def format_when(dt: datetime, tz: ZoneInfo) -> str:
     return f"{local:%A} {local.day} {local:%B %Y}, {hour}:{local:%M} {ampm} {local:%Z}"
 
 
-def _reader_zone(settings: Settings, sub: lifecycle.Subscriber) -> ZoneInfo:
-    try:
-        return ZoneInfo(sub.timezone) if sub.timezone else settings.zone
-    except (ZoneInfoNotFoundError, ValueError):
-        return settings.zone
-
-
 def _load(db, row: outbox.OutboxRow, sub: lifecycle.Subscriber) -> Webinar:
     slug = row.data.get("webinar")
     w = find_webinar(db, slug) if slug else None
@@ -1411,7 +1397,7 @@ def _registration(db, w: Webinar, sid: int) -> str | None:
 def _recipient(
     settings: Settings, w: Webinar, sub: lifecycle.Subscriber, now: datetime, **extra: str
 ) -> dict:
-    tz = _reader_zone(settings, sub)
+    tz = settings.zone_for(sub.timezone)
     info = w.event_info()
     setting, offer_text = OFFERS[w.offer]
     values = {

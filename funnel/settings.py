@@ -158,6 +158,15 @@ class Settings:
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
+    def zone_for(self, name: str | None) -> ZoneInfo:
+        """A reader's zone; the clinic's when unknown (or, defensively, invalid)."""
+        if name:
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                pass
+        return self.zone
+
     @property
     def sender_domain(self) -> str:
         return self.from_addr.rpartition("@")[2]
