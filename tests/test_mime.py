@@ -563,3 +563,13 @@ def test_make_message_id_is_stable_and_parseable():
 def test_make_message_id_rejects_bad_input(row_id, domain):
     with pytest.raises(InputError, match="^(row_id|domain): "):
         make_message_id(row_id, domain)
+
+
+def test_b2a_qp_long_line_regression():
+    """b2a_qp can emit 77 characters when escapes precede a trailing space (found by hypothesis)."""
+    html = "0" * 288 + "==\x80 "
+    raw = compose(**base_kwargs(html=html))
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    body = raw.split(b"text/html", 1)[1]
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
+    assert parse(raw).get_body(("html",)).get_content().replace("\r\n", "\n") == html + "\n"
