@@ -450,7 +450,7 @@ def series_list(app: App) -> None:
     """
     from campaigns.series import list_series, missing_parts_text
 
-    found = list_series(app.settings.content_path)
+    found = list_series(app.settings.content_paths)
     if not found:
         click.echo(f"no series in {app.settings.content_path / 'series'}")
         return
@@ -508,7 +508,7 @@ def series_show(
     from campaigns.schedule import parse_local_time, step_due_times
     from campaigns.series import find_series, missing_parts_text
 
-    series = find_series(app.settings.content_path, slug)
+    series = find_series(app.settings.content_paths, slug)
     click.echo(f"{series.title} ({series.slug}), {series.cadence_label}, stream {series.stream}")
     if series.gaps:
         click.echo(f"warning: {missing_parts_text(series.gaps)}", err=True)
@@ -656,7 +656,7 @@ def preview(
 
     from campaigns.series import find_series, list_series, preview_steps, resolve_step
 
-    content = app.settings.content_path
+    content = app.settings.content_paths
     if all_steps:
         if step_ref:
             raise click.UsageError("give either a STEP or --all, not both")
@@ -1324,9 +1324,15 @@ def webinar_load(app: App, files: tuple[Path, ...]) -> None:
     """
     from campaigns.webinars import create_from_file, find_webinar, load_webinar_file
 
-    paths = list(files) or sorted((app.settings.content_path / "webinars").glob("*.toml"))
+    if not files:
+        found: dict[str, Path] = {}  # the admin's folder first, then the bundled one
+        for folder in app.settings.content_paths:
+            for p in sorted((folder / "webinars").glob("*.toml")):
+                found.setdefault(p.name, p)
+        files = tuple(found.values())
+    paths = list(files)
     if not paths:
-        click.echo(f"no webinar files in {app.settings.content_path / 'webinars'}")
+        click.echo("no webinar files in " + " or ".join(str(d / "webinars") for d in app.settings.content_paths))
     for path in paths:
         values, _where = load_webinar_file(path)
         if find_webinar(app.db, values["slug"]) is not None:

@@ -52,15 +52,10 @@ from funnel.settings import Settings
 from subscribers import optin, segments
 
 from . import messages, outbox, schedule
-from .series import Series, check_gaps, find_series
+from .series import Series, check_gaps, find_series, series_folder
 
 # ----------------------------------------------------------------- loading
 _series_cache: dict[tuple[str, str], tuple[tuple, Series]] = {}
-
-
-def _folder(content_dir: Path, slug: str) -> Path:
-    root = Path(content_dir)
-    return (root / "series" if (root / "series").is_dir() else root) / slug
 
 
 def _signature(folder: Path) -> tuple:
@@ -79,12 +74,13 @@ def _signature(folder: Path) -> tuple:
 
 def load(settings: Settings, slug: str) -> Series:
     """The series ``slug`` from the content folder, re-read only when its files change."""
-    key = (str(settings.content_path), slug)
-    signature = _signature(_folder(settings.content_path, slug))
+    key = (tuple(map(str, settings.content_paths)), slug)
+    folder = series_folder(settings.content_paths, slug)
+    signature = _signature(folder) if folder else ()
     cached = _series_cache.get(key)
     if cached is not None and signature and cached[0] == signature:
         return cached[1]
-    series = find_series(settings.content_path, slug)
+    series = find_series(settings.content_paths, slug)
     _series_cache[key] = (signature, series)
     return series
 

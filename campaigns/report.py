@@ -104,7 +104,7 @@ def _series_info(settings: Settings) -> dict[str, tuple[str, dict[str, int]]]:
 
         return {
             s.slug: (s.title, {st.key: st.part for st in s.steps})
-            for s in list_series(settings.content_path)
+            for s in list_series(settings.content_paths)
         }
     except Exception:  # noqa: BLE001 - a broken content folder must not break the report
         return {}

@@ -417,22 +417,45 @@ def _series_root(content_dir: Path) -> Path:
     return sub if sub.is_dir() else content_dir
 
 
-def list_series(content_dir: Path) -> list[Series]:
-    """Every series under ``content_dir`` (``content/`` or ``content/series``), by slug."""
-    root = _series_root(content_dir)
-    if not root.is_dir():
-        return []
-    return [load_series(p.parent) for p in sorted(root.glob("*/series.toml"))]
+ContentDirs = Path | str | Sequence[Path]
 
 
-def find_series(content_dir: Path, slug: str) -> Series:
-    """The series ``slug``; NotFound names the folder searched and the known slugs."""
-    root = _series_root(content_dir)
-    folder = root / slug
-    if not SLUG_RE.match(slug) or not (folder / "series.toml").is_file():
-        known = sorted(p.parent.name for p in root.glob("*/series.toml")) if root.is_dir() else []
+def _roots(content_dir: ContentDirs) -> list[Path]:
+    dirs = [content_dir] if isinstance(content_dir, Path | str) else list(content_dir)
+    return [_series_root(Path(d)) for d in dirs]
+
+
+def series_folder(content_dir: ContentDirs, slug: str) -> Path | None:
+    """The folder of series ``slug``: the first content folder that has it."""
+    if not SLUG_RE.match(slug):
+        return None
+    for root in _roots(content_dir):
+        if (root / slug / "series.toml").is_file():
+            return root / slug
+    return None
+
+
+def list_series(content_dir: ContentDirs) -> list[Series]:
+    """Every series under the content folder(s) (``content/`` or ``content/series``), by slug.
+
+    With several folders, the first one holding a slug wins.
+    """
+    folders: dict[str, Path] = {}
+    for root in _roots(content_dir):
+        if root.is_dir():
+            for p in sorted(root.glob("*/series.toml")):
+                folders.setdefault(p.parent.name, p.parent)
+    return [load_series(folders[slug]) for slug in sorted(folders)]
+
+
+def find_series(content_dir: ContentDirs, slug: str) -> Series:
+    """The series ``slug``; NotFound names the folders searched and the known slugs."""
+    folder = series_folder(content_dir, slug)
+    if folder is None:
+        roots = _roots(content_dir)
+        known = sorted({p.parent.name for r in roots if r.is_dir() for p in r.glob("*/series.toml")})
         hint = f"; known series: {', '.join(known)}" if known else ""
-        raise NotFound(f"series {slug!r} not found in {root}{hint}")
+        raise NotFound(f"series {slug!r} not found in {' or '.join(map(str, roots))}{hint}")
     return load_series(folder)
 
 

@@ -492,7 +492,9 @@ def ensure_demo_webinar(db, settings: Settings, now: datetime, path: Path | None
     If the file's date has passed, the demo is moved to the next Thursday at
     18:00 in its own zone, so the dev site always has a webinar to register for.
     """
-    path = path or settings.content_path / "webinars" / "spine-health.toml"
+    if path is None:
+        candidates = [d / "webinars" / "spine-health.toml" for d in settings.content_paths]
+        path = next((p for p in candidates if p.is_file()), candidates[-1])
     values, where = load_webinar_file(path)
     existing = find_webinar(db, values.get("slug") or path.stem)
     if existing is not None:

@@ -173,10 +173,22 @@ class Settings:
 
     @property
     def content_path(self) -> Path:
+        """Where the admin's content lives and new content is written."""
         if self.content_dir:
             return Path(self.content_dir)
         local = Path.cwd() / "content"
         return local if local.is_dir() else REPO_ROOT / "content"
+
+    @property
+    def content_paths(self) -> tuple[Path, ...]:
+        """Where content is looked up: the admin's folder first, then the bundled one.
+
+        So importing articles into ./content/ never hides the bundled series
+        and webinar; a series of the same name in ./content/ wins.
+        """
+        bundled = REPO_ROOT / "content"
+        primary = self.content_path
+        return (primary,) if primary.resolve() == bundled.resolve() else (primary, bundled)
 
     @property
     def https(self) -> bool:

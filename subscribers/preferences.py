@@ -50,7 +50,7 @@ def stream_label(settings: Settings, stream: str) -> str:
         try:
             from campaigns.series import find_series
 
-            return f"The weekly series: {find_series(settings.content_path, slug).title}"
+            return f"The weekly series: {find_series(settings.content_paths, slug).title}"
         except (FunnelError, OSError, ImportError):
             return f"The weekly series: {slug.replace('-', ' ')}"
     if stream.startswith(

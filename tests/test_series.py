@@ -522,3 +522,26 @@ def test_cli_preview_one_step_and_all(cli, tmp_path):
     assert bad.exit_code == 1 and "there is no step 99" in bad.output
     bad = cli("preview", "importance-of-exercise", "--to", str(out))
     assert bad.exit_code == 2 and "give SERIES and STEP, or --all" in bad.output
+
+
+def test_local_content_folder_does_not_hide_the_bundled_series(tmp_path, monkeypatch):
+    """After `funnel content import` creates ./content/, the bundled series is still found."""
+    from campaigns.series import find_series, list_series
+    from funnel.settings import test_settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "content" / "articles").mkdir(parents=True)
+    s = test_settings(tmp_path)
+    assert s.content_path == tmp_path / "content"
+    assert find_series(s.content_paths, "importance-of-exercise").title.startswith("The importance")
+    # A local series of the same name wins over the bundled one.
+    bundled = find_series(s.content_paths, "importance-of-exercise")
+    local = tmp_path / "content" / "series" / "importance-of-exercise"
+    local.mkdir(parents=True)
+    (local / "series.toml").write_text(
+        (bundled.path / "series.toml").read_text().replace(bundled.title, "Our own version")
+    )
+    for step in bundled.steps:
+        (local / step.path.name).write_text(step.path.read_text())
+    assert find_series(s.content_paths, "importance-of-exercise").title == "Our own version"
+    assert [x.slug for x in list_series(s.content_paths)].count("importance-of-exercise") == 1
