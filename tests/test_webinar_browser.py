@@ -6,33 +6,13 @@ message when it is missing, except on CI (CI=true), where that is a failure.
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
+from browser_support import chromium  # noqa: F401 (a fixture)
 
 from campaigns import webinars
 from subscribers import optin
 
-CHROMIUM = os.environ.get("FUNNEL_CHROMIUM", "/usr/bin/chromium")
-
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def browser():
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"chromium is required on CI but {CHROMIUM} is missing")
-        pytest.skip(f"no chromium at {CHROMIUM}; install it with `apt-get install chromium`")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture
@@ -47,7 +27,7 @@ def site(settings, db, clock):
 
 
 def test_invite_link_registers_with_one_click_in_the_visitors_zone(
-    browser, site, settings, db, clock
+    chromium, site, settings, db, clock  # noqa: F811 (fixture parameter)
 ):
     now = clock()
     sid = optin.signup(db, settings, "alex@example.com", now, name="Alex Ng").subscriber_id
@@ -67,7 +47,7 @@ def test_invite_link_registers_with_one_click_in_the_visitors_zone(
     )
     token = webinars.invite_token(settings, "spine-health", sid, now)
 
-    context = browser.new_context(timezone_id="America/New_York", locale="en-US")
+    context = chromium.new_context(timezone_id="America/New_York", locale="en-US")
     page = context.new_page()
     errors: list[str] = []
     page.on(
@@ -108,7 +88,7 @@ def test_invite_link_registers_with_one_click_in_the_visitors_zone(
     assert not errors, errors  # no CSP violations or script errors
 
     # A new visitor: the form carries their zone; the newsletter box starts unticked.
-    other = browser.new_context(timezone_id="Asia/Tokyo", locale="en-US").new_page()
+    other = chromium.new_context(timezone_id="Asia/Tokyo", locale="en-US").new_page()
     other.goto(f"{site}/w/spine-health")
     assert "3:00 AM" in other.inner_text("[data-webinar-time]")  # Friday 03:00 JST
     assert not other.is_checked("input[name=newsletter]")
