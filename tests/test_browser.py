@@ -134,9 +134,18 @@ def test_pages_and_emails_fit_phone_and_desktop_widths(live, page):
 
 
 def test_link_scanners_change_nothing(live):
+    from campaigns import webinars
+
     confirmed_reader(live, "scanned@example.com")
     optin.signup(live.db, live.settings, "pending@example.com", _now())
     live.wait_for_mail("pending@example.com", "confirm")
+    # Webinar mail too: an invite (with its one-click registration link) to one
+    # reader, and a registration confirmation to another.
+    demo = webinars.ensure_demo_webinar(live.db, live.settings, _now())
+    webinars.invite(live.db, live.settings, demo.slug, "all", _now())
+    live.wait_for_mail("scanned@example.com", "invited")
+    webinars.register(live.db, live.settings, demo.slug, _now(), email="guest@example.com", name="Guest")
+    live.wait_for_mail("guest@example.com", "registered")
     links: set[str] = set()
     for m in live.inbox():
         msg = live.message(m["id"])
@@ -147,7 +156,7 @@ def test_link_scanners_change_nothing(live):
             if u.startswith(live.url)
         )
     kinds = {re.sub(r"^https?://[^/]+/([a-z]+).*", r"\1", u) for u in links}
-    assert {"confirm", "u", "p", "m"} <= kinds, kinds
+    assert {"confirm", "u", "p", "m", "w"} <= kinds, kinds
     # Wait until the worker has nothing left to do, then scan.
     wait_for(
         lambda: (
