@@ -150,6 +150,14 @@ def transition(db, subscriber_id: int, new: str, now: datetime, *, ref: str | No
 
 def _forget(db, subscriber_id: int, now: datetime) -> None:
     """Remove everything personal; the hash stays, on the suppression list."""
+    email = db.execute("SELECT email FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()[0]
+    if email:
+        # Mail caught by the dev inbox (dev mode only; empty in production).
+        db.execute(
+            "DELETE FROM devmail WHERE EXISTS (SELECT 1 FROM json_each(devmail.rcpt_tos) "
+            "WHERE lower(json_each.value) = lower(?))",
+            (email,),
+        )
     db.execute(
         "UPDATE subscribers SET email = NULL, name = '', timezone = NULL, source = '', "
         "confirm_nonce = NULL WHERE id = ?", (subscriber_id,),

@@ -130,6 +130,9 @@ def test_erase_leaves_only_a_hash_and_the_file_forgets_the_address(db, settings,
     sid = optin.signup(db, settings, address, clock(), name="Forgettable Name", ip="203.0.113.77",
                        user_agent="UniqueAgent/1.0").subscriber_id
     optin.signup(db, settings, "keep@example.com", clock(), name="Keeper")
+    from funnel import devmail
+
+    devmail.store(db, "bounce+1@clinic.example", [address], b"Subject: hi\r\nTo: " + address.encode() + b"\r\n\r\nhello\r\n", clock())
     erase(db, address, clock())
     sub = lifecycle.get(db, sid)
     assert (sub.status, sub.email, sub.name) == ("erased", None, "")
