@@ -136,6 +136,10 @@ class Settings:
     # Bounces (Mailman's model).
     bounce_score_threshold: float = 5.0
     bounce_reset_days: float = 7.0
+    # The rule: every hard bounce suppresses at once.  Set false to only
+    # score policy/content failures (5.7.x spam blocks, 5.6.x, 5.3.x, 5.2.2,
+    # 5.2.3), so one campaign caught by a spam filter can't wipe out the list.
+    suppress_policy_bounces: bool = True
     # DKIM.
     dkim_selector: str = ""
     dkim_domain: str = ""

@@ -21,11 +21,12 @@ Scoring (GNU Mailman's model): a hard bounce adds 1, a soft one 0.5, counted
 at most once per UTC day; the score resets after ``bounce_reset_days`` (7)
 without a counted bounce.  A subscriber is suppressed (``bounced``) when the
 score reaches ``bounce_score_threshold`` (5) -- and at once for a complaint
-(``complained``) or a hard bounce that says the *address* is bad.  A permanent
-failure about policy or content (enhanced status 5.7.x spam/policy blocks,
-5.6.x content, 5.3.x system, 5.2.2 mailbox full, 5.2.3 message too big) is
-recorded as hard and scored, but does not suppress a reader on its own: one
-campaign caught by a spam filter must not wipe out the list.
+(``complained``) or a hard bounce.  With ``suppress_policy_bounces = false``
+only a hard bounce that says the *address* is bad suppresses at once; a
+permanent failure about policy or content (enhanced status 5.7.x spam/policy
+blocks, 5.6.x content, 5.3.x system, 5.2.2 mailbox full, 5.2.3 message too
+big) is then recorded as hard and scored, so one campaign caught by a spam
+filter cannot wipe out the list.
 
 Maildir handling: messages in ``new/`` and in ``cur/`` without the ``S``
 (seen) flag are read.  A message that was handled (recorded, a duplicate, or
@@ -137,7 +138,10 @@ def record(
         )
         if kind == "complaint":
             target = "complained"
-        elif (kind == "hard" and is_address_failure(status_code)) or (
+        elif (
+            kind == "hard"
+            and (settings.suppress_policy_bounces or is_address_failure(status_code))
+        ) or (
             score >= settings.bounce_score_threshold
         ):
             target = "bounced"

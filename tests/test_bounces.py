@@ -186,7 +186,17 @@ def test_score_resets_after_a_quiet_week(db, settings, clock, mailings):
     assert _soft(db, settings, sid, clock()).score == 0.5
 
 
+def test_every_hard_bounce_suppresses_at_once_by_default(db, settings, clock, mailings):
+    blocked = mailings.subscriber("blocked@example.com")
+    r = bounces.record(
+        db, settings, subscriber_id=blocked, outbox_id=None, kind="hard", status_code="5.7.1",
+        diagnostic="spam", source="t", now=clock(),
+    )  # fmt: skip
+    assert r.suppressed == "bounced" and lifecycle.is_suppressed(db, "blocked@example.com")
+
+
 def test_hard_bounces_suppress_at_once_unless_policy(db, settings, clock, mailings):
+    settings = settings.replace(suppress_policy_bounces=False)
     gone = mailings.subscriber("gone@example.com")
     blocked = mailings.subscriber("blocked@example.com")
     r = bounces.record(
