@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 
+from campaigns.mime import check_header_text
 from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import InputError, TokenError
 from funnel.settings import Settings
@@ -104,6 +105,12 @@ def clean_name(raw: str | None, field: str = "name") -> str:
         raise InputError(f"{field}: the name contains an encoded line break")
     if "%0a" in lowered or "%0d" in lowered:
         raise InputError(f"{field}: the name contains an encoded line break")
+    try:
+        # The header rules themselves (base64 encoded words, nesting, ...), so a
+        # name that could never be sent is refused now, not at send time.
+        check_header_text(name, field)
+    except InputError as exc:
+        raise InputError(f"{field}: the name contains an encoded line break or control character") from exc
     return " ".join(name.split())
 
 

@@ -113,6 +113,7 @@ def test_unsubscribe_cancels_queued_sends_for_the_stream_or_all(db, settings, cl
         ("email", {"email": ""}, "^email: an email address is required"),
         ("name", {"name": "Eve\r\nBcc: x@y.z"}, "^name: the name contains a line break"),
         ("name", {"name": "=?utf-8?q?Eve=0ABcc:_x@y.z?="}, "^name: the name contains an encoded line break"),
+        ("name", {"name": "=?utf-8?b?YQ0KQmNjOiB4QHk=?="}, "^name: the name contains an encoded line break"),
         ("name", {"name": "x" * 101}, "^name: the name is longer than 100"),
         ("name", {"name": "Eve\u2028Bcc: x@y.z"}, "^name: the name contains a line break"),
         ("name", {"name": "Eve\x00"}, "^name: the name contains a line break"),
