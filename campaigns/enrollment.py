@@ -256,6 +256,10 @@ def enroll_on_confirm(db, settings: Settings, subscriber_id: int, now: datetime)
             series = load(settings, slug)
         except FunnelError:
             series = None
+        if series is not None and series.gaps:
+            # Scheduling a series with missing parts needs --allow-gaps, which
+            # nobody can pass here: skip it (`funnel send` and the worker say so).
+            continue
         enroll(db, settings, subscriber_id, slug, now, series=series, materialise=now_please)
 
 

@@ -212,9 +212,10 @@ TRANSACTIONAL_KINDS = (
     "webinar_update",
     "webinar_cancel",
 )
-#: Kinds that wait when the cap or a webinar hold applies.  Broadcasts and
-#: webinar invitations are dated by the admin and go out as scheduled (they
-#: count towards the cap); drip steps are the ones that yield.
+#: Kinds that are postponed to a later send slot when the cap or a webinar
+#: hold applies: drip steps yield first.  Other bulk mail (broadcasts, webinar
+#: invitations, follow-ups) goes before them and only waits, in the queue,
+#: while the reader already has N emails from us in the last 24 h.
 DEFERRABLE_KINDS = ("series",)
 CAP_WINDOW = timedelta(hours=24)
 #: Series mail pauses this long before a webinar the reader registered for.
@@ -275,6 +276,28 @@ def held_sql(frequency_cap: int, now: datetime, row: str = "outbox") -> tuple[st
     return sql, [*DEFERRABLE_KINDS, *params]
 
 
+def capped_sql(frequency_cap: int, now: datetime, row: str = "outbox") -> tuple[str, list]:
+    """A bound SQL predicate, true when non-series bulk row ``row`` must wait for the cap.
+
+    No reader gets more than ``frequency_cap`` emails from us in a rolling
+    24 h: a broadcast or invitation over the cap stays queued until the
+    window frees (it keeps its own expiry).
+    """
+    _require_aware(now, "now")
+    from funnel.db import iso
+
+    if frequency_cap <= 0:
+        return "0", []
+    count_sql, count_params = _cap_count_sql(row)
+    sql = (
+        f"({row}.kind NOT IN {_in(TRANSACTIONAL_KINDS)} AND {row}.kind NOT IN {_in(DEFERRABLE_KINDS)} "
+        f"AND {count_sql} >= ?)"
+    )
+    params = [*TRANSACTIONAL_KINDS, *DEFERRABLE_KINDS, *count_params,
+              iso(now - CAP_WINDOW), iso(now), iso(now), frequency_cap]  # fmt: skip
+    return sql, params
+
+
 def claim_filter(settings, now: datetime) -> tuple[str, tuple]:
     """The ``where``/``params`` the sender passes to ``outbox.claim``.
 
@@ -285,12 +308,13 @@ def claim_filter(settings, now: datetime) -> tuple[str, tuple]:
     each other's in-flight rows.
     """
     held, params = held_sql(settings.frequency_cap, now)
+    capped, capped_params = capped_sql(settings.frequency_cap, now)
     where = (
         " AND (campaign_id IS NULL OR campaign_id NOT IN "
         "(SELECT id FROM campaigns WHERE status IN ('paused', 'cancelled')))"
-        f" AND NOT {held}"
+        f" AND NOT {held} AND NOT {capped}"
     )
-    return where, tuple(params)
+    return where, (*params, *capped_params)
 
 
 def hold_until(
@@ -388,6 +412,7 @@ __all__ = [
     "WEBINAR_HOLD",
     "claim_filter",
     "held_sql",
+    "capped_sql",
     "hold_until",
     "postponed_due",
     "in_quiet_hours",

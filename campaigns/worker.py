@@ -23,6 +23,7 @@ from funnel.errors import FunnelError
 from funnel.settings import Settings
 
 from . import broadcasts, enrollment, sender
+from .series import missing_parts_text
 
 
 @dataclass
@@ -82,9 +83,16 @@ def tick(
     t.campaigns_finished = broadcasts.finish_done(db, now)
     for slug in settings.enroll_series:
         try:
-            enrollment.load(settings, slug)
+            series = enrollment.load(settings, slug)
         except FunnelError as exc:
             t.problems.append(f"enroll_series {slug!r}: {exc}")
+            continue
+        if series.gaps:
+            t.problems.append(
+                f"enroll_series {slug!r}: {missing_parts_text(series.gaps)}, so readers who "
+                f"confirm are not enrolled in it; fill the gaps or enrol them later with "
+                f"`funnel series enroll {slug} --allow-gaps`"
+            )
     return t.as_dict()
 
 

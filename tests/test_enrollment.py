@@ -178,6 +178,18 @@ def test_confirm_with_a_broken_series_still_confirms(db, demo, clock, tmp_path):
     assert report.problems and "series demo" in report.problems[0]
 
 
+def test_confirm_does_not_enrol_in_a_series_with_gaps(db, demo, clock):
+    """Scheduling a gapped series needs --allow-gaps, which confirming can't give."""
+    from campaigns import worker
+
+    write_series(Path(demo.content_dir), "demo", [("c", 3), ("d", 4)])  # parts 1-2 missing
+    sid = confirmed(db, demo, "x@example.com", clock())
+    assert lifecycle.get(db, sid).status == "active"
+    assert db.execute("SELECT COUNT(*) FROM enrollments").fetchone()[0] == 0
+    problems = worker.tick(db, demo, clock())["problems"]
+    assert any("parts 1-2 missing" in p and "--allow-gaps" in p for p in problems), problems
+
+
 def test_cli_send_runs_the_scheduler_first(cli_env, demo, clock, smtp_server, monkeypatch, db):
     monkeypatch.setenv("FUNNEL_CONTENT_DIR", demo.content_dir)
     monkeypatch.setenv("FUNNEL_ENROLL_SERIES", "demo")
@@ -273,6 +285,29 @@ def test_series_step_yields_to_the_frequency_cap(db, demo, clock):
     assert sent_keys(db, sid) == ["a", "b"]
     # The rhythm is kept: c is due the Tuesday after, not a week after the postponed b.
     assert parse_iso(enrollment_row(db, sid)["next_due_at"]) == utc(2026, 12, 8, 9, 0)
+
+
+def test_broadcasts_also_wait_when_the_reader_is_at_the_cap(db, demo, clock, smtp_server):
+    """No reader gets more than N emails in 24 h: a third broadcast waits in the queue."""
+    clock.set(utc(2026, 11, 21, 10, 0))
+    sid = confirmed(db, demo, "busy@example.com", clock())
+    send_due(db, demo, clock)  # part a counts too
+    smtp_server.clear()
+    from campaigns import broadcasts
+
+    _sent(db, demo, sid, "broadcast", clock() - timedelta(hours=1), "b1")
+    cid = broadcasts.create(db, demo, clock(), subject="News", segment="all", body_md="Hello.")
+    outbox.enqueue(
+        db, demo, dedupe_key="b2", kind="broadcast", subscriber_id=sid, to_addr="busy@example.com",
+        due_at=clock(), now=clock(), stream="broadcasts", priority=outbox.PRIORITY_BROADCAST,
+        campaign_id=cid,
+    )  # fmt: skip
+    assert send_due(db, demo, clock).claimed == 0
+    assert db.execute("SELECT status FROM outbox WHERE dedupe_key = 'b2'").fetchone()[0] == "queued"
+    # 24 h after part a the window has room again, and the broadcast goes.
+    clock.advance(hours=24, minutes=1)
+    send_due(db, demo, clock)
+    assert db.execute("SELECT status FROM outbox WHERE dedupe_key = 'b2'").fetchone()[0] == "sent"
 
 
 def test_cap_is_enforced_at_send_time_broadcast_goes_series_waits(db, demo, clock, smtp_server):
