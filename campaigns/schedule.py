@@ -194,6 +194,13 @@ def parse_local_time(text: str, tz: ZoneInfo, field: str = "--start") -> datetim
     else:
         raise InputError(f'{field}: {text!r} is not a time like "2026-11-21 10:00"')
     utc = local_to_utc(parsed.date(), parsed.hour, tz, parsed.minute)
+    if utc.astimezone(tz).replace(tzinfo=None, second=0) != parsed.replace(second=0):
+        # An admin-entered time in the spring-forward gap: say so rather than
+        # silently moving an event (send times use local_to_utc's rule instead).
+        raise InputError(
+            f"{field}: {text.strip()} does not exist in {tz.key} (the clocks go forward then); "
+            "pick a time outside the switch"
+        )
     return utc + timedelta(seconds=parsed.second)
 
 

@@ -268,6 +268,11 @@ class _Compiler:
             raise InputError(
                 f"{where}: series progress must be a part number, e.g. series:{slug}>=3"
             ) from exc
+        from campaigns.series import list_series, series_folder
+
+        if series_folder(self.settings.content_paths, slug) is None:
+            known = ", ".join(s.slug for s in list_series(self.settings.content_paths)) or "none"
+            raise InputError(f"{where}: unknown series {slug!r} (known: {known})")
         return (
             "COALESCE((SELECT MAX(sd.part) FROM series_deliveries sd "
             f"WHERE sd.subscriber_id = s.id AND sd.series = ?), 0) {_SQL_OPS[op]} ?",

@@ -162,3 +162,18 @@ def test_readers_in_two_zones_get_the_same_local_hour(db, weekly, clock, smtp_se
     ):
         hours = {d.astimezone(ZoneInfo(zone)).hour for _, d in arrivals(smtp_server, addr)[1:]}
         assert hours == {9}
+
+
+def test_admin_times_in_the_spring_forward_gap_are_refused():
+    from zoneinfo import ZoneInfo
+
+    import pytest
+
+    from campaigns.schedule import parse_local_time
+    from funnel.errors import InputError
+
+    london = ZoneInfo("Europe/London")
+    with pytest.raises(InputError, match="^--start: 2027-03-28 01:30 does not exist in Europe/London"):
+        parse_local_time("2027-03-28 01:30", london)
+    # The repeated hour in October is fine: the first occurrence (BST) is taken.
+    assert parse_local_time("2026-10-25 01:30", london).isoformat() == "2026-10-25T00:30:00+00:00"
