@@ -660,8 +660,13 @@ def build_series(
     files: list[tuple[str, str]] = []
     split: dict[str, int] = {}
     number = 0
-    for article in ordered:
-        bodies = split_body(article.body_md, max_words, label)
+    chunks = [split_body(article.body_md, max_words, label) for article in ordered]
+    # Steps keep the articles' own part numbers ("received part >= 4" then means
+    # the clinic's part 4, and a missing part added later slots in).  A split
+    # article needs more numbers than it has, so then steps are numbered in
+    # send order; the gaps still name the articles' missing parts.
+    keep_parts = all(len(b) == 1 for b in chunks)
+    for article, bodies in zip(ordered, chunks, strict=True):
         if len(bodies) > 1:
             split[str(article.path)] = len(bodies)
         for index, body in enumerate(bodies, start=1):
@@ -673,7 +678,7 @@ def build_series(
             own_preheader = getattr(article, "preheader", None) if index == 1 else None
             front: dict[str, Any] = {
                 "title": article.title + suffix,
-                "part": number,
+                "part": article.part if keep_parts and article.part is not None else number,
                 "subject": (own_subject or article.title) + suffix,
                 "preheader": own_preheader or _preheader_from(body),
             }

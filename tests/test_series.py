@@ -282,7 +282,7 @@ def test_build_orders_by_part_and_reports_gaps(tmp_path):
     assert isinstance(result, BuildResult)
     series = result.series
     assert [s.key for s in series.steps] == ["01-part-4", "02-part-5", "03-part-6"]
-    assert [s.part for s in series.steps] == [1, 2, 3]
+    assert [s.part for s in series.steps] == [4, 5, 6]  # the articles' own part numbers
     assert series.title == "Back basics"
     assert series.send_day == 1
     assert series.steps[0].subject == "Back basics part 4"
