@@ -304,9 +304,13 @@ def write_export(db, out, fmt: str, email: str | None = None) -> int:
     for rec in export_records(db, email):
         # The CSV carries the consent that made them a subscriber: the latest
         # confirmed/imported entry, else the latest request.
+        # Only entries since the last withdrawal count: after an unsubscribe and
+        # a fresh signup, the old confirmation no longer stands.
         ledger = rec["consent"]
-        chosen = next((c for c in reversed(ledger) if c["action"] in ("confirmed", "imported")), None) or (
-            ledger[-1] if ledger else {}
+        last_out = max((i for i, c in enumerate(ledger) if c["action"] in ("withdrawn", "erased")), default=-1)
+        current = ledger[last_out + 1 :] or ledger[-1:]
+        chosen = next((c for c in reversed(current) if c["action"] in ("confirmed", "imported")), None) or (
+            current[-1] if current else {}
         )
         w.writerow({
             **{k: rec[k] for k in ("email", "name", "timezone", "source", "status", "created_at", "confirmed_at")},

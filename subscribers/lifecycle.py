@@ -126,6 +126,8 @@ def transition(db, subscriber_id: int, new: str, now: datetime, *, ref: str | No
         if new == "active":
             fields["confirmed_at"] = iso(now)
             fields["confirm_nonce"] = None
+        elif new == "pending":
+            fields["confirmed_at"] = None  # a fresh opt-in: the old confirmation no longer stands
         sets = ", ".join(f"{k} = ?" for k in fields)
         db.execute(f"UPDATE subscribers SET {sets} WHERE id = ?", (*fields.values(), subscriber_id))
         if new in SUPPRESSING:

@@ -149,3 +149,16 @@ def test_erase_unknown_address_still_suppresses(db, settings, clock):
     with pytest.raises(InputError, match="suppressed anyway"):
         erase(db, "stranger@example.com", clock())
     assert lifecycle.is_suppressed(db, "stranger@example.com")
+
+
+def test_export_after_unsubscribe_and_fresh_signup_shows_the_current_consent(db, settings, clock):
+    sid = optin.signup(db, settings, "ana@example.com", clock(), source="form").subscriber_id
+    optin.confirm(db, settings, tokens.confirm_token(settings, sid, lifecycle.get(db, sid).confirm_nonce, clock()),
+                  clock(), ip="203.0.113.6", source="link")
+    lifecycle.unsubscribe(db, sid, clock.advance(days=1), source="link")
+    optin.signup(db, settings, "ana@example.com", clock.advance(days=1), source="clinic-desk", ip="198.51.100.2")
+    out = io.StringIO()
+    write_export(db, out, "csv")
+    (row,) = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert row["status"] == "pending" and row["confirmed_at"] == ""
+    assert (row["consent_source"], row["consent_ip"]) == ("clinic-desk", "198.51.100.2")
