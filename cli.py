@@ -7,6 +7,7 @@ house").  Every FunnelError becomes one line on stderr and exit status 1.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from dataclasses import dataclass
@@ -88,6 +89,21 @@ def echo_err(message: str) -> None:
     click.echo(message, err=True)
 
 
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def progress(length: int, label: str):
+    """A progress bar on a terminal; nothing when stderr is a file or a pipe (cron)."""
+    if not sys.stderr.isatty():
+        yield _NoBar()
+        return
+    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
+        yield bar
+
+
 # === core: init / send (lead) ===
 @main.command("init")
 @run
@@ -136,7 +152,7 @@ def send_cmd(app: App, limit: int | None, quiet: bool) -> None:
     if quiet or total == 0:
         summary = send_due(app.db, s, app.now, limit=limit, signer=signer)
     else:
-        with click.progressbar(length=min(total, limit or total), label="sending", file=sys.stderr) as bar:
+        with progress(min(total, limit or total), "sending") as bar:
             summary = send_due(app.db, s, app.now, limit=limit, signer=signer, progress=bar.update)
     click.echo(summary.line())
     for err in summary.errors[:10]:
@@ -744,7 +760,7 @@ def campaign_schedule(app: App, campaign_id: int, at: str | None, tz: str | None
         from campaigns.broadcasts import status
 
         total = status(app.db, s, campaign_id, app.now()).audience or 0
-        with click.progressbar(length=total, label="queueing", file=sys.stderr) as bar:
+        with progress(total, "queueing") as bar:
             n = queue(app.db, s, campaign_id, app.now(), progress=bar.update)
         click.echo(f"campaign {campaign_id}: {n} message(s) queued; `funnel send` or the worker sends them")
     elif c.local_time:
@@ -919,7 +935,7 @@ def series_enroll(app: App, slug: str, segment: str | None, where: tuple[str, ..
     from subscribers.segments import count
 
     total = count(app.db, app.settings, segment, where=where, now=app.now()) if segment or where else 0
-    with click.progressbar(length=total, label="enrolling", file=sys.stderr) as bar:
+    with progress(total, "enrolling") as bar:
         report = enroll_segment(app.db, app.settings, slug, app.now(), segment=segment, where=where,
                                 allow_gaps=allow_gaps, progress=bar.update)
     click.echo(f"{slug}: {report.line()}")
