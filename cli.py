@@ -349,7 +349,7 @@ def subscribers_export(app: App, fmt: str, email: str | None, out: Path | None) 
     from subscribers.io import write_export
 
     if out is None:
-        n = write_export(app.db, click.get_text_stream("stdout"), fmt, email)
+        n = write_export(app.db, sys.stdout, fmt, email)
     else:
         tmp = out.with_suffix(out.suffix + ".part")
         with tmp.open("w", encoding="utf-8", newline="") as fh:
@@ -716,21 +716,28 @@ def campaign_group() -> None:
 @click.option("--subject", default=None, help="Subject line (or 'subject:' in the body's front matter).")
 @click.option("--preheader", default=None, help="Preview text shown after the subject.")
 @click.option("--body", "body", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Markdown file, optionally with front matter (subject, preheader, ctas).")
+              help="Markdown file, optionally with front matter (subject, preheader, ctas); "
+                   "without it the Markdown is read from standard input.")
 @run
 def campaign_create(app: App, template: str, segment: str, where: tuple[str, ...], subject: str | None,
                     preheader: str | None, body: Path | None) -> None:
     """Create a draft broadcast and print its id.
 
+    The body is Markdown from --body FILE, or from standard input.
+
     \b
     Example:
       funnel campaign create --template broadcast --segment all \\
           --subject "Winter opening hours" --body winter.md
+      echo "We now open on **Saturdays**." | funnel campaign create --subject "Saturdays"
     """
     from campaigns.broadcasts import create
 
+    body_md = None
+    if body is None and not sys.stdin.isatty():
+        body_md = sys.stdin.read()
     cid = create(app.db, app.settings, app.now(), subject=subject, segment=segment, where=where,
-                 preheader=preheader, body_path=body, template=template)
+                 preheader=preheader, body_path=body, body_md=body_md, template=template)
     click.echo(cid)
 
 
@@ -1545,7 +1552,7 @@ def webinar_export(app: App, slug: str, out: Path | None) -> None:
     from campaigns.webinars import export_registrants
 
     if out is None:
-        n = export_registrants(app.db, slug, click.get_text_stream("stdout"))
+        n = export_registrants(app.db, slug, sys.stdout)
     else:
         tmp = out.with_suffix(out.suffix + ".part")
         with tmp.open("w", encoding="utf-8", newline="") as fh:

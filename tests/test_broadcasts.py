@@ -323,3 +323,16 @@ def test_cli_schedule_now_queues(run, db, body, clock):
     r = run("campaign", "resume", cid)
     assert r.output.strip() == f"campaign {cid}: sending"
     assert broadcasts.get(db, cid).queued_at == iso(clock())  # the fake clock was used
+
+
+def test_campaign_body_from_standard_input(cli_env, db):
+    from click.testing import CliRunner
+
+    import cli as cli_module
+
+    r = CliRunner().invoke(cli_module.main, ["campaign", "create", "--subject", "Saturdays"],
+                           input="We now open on **Saturdays**.\n")
+    assert r.exit_code == 0, r.output
+    cid = int(r.output.strip().splitlines()[-1])
+    body = db.execute("SELECT body_md FROM campaigns WHERE id = ?", (cid,)).fetchone()[0]
+    assert "**Saturdays**" in body

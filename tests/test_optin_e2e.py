@@ -130,3 +130,12 @@ def test_read_only_database_gives_a_clear_error(cli_env, monkeypatch):
     assert r.exit_code == 1
     assert "read-only" in r.output and "nothing was changed" in r.output
     assert connect(cli_env["FUNNEL_DB"]).execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 0
+
+
+def test_exports_to_standard_output(cli_env):
+    assert invoke("subscribers", "add", "sam@example.com", "--name", "Sam").exit_code == 0
+    r = invoke("subscribers", "export")
+    assert r.exit_code == 0, r.output
+    assert "sam@example.com,Sam," in r.output
+    r = invoke("subscribers", "export", "--format", "json", "--email", "sam@example.com")
+    assert r.exit_code == 0 and '"action": "requested"' in r.output

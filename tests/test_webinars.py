@@ -530,6 +530,8 @@ def test_cli_round_trip(cli_env, settings, tmp_path):
     assert r.exit_code == 0
     lines = out.read_text().splitlines()
     assert lines[0].startswith("email,name") and lines[1].startswith("pat@example.com,Pat")
+    r = invoke("webinar", "export", "spine-health")  # to standard output
+    assert r.exit_code == 0 and "pat@example.com,Pat" in r.output
     r = invoke(
         "webinar",
         "create",
