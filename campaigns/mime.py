@@ -440,12 +440,17 @@ def _qp(text: str) -> bytes:
     if not text.endswith("\n"):
         text += "\n"
     body = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True)
-    body = body.replace(b"\n", CRLF)
-    if b"From " in body or len(body) > 76:
-        lines = body.split(CRLF)
-        if b"From " in body or any(len(line) > 76 for line in lines):
-            body = CRLF.join(_rewrap(_escape_from(line)) for line in lines)
-    return body
+    # Cheap substring tests first (this runs once per part per recipient): a
+    # line needs fixing only if it starts with "From ", or ends in an encoded
+    # space or tab, which is where b2a_qp can overshoot 76 characters.
+    if (
+        b"\nFrom " in body
+        or body.startswith(b"From ")
+        or b"=20\n" in body
+        or b"=09\n" in body
+    ):
+        body = b"\n".join(_rewrap(_escape_from(line)) for line in body.split(b"\n"))
+    return body.replace(b"\n", CRLF)
 
 
 def _escape_from(line: bytes) -> bytes:
@@ -468,7 +473,7 @@ def _rewrap(line: bytes) -> bytes:
         out.append(line[:cut] + b"=")
         line = line[cut:]
     out.append(line)
-    return CRLF.join(out)
+    return b"\n".join(out)
 
 
 def _b64(data: bytes) -> bytes:
