@@ -27,8 +27,10 @@ Reply-code policy (:func:`classify`):
   not the recipient; the row is retried and the relay rested ("relay").
 
 The transaction itself (MAIL, RCPT, DATA) is written straight to the socket
-smtplib opened, one command at a time (no pipelining), instead of through
-``smtplib.SMTP.mail/rcpt/data``.  Measured against Postfix's smtp-sink
+smtplib opened, instead of through ``smtplib.SMTP.mail/rcpt/data``; when the
+server advertises PIPELINING (RFC 2920; Postfix does) the three commands go in
+one write and their replies are read in order, saving two round trips a
+message, otherwise one command at a time.  Measured against Postfix's smtp-sink
 (``bench/send.py``), smtplib's per-command Python overhead and its two regex
 passes over every message cap a prebuilt-message loop near 60% of
 smtp-source; the raw path reaches about the same rate as smtp-source, which
@@ -221,6 +223,20 @@ class Relay:
         read = conn.file.readline
         stage = "mail"
         try:
+            if conn.has_extn("pipelining"):
+                failed = self._pipelined_envelope(
+                    sock, read, b"MAIL FROM:" + sender + mail_opts + _CRLF, b"RCPT TO:" + rcpt + _CRLF
+                )
+                if failed is not None:
+                    return failed
+                stage = "data"
+                sock.sendall(stuff(data))
+                code, msg = _reply(read)
+                if code != 250:
+                    if code == 421:
+                        self._drop()
+                    return SendResult(code, msg, "data")
+                return SendResult(code, msg, "ok")
             sock.sendall(b"MAIL FROM:" + sender + mail_opts + _CRLF)
             code, msg = _reply(read)
             if code != 250:
@@ -248,6 +264,32 @@ class Relay:
             self._drop()
             return SendResult(None, f"connection to {self.label} failed: {exc}", stage)
         return SendResult(code, msg, "ok")
+
+    def _pipelined_envelope(self, sock, read, mail: bytes, rcpt: bytes) -> SendResult | None:
+        """MAIL, RCPT and DATA in one write (RFC 2920), then their three replies.
+
+        Saves two round trips a message when the server advertises PIPELINING.
+        Returns None when DATA may start, else the first failure.  If the
+        server accepted DATA although MAIL or RCPT failed, the empty message
+        is ended at once with "." so the connection stays in step.
+        """
+        sock.sendall(mail + rcpt + b"DATA\r\n")
+        replies = []
+        for stage in ("mail", "rcpt", "data"):
+            code, msg = _reply(read)
+            replies.append((stage, code, msg))
+            if code == 421:  # the server is closing: no more replies will come
+                break
+        expected = {"mail": (250,), "rcpt": (250, 251), "data": (354,)}
+        failure = next(((s, c, m) for s, c, m in replies if c not in expected[s]), None)
+        if failure is None:
+            return None
+        stage, code, msg = failure
+        if replies[-1][0] == "data" and replies[-1][1] == 354:
+            sock.sendall(b".\r\n")
+            _reply(read)
+        self._reset(code)
+        return SendResult(code, msg, stage)
 
     def _send_smtplib(
         self, conn: smtplib.SMTP, envelope_from: str, recipient: str, data: bytes

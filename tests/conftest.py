@@ -90,6 +90,9 @@ class SmtpSink:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     #: reply for DATA (None = 250)
     data_reply: str | None = None
+    #: advertise PIPELINING (RFC 2920) as Postfix does; aiosmtpd reads pipelined
+    #: commands in order either way
+    pipelining: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -107,6 +110,12 @@ class SmtpSink:
 class _Handler:
     def __init__(self, sink: SmtpSink):
         self.sink = sink
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.sink.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.sink.rcpt_replies.get(address)

@@ -9,6 +9,7 @@ import sys
 import threading
 from datetime import timedelta
 
+import pytest
 from click.testing import CliRunner
 
 import cli
@@ -35,7 +36,9 @@ REPLIES = {
 }
 
 
-def test_each_reply_code_lands_in_its_state(db, settings, clock, smtp_server, mailings):
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_each_reply_code_lands_in_its_state(db, settings, clock, smtp_server, mailings, pipelining):
+    smtp_server.pipelining = pipelining
     ids = {"r250@example.com": None, **dict.fromkeys(REPLIES)}
     for addr in ids:
         ids[addr] = mailings.queue(mailings.subscriber(addr), addr)
@@ -377,3 +380,33 @@ def test_two_workers_never_send_a_row_twice(settings, clock, smtp_server, db, ma
     ids_seen = [m.message["Message-ID"] for m in smtp_server.messages]
     assert len(ids_seen) == len(set(ids_seen)) == 120
     assert {mailings.row(i)["status"] for i in ids} == {"sent"}
+
+
+def test_pipelining_is_used_when_advertised(settings, smtp_server):
+    """One write carries MAIL, RCPT and DATA when the server offers PIPELINING."""
+    relay = Relay(settings.relays[0])
+    writes = []
+    try:
+        conn = relay.connect()
+        assert conn.has_extn("pipelining")
+        real = conn.sock.sendall
+        conn.sock = _Recording(conn.sock, writes)
+        result = relay.send("bounce+1@clinic.example", "a@example.com", b"Subject: x\r\n\r\nhi\r\n")
+    finally:
+        relay.close()
+    assert result.stage == "ok" and real
+    assert writes[0].startswith(b"MAIL FROM:") and b"\r\nRCPT TO:" in writes[0] and writes[0].endswith(b"DATA\r\n")
+    (received,) = smtp_server.messages
+    assert received.rcpt_tos == ["a@example.com"]
+
+
+class _Recording:
+    def __init__(self, sock, writes):
+        self._sock, self._writes = sock, writes
+
+    def sendall(self, data):
+        self._writes.append(bytes(data))
+        return self._sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
