@@ -201,6 +201,10 @@ def update_preferences(
                 (name, timezone, iso(now), subscriber_id),
             )
             log_event(db, "preferences", now, subscriber_id, "details")
+            if timezone != sub.timezone:
+                from campaigns.enrollment import retime
+
+                retime(db, subscriber_id, now)  # the next step moves to the new zone's slot
         if sub.status not in OUT_STATES:
             paused_until = now + timedelta(weeks=pause) if pause else None
             for stream in allowed:

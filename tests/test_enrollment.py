@@ -190,6 +190,19 @@ def test_confirm_does_not_enrol_in_a_series_with_gaps(db, demo, clock):
     assert any("parts 1-2 missing" in p and "--allow-gaps" in p for p in problems), problems
 
 
+def test_changing_zone_moves_the_next_step_to_the_new_zones_slot(db, demo, clock):
+    from subscribers.preferences import update_preferences
+
+    clock.set(utc(2026, 11, 21, 10, 0))
+    sid = confirmed(db, demo, "mover@example.com", clock(), tz="Europe/London")
+    assert parse_iso(enrollment_row(db, sid)["next_due_at"]) == utc(2026, 12, 1, 9, 0)
+    update_preferences(db, demo, sid, {"name": "", "timezone": "Asia/Tokyo", "streams": [
+        "broadcasts", "webinars", "series:demo"], "pause_weeks": "keep"}, clock())
+    schedule_series(db, demo, clock())
+    # Tuesday 09:00 in Tokyo is Tuesday 00:00 UTC, nine hours before London's slot.
+    assert parse_iso(enrollment_row(db, sid)["next_due_at"]) == utc(2026, 12, 1, 0, 0)
+
+
 def test_cli_send_runs_the_scheduler_first(cli_env, demo, clock, smtp_server, monkeypatch, db):
     monkeypatch.setenv("FUNNEL_CONTENT_DIR", demo.content_dir)
     monkeypatch.setenv("FUNNEL_ENROLL_SERIES", "demo")
