@@ -52,7 +52,11 @@ PRIORITY_SERIES = 50
 
 def new_message_id(settings: Settings) -> str:
     """A Message-ID minted once per row and stored, so every resend reuses it."""
-    return f"<{secrets.token_hex(10)}.funnel@{settings.sender_domain}>"
+    return _mint_message_id(settings.sender_domain)
+
+
+def _mint_message_id(domain: str) -> str:
+    return f"<{secrets.token_hex(10)}.funnel@{domain}>"
 
 
 @dataclass(frozen=True)
@@ -128,16 +132,22 @@ def enqueue_many(db, settings: Settings, rows: Iterable[dict], now: datetime) ->
     Call inside the caller's transaction; duplicates are skipped by the
     UNIQUE dedupe key.  ``rows`` may be a generator: nothing is held in memory.
     """
-    domain = settings.sender_domain
     stamp = iso(now)
+    domain = settings.sender_domain
+    times: dict = {}  # bulk rows share a few times: format each once
+
+    def when(dt: datetime | None) -> str | None:
+        if dt not in times:
+            times[dt] = iso(dt)
+        return times[dt]
 
     def params():
         for r in rows:
             yield (
                 r["dedupe_key"], r["kind"], r.get("subscriber_id"), r.get("campaign_id"),
                 r.get("stream"), r.get("ref"), r["to_addr"],
-                f"<{secrets.token_hex(10)}.funnel@{domain}>", r.get("priority", PRIORITY_SERIES),
-                iso(r["due_at"]), iso(r.get("expires_at")),
+                _mint_message_id(domain), r.get("priority", PRIORITY_SERIES),
+                when(r["due_at"]), when(r.get("expires_at")),
                 json.dumps(r["data"]) if r.get("data") else None, stamp, stamp,
             )  # fmt: skip
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from campaigns import outbox
 from funnel.db import db_path, iso, transaction
 from funnel.errors import InputError
 from funnel.settings import Settings
@@ -114,8 +115,7 @@ def import_csv(
     seen: dict[str, int] = {}
     stamp = iso(now)
     status = "active" if pre_confirmed else "pending"
-    expires = iso(now + timedelta(days=settings.confirm_max_age_days))
-    domain = settings.sender_domain
+    expires = now + timedelta(days=settings.confirm_max_age_days)
     with transaction(db):
         next_id = (db.execute("SELECT COALESCE(MAX(id), 0) FROM subscribers").fetchone()[0]) + 1
         existing = _ExistingLookup(db)
@@ -146,16 +146,16 @@ def import_csv(
                     [(b[0][0], s, stamp) for b in batch for s in streams],
                 )
             else:
-                db.conn.executemany(
-                    "INSERT INTO outbox (dedupe_key, kind, subscriber_id, to_addr, message_id, priority, "
-                    "status, due_at, expires_at, created_at, updated_at) "
-                    "VALUES (?, 'confirm', ?, ?, ?, 0, 'queued', ?, ?, ?, ?)",
-                    [
-                        (f"confirm:{b[0][0]}:{stamp}", b[0][0], b[0][1],
-                         f"<{secrets.token_hex(10)}.funnel@{domain}>", stamp, expires, stamp, stamp)
+                outbox.enqueue_many(
+                    db, settings,
+                    (
+                        {"dedupe_key": f"confirm:{b[0][0]}:{stamp}", "kind": "confirm",
+                         "subscriber_id": b[0][0], "to_addr": b[0][1], "due_at": now,
+                         "expires_at": expires, "priority": outbox.PRIORITY_TRANSACTIONAL}
                         for b in batch
-                    ],
-                )
+                    ),
+                    now,
+                )  # fmt: skip
             batch.clear()
 
         pending: list[tuple] = []  # validated rows waiting for one batched existence check

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 
+from campaigns import outbox
 from campaigns.mime import check_header_text
 from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import InputError, TokenError
@@ -36,7 +37,6 @@ from . import lifecycle, tokens
 
 MAX_NAME = 100
 MAX_SOURCE = 100
-CONFIRM_PRIORITY = 0  # transactional mail goes before everything else
 
 
 @dataclass(frozen=True)
@@ -273,8 +273,6 @@ def _update_details(db, sid: int, name: str, timezone: str | None, now: datetime
 
 def queue_confirmation(db, settings: Settings, subscriber_id: int, email: str, now: datetime) -> int | None:
     """Queue the opt-in email; the token is signed when the message is built."""
-    from campaigns import outbox  # campaigns depends on subscribers, not the reverse
-
     with transaction(db):
         outbox_id = outbox.enqueue(
             db,
@@ -285,7 +283,7 @@ def queue_confirmation(db, settings: Settings, subscriber_id: int, email: str, n
             to_addr=email,
             due_at=now,
             now=now,
-            priority=CONFIRM_PRIORITY,
+            priority=outbox.PRIORITY_TRANSACTIONAL,  # before everything else
             expires_at=now + timedelta(days=settings.confirm_max_age_days),
         )
         db.execute(
