@@ -1345,24 +1345,16 @@ def webinar_load(app: App, files: tuple[Path, ...]) -> None:
       funnel webinar load
       funnel webinar load content/webinars/spine-health.toml
     """
-    from campaigns.webinars import create_from_file, find_webinar, load_webinar_file
+    from campaigns.webinars import load_files, webinar_files
 
-    if not files:
-        found: dict[str, Path] = {}  # the admin's folder first, then the bundled one
-        for folder in app.settings.content_paths:
-            for p in sorted((folder / "webinars").glob("*.toml")):
-                found.setdefault(p.name, p)
-        files = tuple(found.values())
-    paths = list(files)
+    paths = list(files) or webinar_files(app.settings)
     if not paths:
         click.echo("no webinar files in " + " or ".join(str(d / "webinars") for d in app.settings.content_paths))
-    for path in paths:
-        values, _where = load_webinar_file(path)
-        if find_webinar(app.db, values["slug"]) is not None:
-            click.echo(f"{path}: {values['slug']} already exists; left as it is")
-            continue
-        w = create_from_file(app.db, app.settings, path, app.now())
-        click.echo(f"{path}: created {w.slug} ({w.local_start:%Y-%m-%d %H:%M %Z})")
+    for path, slug, w in load_files(app.db, app.settings, paths, app.now()):
+        if w is None:
+            click.echo(f"{path}: {slug} already exists; left as it is")
+        else:
+            click.echo(f"{path}: created {w.slug} ({w.local_start:%Y-%m-%d %H:%M %Z})")
 
 
 @webinar_group.command("list")

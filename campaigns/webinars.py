@@ -486,6 +486,32 @@ def next_weekday_at(now: datetime, tz: ZoneInfo, weekday: int, hour: int) -> dat
         day += timedelta(days=1)
 
 
+def webinar_files(settings: Settings) -> list[Path]:
+    """content/webinars/*.toml: the admin's folder first, then the bundled one (by file name)."""
+    found: dict[str, Path] = {}
+    for folder in settings.content_paths:
+        for p in sorted((folder / "webinars").glob("*.toml")):
+            found.setdefault(p.name, p)
+    return list(found.values())
+
+
+def load_files(
+    db, settings: Settings, paths: Sequence[Path], now: datetime
+) -> list[tuple[Path, str, Webinar | None]]:
+    """Create a webinar from each TOML file; existing slugs are left as they are.
+
+    Returns (path, slug, the new webinar or None when it already existed).
+    """
+    done = []
+    for path in paths:
+        values, _where = load_webinar_file(path)
+        if find_webinar(db, values["slug"]) is not None:
+            done.append((path, values["slug"], None))
+        else:
+            done.append((path, values["slug"], create_from_file(db, settings, path, now)))
+    return done
+
+
 def ensure_demo_webinar(db, settings: Settings, now: datetime, path: Path | None = None) -> Webinar:
     """The bundled Spine Health Webinar, created if missing (``funnel up`` in dev mode).
 
@@ -493,8 +519,7 @@ def ensure_demo_webinar(db, settings: Settings, now: datetime, path: Path | None
     18:00 in its own zone, so the dev site always has a webinar to register for.
     """
     if path is None:
-        candidates = [d / "webinars" / "spine-health.toml" for d in settings.content_paths]
-        path = next((p for p in candidates if p.is_file()), candidates[-1])
+        path = next(p for p in webinar_files(settings) if p.name == "spine-health.toml")
     values, where = load_webinar_file(path)
     existing = find_webinar(db, values.get("slug") or path.stem)
     if existing is not None:

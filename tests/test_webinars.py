@@ -733,3 +733,17 @@ def test_cli_invite_by_segment_expression(cli_env, settings, clock):
     r = invoke("webinar", "invite", "spine-health", "--segment", "series:nope>=x")
     assert r.exit_code == 1 and "series progress must be a part number" in r.output
     assert db.execute("SELECT COUNT(*) FROM events WHERE kind = 'invited'").fetchone()[0] == 2
+
+
+def test_webinar_load_creates_a_webinar_once(cli_env, tmp_path):
+    import re
+
+    from funnel.settings import REPO_ROOT
+
+    bundled = (REPO_ROOT / "content" / "webinars" / "spine-health.toml").read_text()
+    path = tmp_path / "spine-health.toml"
+    path.write_text(re.sub(r'(?m)^start = ".*"$', 'start = "2030-12-10 18:00"', bundled))
+    first = CliRunner().invoke(cli.main, ["webinar", "load", str(path)], catch_exceptions=False)
+    assert first.exit_code == 0 and "created spine-health (2030-12-10 18:00" in first.output, first.output
+    again = CliRunner().invoke(cli.main, ["webinar", "load", str(path)], catch_exceptions=False)
+    assert "spine-health already exists; left as it is" in again.output
