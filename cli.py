@@ -1056,10 +1056,12 @@ def worker_cmd(app: App, interval: float) -> None:
     click.echo(f"worker stopped after {loops} pass(es)", err=True)
 
 
-# === delivery: bounces ===
+# === delivery: bounces and the mailto unsubscribe inbox ===
 @main.group("bounces", cls=FunnelGroup)
 def bounces_group() -> None:
-    """Bounce reports (DSN) and spam complaints (ARF) mailed back to bounce+ROW@domain.
+    """Bounce reports (DSN) and spam complaints (ARF) mailed back to bounce+ROW-MAC@domain.
+
+    `bounces process` is the same command as `inbox process`.
 
     \b
     Example:
@@ -1068,27 +1070,55 @@ def bounces_group() -> None:
     """
 
 
-@bounces_group.command("process")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@run
-def bounces_process(app: App, paths: tuple[Path, ...]) -> None:
-    """Record bounces and complaints from message files or Maildir folders.
+@main.group("inbox", cls=FunnelGroup)
+def inbox_group() -> None:
+    """Mail that comes back: bounces, complaints and mailto unsubscribe requests.
 
-    Hard bounces about the address and complaints suppress the reader at
-    once; soft bounces add to a score (Mailman's rules).  Handled Maildir
-    messages move to cur/ with the S flag; a message that can't be read is
-    reported as FILE: reason and left in place.
+    \b
+    Example:
+      funnel inbox process ~/Maildir/.funnel
+    """
+
+
+_INBOX_HELP = """Record bounces and complaints, and apply mailto unsubscribes, from files or Maildirs.
+
+    Reports mailed to bounce+ROW-MAC@domain (signed) or quoting one of our
+    Message-IDs are recorded when they are about that row's recipient: hard
+    bounces about the address and complaints suppress the reader at once;
+    soft bounces add to a score (Mailman's rules).  A message to
+    unsubscribe+ROW-MAC@domain unsubscribes that reader exactly like the
+    one-click link.  A report or request that does not verify changes nothing
+    and is counted as unmatched.  Handled Maildir messages move to cur/ with
+    the S flag; a message that can't be read is reported as FILE: reason and
+    left in place.
 
     \b
     Example (crontab, every 10 minutes):
-      */10 * * * * cd /srv/funnel && .venv/bin/funnel bounces process ~/Maildir/.bounces
+      */10 * * * * cd /srv/funnel && .venv/bin/funnel inbox process ~/Maildir/.funnel
     """
+
+
+def _process_inbox(app: App, paths: tuple[Path, ...]) -> None:
     from subscribers.bounces import process_paths
 
     report = process_paths(app.db, app.settings, list(paths), app.now())
-    for problem in report.problems:
+    for problem in report.problems + report.notes:
         echo_err(problem)
     click.echo(report.line())
+
+
+@bounces_group.command("process", help=_INBOX_HELP)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@run
+def bounces_process(app: App, paths: tuple[Path, ...]) -> None:
+    _process_inbox(app, paths)
+
+
+@inbox_group.command("process", help=_INBOX_HELP)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@run
+def inbox_process(app: App, paths: tuple[Path, ...]) -> None:
+    _process_inbox(app, paths)
 
 
 # === web: serve / up / form ===

@@ -68,8 +68,8 @@ def builder(kind: str):
 
 
 def verp_sender(settings: Settings, row_id: int) -> str:
-    """The envelope sender that lets bounces name their row: bounce+ROW@domain."""
-    return f"bounce+{row_id}@{settings.sender_domain}"
+    """The envelope sender that lets bounces name their row: bounce+ROW-MAC@domain."""
+    return tokens.signed_address(settings, "bounce", row_id)
 
 
 def standard_links(settings: Settings, sub: lifecycle.Subscriber, now: datetime,
@@ -127,7 +127,7 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
         list_id=content.list_id or (list_id(settings, row.stream) if content.bulk else None),
         unsubscribe_url=links["unsubscribe_url"] if content.bulk else None,
         unsubscribe_mailto=(
-            f"mailto:unsubscribe+{row.id}@{settings.sender_domain}?subject=unsubscribe"
+            f"mailto:{tokens.signed_address(settings, 'unsubscribe', row.id)}?subject=unsubscribe"
             if content.bulk else None
         ),
         reply_to=settings.reply_to or None,

@@ -5,14 +5,20 @@ Where bounces come from
 * At send time: a 5xx reply at RCPT or DATA (campaigns/sender.py calls
   :func:`record_smtp_failure`).
 * Afterwards: delivery status notifications that the receiving systems mail
-  back to our VERP envelope sender ``bounce+ROW@domain``, and spam complaints
-  (ARF feedback reports) from mailbox providers' feedback loops.
-  ``funnel bounces process PATH...`` reads them from files or a Maildir.
+  back to our signed VERP envelope sender ``bounce+ROW-MAC@domain``
+  (subscribers/tokens.py), and spam complaints (ARF feedback reports) from
+  mailbox providers' feedback loops.  ``funnel inbox process PATH...`` (alias
+  ``funnel bounces process``) reads them from files or a Maildir, together
+  with the mailto unsubscribe requests sent to ``unsubscribe+ROW-MAC@domain``.
 
-Which row a report is about: the VERP address (the report's To, Delivered-To,
-X-Original-To or Envelope-To header names ``bounce+ROW@domain``), else the
-original Message-ID (in the report's text/rfc822-headers or message/rfc822
-part, stable per row), else the original's ``X-Funnel-Row`` header.
+Which row a report is about (:func:`find_row`): the signed VERP address (in
+the report's To, Delivered-To, X-Original-To or Envelope-To header, an ARF's
+Original-Mail-From, or the quoted original's Return-Path), else the original
+Message-ID (random per row).  An unsigned or badly signed ``bounce+`` address
+is not trusted.  The report must also be about that row's recipient
+(Final-Recipient or Original-Recipient; for an ARF, Original-Rcpt-To or the
+original's To).  Anything else is "unmatched" and changes nothing: a stranger
+who knows a row number and an address cannot suppress anyone.
 
 Classification: ``Status: 5.x.x`` is hard, ``4.x.x`` soft;
 ``report-type=feedback-report`` is a complaint.
@@ -30,9 +36,10 @@ filter cannot wipe out the list.
 
 Maildir handling: messages in ``new/`` and in ``cur/`` without the ``S``
 (seen) flag are read.  A message that was handled (recorded, a duplicate, or
-a report that is not a failure) is moved to ``cur/`` with the ``S`` flag, so
-the next run skips it.  A message that cannot be parsed or matched to a row
-is reported as ``file: reason`` and left where it is.  Plain files given on
+a report that is not a failure, an unsubscribe request, or an unmatched
+report or request) is moved to ``cur/`` with the ``S`` flag, so the next run
+skips it.  A message that cannot be parsed is reported as ``file: reason`` and
+left where it is.  Plain files given on
 the command line are never moved.  Recording the same report twice (same row,
 same report) is detected and skipped, so re-running is safe.
 """
@@ -42,6 +49,7 @@ from __future__ import annotations
 import email
 import email.parser
 import email.policy
+import email.utils
 import hashlib
 import os
 import re
@@ -51,10 +59,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from funnel.db import iso, parse_iso, transaction
-from funnel.errors import InputError, TransitionError
+from funnel.errors import InputError, TokenError, TransitionError
 from funnel.settings import Settings
 
-from . import lifecycle
+from . import lifecycle, preferences, tokens
 
 WEIGHTS = {"hard": 1.0, "soft": 0.5}
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -188,10 +196,11 @@ class Report:
     status: str | None
     diagnostic: str
     recipient: str | None
-    verp_row: int | None
+    verp: str | None  # the bounce+... local part the report names, not yet verified
     message_id: str | None
-    funnel_row: int | None
+    funnel_row: int | None  # the original's X-Funnel-Row: unsigned, so never trusted alone
     source: str
+    recipients: tuple[str, ...] = ()  # every address the report says it is about
 
 
 def _header_block(part) -> email.message.Message | None:
@@ -206,25 +215,33 @@ def _header_block(part) -> email.message.Message | None:
     return None
 
 
-def _find_original(msg) -> tuple[str | None, int | None]:
+def _original_headers(msg) -> email.message.Message | None:
     for part in msg.walk():
         headers = _header_block(part)
-        if headers is None:
-            continue
-        mid = (headers.get("Message-ID") or "").strip() or None
-        row = (headers.get("X-Funnel-Row") or "").strip()
-        return mid, int(row) if row.isdigit() else None
-    return None, None
-
-
-def _verp_row(msg, domain: str) -> int | None:
-    pattern = re.compile(rf"bounce\+(\d+)@{re.escape(domain)}\b", re.IGNORECASE)
-    for name in _VERP_HEADERS:
-        for value in msg.get_all(name) or ():
-            m = pattern.search(str(value))
-            if m:
-                return int(m.group(1))
+        if headers is not None:
+            return headers
     return None
+
+
+def _find_original(headers) -> tuple[str | None, int | None]:
+    if headers is None:
+        return None, None
+    mid = (headers.get("Message-ID") or "").strip() or None
+    row = (headers.get("X-Funnel-Row") or "").strip()
+    return mid, int(row) if row.isdigit() else None
+
+
+def _local_parts(values, purpose: str, domain: str) -> list[str]:
+    """Local parts ``PURPOSE+...`` at our domain named in ``values`` (any case)."""
+    pattern = re.compile(rf"\b({purpose}\+[^@\s<>\"',;]+)@{re.escape(domain)}\b", re.IGNORECASE)
+    found = []
+    for value in values:
+        found += pattern.findall(str(value or ""))
+    return found
+
+
+def _addresses_in(value) -> list[str]:
+    return [addr.lower() for _, addr in email.utils.getaddresses([str(value or "")]) if addr]
 
 
 def _strip_type(value: str | None) -> str:
@@ -247,8 +264,11 @@ def parse_report(data: bytes, settings: Settings) -> Report:
     report_type = (msg.get_param("report-type") or "").lower()
     own_id = (msg.get("Message-ID") or "").strip()
     source = f"dsn:{own_id}" if own_id else "sha256:" + hashlib.sha256(data).hexdigest()[:32]
-    verp = _verp_row(msg, settings.sender_domain)
-    original_id, funnel_row = _find_original(msg)
+    original = _original_headers(msg)
+    original_id, funnel_row = _find_original(original)
+    where = [v for name in _VERP_HEADERS for v in msg.get_all(name) or ()]
+    if original is not None:
+        where += original.get_all("Return-Path") or []
     parts = {p.get_content_type(): p for p in msg.get_payload() if hasattr(p, "get_content_type")}
     if report_type == "feedback-report":
         part = parts.get("message/feedback-report")
@@ -258,10 +278,18 @@ def parse_report(data: bytes, settings: Settings) -> Report:
         fields = payload[0] if isinstance(payload, list) and payload else None
         if fields is None or not fields.get("Feedback-Type"):
             raise InputError("the feedback report has no Feedback-Type field")
+        verp = _local_parts(
+            [*(fields.get_all("Original-Mail-From") or ()), *where], "bounce",
+            settings.sender_domain,
+        )  # fmt: skip
+        rcpts = [_strip_type(v).lower() for v in fields.get_all("Original-Rcpt-To") or ()]
+        if original is not None:
+            rcpts += [a for v in original.get_all("To") or () for a in _addresses_in(v)]
+        rcpts = [r for r in rcpts if r]
         return Report(
             "complaint", None, f"feedback; {fields['Feedback-Type']}",
-            _strip_type(fields.get("Original-Rcpt-To")) or None, verp, original_id,
-            funnel_row, source,
+            rcpts[0] if rcpts else None, verp[0] if verp else None, original_id,
+            funnel_row, source, tuple(rcpts),
         )  # fmt: skip
     if report_type != "delivery-status":
         raise InputError(
@@ -285,45 +313,114 @@ def parse_report(data: bytes, settings: Settings) -> Report:
     status = enhanced_status(block.get("Status"))
     if status is None:
         raise InputError("the delivery-status part has no valid Status field (like 5.1.1)")
-    recipient = _strip_type(block.get("Final-Recipient") or block.get("Original-Recipient")) or None
+    rcpts = tuple(
+        r.lower() for r in (
+            _strip_type(block.get("Final-Recipient")), _strip_type(block.get("Original-Recipient"))
+        ) if r
+    )  # fmt: skip
     diagnostic = str(block.get("Diagnostic-Code") or "").strip()
     if not failing:
         kind = None  # delivered / relayed / expanded: good news, nothing to record
     else:
         kind = "hard" if status.startswith("5") and action == "failed" else "soft"
+    verp = _local_parts(where, "bounce", settings.sender_domain)
     return Report(
         kind,
         status,
         diagnostic or f"{action}; {status}",
-        recipient,
-        verp,
+        rcpts[0] if rcpts else None,
+        verp[0] if verp else None,
         original_id,
         funnel_row,
         source,
+        rcpts,
     )
 
 
-def find_row(db, report: Report) -> tuple[int, int | None] | None:
-    """(outbox_id, subscriber_id) the report is about, or None."""
-    if report.verp_row is not None:
+class Unmatched(InputError):
+    """A report or request that names no row of ours, or not convincingly: ignored."""
+
+
+def find_row(db, settings: Settings, report: Report) -> tuple[int, int | None]:
+    """(outbox_id, subscriber_id) the report is about; :class:`Unmatched` says why not.
+
+    The row comes from the signed VERP address (``bounce+ROW-MAC``), else from
+    the original's Message-ID (random per row, so only a real recipient knows
+    it).  An unsigned or badly signed ``bounce+`` address is not trusted and
+    is not rescued by the Message-ID; ``X-Funnel-Row`` alone is never trusted.
+    Then the report must be about the row's recipient: its Final-Recipient or
+    Original-Recipient (ARF: Original-Rcpt-To or the original's To) equals the
+    row's address, ignoring case.
+    """
+    if report.verp is not None:
+        try:
+            row_id = tokens.read_local_part(settings, "bounce", report.verp)
+        except TokenError as exc:
+            raise Unmatched(f"the bounce address is not ours: {exc}") from exc
         row = db.execute(
-            "SELECT id, subscriber_id FROM outbox WHERE id = ?", (report.verp_row,)
+            "SELECT id, subscriber_id, to_addr FROM outbox WHERE id = ?", (row_id,)
         ).fetchone()
-        if row:
-            return row[0], row[1]
-    if report.message_id:
-        row = db.execute(
-            "SELECT id, subscriber_id FROM outbox WHERE message_id = ?", (report.message_id,)
-        ).fetchone()
-        if row:
-            return row[0], row[1]
-    if report.funnel_row is not None:
-        row = db.execute(
-            "SELECT id, subscriber_id FROM outbox WHERE id = ?", (report.funnel_row,)
-        ).fetchone()
-        if row:
-            return row[0], row[1]
-    return None
+        if row is None:
+            raise Unmatched(f"the bounce address names outbox row {row_id}, which does not exist")
+    else:
+        row = None
+        if report.message_id:
+            row = db.execute(
+                "SELECT id, subscriber_id, to_addr FROM outbox WHERE message_id = ?",
+                (report.message_id,),
+            ).fetchone()
+        if row is None:
+            raise Unmatched(
+                "no outbox row matches the report (no signed bounce+ROW-MAC address, "
+                f"Message-ID {report.message_id or 'missing'})"
+            )
+    outbox_id, subscriber_id, to_addr = row
+    if not report.recipients:
+        raise Unmatched(f"the report names no recipient to compare with row {outbox_id}")
+    if to_addr is None or to_addr.lower() not in report.recipients:
+        raise Unmatched(
+            f"the report is about {', '.join(report.recipients)}, "
+            f"not the recipient of row {outbox_id}"
+        )
+    return outbox_id, subscriber_id
+
+
+# ----------------------------------------------------------------- mailto unsubscribe
+_RECIPIENT_HEADERS = ("To", "Cc", *_VERP_HEADERS[1:])
+
+
+def unsubscribe_request(data: bytes, settings: Settings) -> str | None:
+    """The ``unsubscribe+...`` local part a message is addressed to, or None.
+
+    Delivery reports are never requests; the address may be in To, Cc,
+    Delivered-To, X-Original-To, Envelope-To or X-Envelope-To.
+    """
+    msg = email.message_from_bytes(data, policy=email.policy.compat32)
+    if msg.get_content_type() == "multipart/report":
+        return None
+    values = [v for name in _RECIPIENT_HEADERS for v in msg.get_all(name) or ()]
+    found = _local_parts(values, "unsubscribe", settings.sender_domain)
+    return found[0] if found else None
+
+
+def apply_unsubscribe(db, settings: Settings, local: str, now: datetime) -> str | None:
+    """Unsubscribe the reader of the row a signed ``unsubscribe+ROW-MAC`` names.
+
+    Exactly what the one-click POST does (the same domain function, the same
+    scope: the stream the email came from), recorded with source "mailto".
+    Returns the scope used (None = everything); :class:`Unmatched` for a
+    forged or unknown address.
+    """
+    try:
+        row_id = tokens.read_local_part(settings, "unsubscribe", local)
+    except TokenError as exc:
+        raise Unmatched(f"the unsubscribe address is not ours: {exc}") from exc
+    row = db.execute("SELECT subscriber_id, stream FROM outbox WHERE id = ?", (row_id,)).fetchone()
+    if row is None or row[0] is None:
+        raise Unmatched(f"the unsubscribe address names outbox row {row_id}, which has no reader")
+    return preferences.unsubscribe_from_link(
+        db, settings, row[0], now, stream=row[1], everything=False, source="mailto"
+    )
 
 
 # ----------------------------------------------------------------- files and Maildirs
@@ -334,15 +431,22 @@ class ProcessReport:
     suppressed: int = 0
     duplicates: int = 0
     ignored: int = 0  # reports that are not failures (Action: delivered)
+    unsubscribed: int = 0  # mailto unsubscribe requests applied
+    unmatched: int = 0  # reports/requests that named no row of ours, or not convincingly
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # why each unmatched message changed nothing
 
     def line(self) -> str:
         kinds = ", ".join(f"{self.kinds[k]} {k}" for k in ("hard", "soft", "complaint"))
         text = f"{self.processed} report(s) recorded ({kinds}); {self.suppressed} subscriber(s) suppressed"
+        if self.unsubscribed:
+            text += f"; {self.unsubscribed} unsubscribed by mail"
         if self.duplicates:
             text += f"; {self.duplicates} already recorded"
         if self.ignored:
             text += f"; {self.ignored} not a failure"
+        if self.unmatched:
+            text += f"; {self.unmatched} unmatched (nothing changed)"
         if self.problems:
             text += f"; {len(self.problems)} left in place (see above)"
         return text
@@ -384,33 +488,25 @@ def collect(paths: list[Path]) -> list[tuple[Path, bool]]:
 
 
 def process_paths(db, settings: Settings, paths: list[Path], now: datetime) -> ProcessReport:
-    """Read DSN/ARF messages from files or Maildirs and record them (module docstring)."""
+    """Read DSN/ARF reports and mailto unsubscribe requests from files or Maildirs.
+
+    A report or request that does not verify (module docstring, :func:`find_row`,
+    :func:`apply_unsubscribe`) changes nothing: it is counted as unmatched, its
+    reason is listed, and in a Maildir it is marked seen like a handled one.
+    """
     report = ProcessReport()
     for path, in_maildir in collect(paths):
         try:
             data = path.read_bytes()
-            parsed = parse_report(data, settings)
-            if parsed.kind is None:
-                report.ignored += 1
+            local = unsubscribe_request(data, settings)
+            if local is not None:
+                apply_unsubscribe(db, settings, local, now)
+                report.unsubscribed += 1
             else:
-                target = find_row(db, parsed)
-                if target is None:
-                    raise InputError(
-                        "no outbox row matches the report (no bounce+ROW address, "
-                        f"Message-ID {parsed.message_id or 'missing'})"
-                    )
-                outbox_id, subscriber_id = target
-                result = record(
-                    db, settings, subscriber_id=subscriber_id, outbox_id=outbox_id,
-                    kind=parsed.kind, status_code=parsed.status, diagnostic=parsed.diagnostic,
-                    source=parsed.source, now=now,
-                )  # fmt: skip
-                if result.duplicate:
-                    report.duplicates += 1
-                else:
-                    report.processed += 1
-                    report.kinds[parsed.kind] += 1
-                    report.suppressed += result.suppressed is not None
+                _process_report(db, settings, data, now, report)
+        except Unmatched as exc:
+            report.unmatched += 1
+            report.notes.append(f"{path}: unmatched: {exc}")
         except InputError as exc:
             report.problems.append(f"{path}: {exc}")
             continue
@@ -420,3 +516,23 @@ def process_paths(db, settings: Settings, paths: list[Path], now: datetime) -> P
         if in_maildir:
             _mark_seen(path)
     return report
+
+
+def _process_report(db, settings: Settings, data: bytes, now: datetime,
+                    report: ProcessReport) -> None:
+    parsed = parse_report(data, settings)
+    if parsed.kind is None:
+        report.ignored += 1
+        return
+    outbox_id, subscriber_id = find_row(db, settings, parsed)
+    result = record(
+        db, settings, subscriber_id=subscriber_id, outbox_id=outbox_id,
+        kind=parsed.kind, status_code=parsed.status, diagnostic=parsed.diagnostic,
+        source=parsed.source, now=now,
+    )  # fmt: skip
+    if result.duplicate:
+        report.duplicates += 1
+    else:
+        report.processed += 1
+        report.kinds[parsed.kind] += 1
+        report.suppressed += result.suppressed is not None

@@ -207,7 +207,7 @@ def subscriptions(db, subscriber_id: int) -> dict[str, dict]:
 
 
 def set_subscription(db, subscriber_id: int, stream: str, status: str, now: datetime,
-                     paused_until: datetime | None = None) -> None:
+                     paused_until: datetime | None = None, source: str = "") -> None:
     """Subscribe, pause or unsubscribe one stream.  Unsubscribing cancels its queue."""
     if status not in STREAM_STATES:
         raise TransitionError(f"stream status {status!r} is not one of {', '.join(STREAM_STATES)}")
@@ -226,7 +226,8 @@ def set_subscription(db, subscriber_id: int, stream: str, status: str, now: date
         )
         if status == "unsubscribed":
             cancel_queued(db, subscriber_id, now, stream=stream, reason=f"unsubscribed from {stream}")
-            log_event(db, "unsubscribed", now, subscriber_id, stream)
+            log_event(db, "unsubscribed", now, subscriber_id, stream,
+                      json.dumps({"source": source}) if source else None)
         else:
             log_event(db, "preferences", now, subscriber_id, stream, json.dumps({"status": status}))
 
@@ -237,7 +238,7 @@ def unsubscribe(db, subscriber_id: int, now: datetime, *, stream: str | None = N
     with transaction(db):
         sub = get(db, subscriber_id)
         if stream is not None:
-            set_subscription(db, subscriber_id, stream, "unsubscribed", now)
+            set_subscription(db, subscriber_id, stream, "unsubscribed", now, source=source)
             return get(db, subscriber_id)
         if sub.status in ("unsubscribed", "bounced", "complained", "erased"):
             return sub  # already out: repeating is harmless

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import re
 from pathlib import Path
 
 import pytest
@@ -10,9 +10,18 @@ from click.testing import CliRunner
 
 import cli
 from funnel.errors import InputError
-from subscribers import bounces, lifecycle
+from subscribers import bounces, lifecycle, tokens
 
 DSN = Path(__file__).parent / "data" / "dsn"
+
+
+def signed(name: str, settings) -> bytes:
+    """A sample report whose unsigned bounce+ROW@ addresses are signed as we send them."""
+    return re.sub(
+        rb"bounce\+(\d+)@",
+        lambda m: tokens.signed_local_part(settings, "bounce", int(m.group(1))).encode() + b"@",
+        (DSN / f"{name}.eml").read_bytes(),
+    )
 
 
 @pytest.fixture
@@ -36,15 +45,15 @@ def rows(db, mailings):
 
 def test_samples_parse_and_classify(settings):
     hard = bounces.parse_report((DSN / "hard.eml").read_bytes(), settings)
-    assert (hard.kind, hard.status, hard.recipient, hard.verp_row) == (
+    assert (hard.kind, hard.status, hard.recipient, hard.verp) == (
         "hard",
         "5.1.1",
         "gone@example.com",
-        1,
+        "bounce+1",
     )
     assert hard.message_id == "<hard-original@clinic.example>" and "User unknown" in hard.diagnostic
     soft = bounces.parse_report((DSN / "soft.eml").read_bytes(), settings)
-    assert (soft.kind, soft.status, soft.verp_row, soft.message_id) == (
+    assert (soft.kind, soft.status, soft.verp, soft.message_id) == (
         "soft",
         "4.2.2",
         None,
@@ -57,6 +66,8 @@ def test_samples_parse_and_classify(settings):
         "<complaint-original@clinic.example>",
     )
     assert arf.diagnostic == "feedback; abuse"
+    assert arf.verp == "bounce+3"  # from Original-Mail-From
+    assert arf.recipients == ("angry@isp.example", "angry@isp.example")
     with pytest.raises(InputError, match="not a delivery report: Content-Type is text/plain"):
         bounces.parse_report((DSN / "unparseable.eml").read_bytes(), settings)
 
@@ -76,17 +87,25 @@ def test_bad_reports_say_why(settings, data, reason):
         bounces.parse_report(data, settings)
 
 
-def test_lookup_by_verp_then_message_id(db, settings, rows):
-    hard = bounces.parse_report((DSN / "hard.eml").read_bytes(), settings)
+def test_lookup_by_signed_verp_then_message_id(db, settings, rows):
+    hard = bounces.parse_report(signed("hard", settings), settings)
     soft = bounces.parse_report((DSN / "soft.eml").read_bytes(), settings)
-    assert bounces.find_row(db, hard)[0] == rows["hard"]
-    assert bounces.find_row(db, soft)[0] == rows["soft"]
-    # VERP wins over a quoted Message-ID that names another row
-    mixed = (DSN / "hard.eml").read_bytes().replace(b"hard-original", b"soft-original")
-    assert bounces.find_row(db, bounces.parse_report(mixed, settings))[0] == rows["hard"]
+    assert bounces.find_row(db, settings, hard)[0] == rows["hard"]
+    assert bounces.find_row(db, settings, soft)[0] == rows["soft"]
+    # A signed VERP wins over a quoted Message-ID that names another row
+    mixed = signed("hard", settings).replace(b"hard-original", b"soft-original")
+    assert bounces.find_row(db, settings, bounces.parse_report(mixed, settings))[0] == rows["hard"]
+    # The signature survives an MTA that upper-cases the local part
+    shouted = re.sub(rb"bounce\+[^@]+", lambda m: m.group(0).upper(), signed("hard", settings))
+    assert b"BOUNCE+1-" in shouted
+    assert bounces.find_row(db, settings, bounces.parse_report(shouted, settings))[0] == rows["hard"]
     # no VERP, no known Message-ID: no row
     orphan = (DSN / "soft.eml").read_bytes().replace(b"soft-original", b"unknown")
-    assert bounces.find_row(db, bounces.parse_report(orphan, settings)) is None
+    with pytest.raises(bounces.Unmatched, match="no outbox row matches"):
+        bounces.find_row(db, settings, bounces.parse_report(orphan, settings))
+    # the old unsigned bounce+ROW@ is no longer trusted, even with a known Message-ID
+    with pytest.raises(bounces.Unmatched, match="the bounce address is not ours"):
+        bounces.find_row(db, settings, bounces.parse_report((DSN / "hard.eml").read_bytes(), settings))
 
 
 def test_maildir_processing_via_cli(db, settings, cli_env, rows, tmp_path):
@@ -94,7 +113,7 @@ def test_maildir_processing_via_cli(db, settings, cli_env, rows, tmp_path):
     for sub in ("new", "cur", "tmp"):
         (box / sub).mkdir(parents=True)
     for i, name in enumerate(("hard", "soft", "complaint", "unparseable")):
-        shutil.copy(DSN / f"{name}.eml", box / "new" / f"17000000{i}.M{i}P1.host")
+        (box / "new" / f"17000000{i}.M{i}P1.host").write_bytes(signed(name, settings))
     r = CliRunner().invoke(cli.main, ["bounces", "process", str(box)])
     assert r.exit_code == 0, r.output
     assert r.stderr.splitlines() == [

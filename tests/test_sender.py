@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 import subprocess
@@ -233,12 +234,16 @@ def test_bulk_headers_on_the_wire(db, settings, clock, smtp_server, mailings):
     sender.send_due(db, settings, clock)
     (m,) = smtp_server.messages
     msg = m.message
-    assert m.mail_from == f"bounce+{rid}@clinic.example"
+    # signed VERP (subscribers/tokens.py): bounce+ROW-MAC, verifiable case-insensitively
+    assert re.fullmatch(rf"bounce\+{rid}-[a-z2-7]{{16}}@clinic\.example", m.mail_from)
+    assert tokens.read_local_part(settings, "bounce", m.mail_from.split("@")[0].upper()) == rid
     assert m.rcpt_tos == ["sam@example.com"]
     assert msg["List-Id"].endswith("<broadcasts.clinic.example>")
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     https, mailto = [v.strip(" <>") for v in msg["List-Unsubscribe"].split(",")]
     assert https.startswith(settings.base_url + "/u/") and mailto.startswith("mailto:")
+    local = mailto.removeprefix("mailto:").split("@")[0]
+    assert len(local) <= 64 and tokens.read_local_part(settings, "unsubscribe", local) == rid
     payload = tokens.read_subscriber_token(
         settings, "unsubscribe", https.rsplit("/", 1)[1], clock()
     )
