@@ -6,8 +6,9 @@ Every header in :data:`SIGNED_HEADERS` that is present in the message is
 signed (each occurrence).  On top of that the headers in :data:`OVERSIGNED`
 are listed once more in ``h=`` than they occur.  DKIM verifiers treat a listed
 header that is missing as empty, so this extra entry "locks" the header: a
-relay or replayer that *adds* another ``From``, ``Subject`` or
-``List-Unsubscribe`` (or adds one to a confirmation email that had none)
+relay or replayer that *adds* another ``From``, ``Subject``, ``Reply-To``,
+``Cc``, ``List-Id``, ``Content-Type`` or ``List-Unsubscribe`` (or adds one to
+a confirmation email that had none)
 breaks the signature instead of getting a free ride on our reputation.
 Gmail and Yahoo require the two List-Unsubscribe headers to be covered by the
 signature for one-click unsubscribe; both are always in ``h=``.
@@ -34,6 +35,8 @@ __all__ = ["OVERSIGNED", "SIGNED_HEADERS", "DkimSigner"]
 SIGNED_HEADERS = (
     b"from",
     b"to",
+    b"cc",
+    b"reply-to",
     b"subject",
     b"date",
     b"message-id",
@@ -53,6 +56,10 @@ OVERSIGNED = (
     b"message-id",
     b"list-unsubscribe",
     b"list-unsubscribe-post",
+    b"reply-to",  # a second Reply-To would redirect replies
+    b"cc",  # we never send Cc; adding one later breaks the signature
+    b"list-id",
+    b"content-type",  # a second Content-Type could make clients show another body
 )
 
 

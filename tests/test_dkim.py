@@ -98,6 +98,22 @@ def test_h_tag_covers_the_bulk_headers_and_oversigns_them(keypair):
         assert h.count(name) == 2, name
 
 
+def test_reply_to_cc_list_id_and_content_type_are_oversigned(keypair, dns):
+    key, _ = keypair
+    signed = DkimSigner(SELECTOR, DOMAIN, key).sign(message(reply_to="desk@clinic.example"))
+    assert dkim.verify(signed, dnsfunc=dns)
+    h = signed_tags(signed)[b"h"].split(b":")
+    # present once each in the message, listed twice in h=
+    for name in (b"reply-to", b"list-id", b"content-type"):
+        assert h.count(name) == 2, name
+    assert h.count(b"cc") == 1  # absent from our mail: listed once, so one can't be added
+    end = signed.index(b"\r\n\r\n")
+    for added in (b"Cc: someone@evil.example", b"Reply-To: <evil@evil.example>",
+                  b"List-Id: <other.evil.example>", b"Content-Type: text/plain"):
+        forged = signed[:end] + b"\r\n" + added + signed[end:]
+        assert not dkim.verify(forged, dnsfunc=dns), added
+
+
 def test_headers_absent_from_a_transactional_message_are_still_locked(keypair, dns):
     key, _ = keypair
     raw = message(list_id=None, unsubscribe_url=None, unsubscribe_mailto=None)
