@@ -47,6 +47,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import FunnelError, InputError, NotFound, TokenError
 from funnel.settings import Settings
+from funnel.spreadsheet import SafeDictWriter
 from subscribers import lifecycle, optin, tokens
 
 from . import ics, messages, mime, outbox
@@ -1114,7 +1115,7 @@ EXPORT_COLUMNS = (
 
 def export_registrants(db, slug: str, fh: IO[str]) -> int:
     rows = registrants(db, slug)
-    writer = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
+    writer = SafeDictWriter(fh, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
         writer.writerow({k: ("" if r[k] is None else r[k]) for k in EXPORT_COLUMNS})

@@ -21,6 +21,7 @@ from campaigns import outbox
 from funnel.db import db_path, iso, transaction
 from funnel.errors import InputError
 from funnel.settings import Settings
+from funnel.spreadsheet import SafeDictWriter
 
 from . import lifecycle, optin
 
@@ -299,7 +300,7 @@ def write_export(db, out, fmt: str, email: str | None = None) -> int:
             n += 1
         out.write("\n]\n")
         return n
-    w = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS)
+    w = SafeDictWriter(out, fieldnames=EXPORT_COLUMNS)  # formula cells neutralised
     w.writeheader()
     for rec in export_records(db, email):
         # The CSV carries the consent that made them a subscriber: the latest
