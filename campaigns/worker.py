@@ -21,6 +21,7 @@ from datetime import datetime
 from funnel.db import connect, utcnow
 from funnel.errors import FunnelError
 from funnel.settings import Settings
+from subscribers import retention
 
 from . import broadcasts, enrollment, sender
 from .series import missing_parts_text
@@ -34,6 +35,7 @@ class Tick:
     campaigns_queued: int = 0
     broadcast_rows: int = 0
     campaigns_finished: int = 0
+    pending_purged: int = 0
     held_series: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -55,6 +57,8 @@ class Tick:
             )
         if self.campaigns_finished:
             parts.append(f"{self.campaigns_finished} campaign(s) finished")
+        if self.pending_purged:
+            parts.append(f"{self.pending_purged} never-confirmed signup(s) purged")
         return ", ".join(parts)
 
 
@@ -81,6 +85,7 @@ def tick(
     t.held_series, t.problems = report.held_series, report.problems
     t.deferred = enrollment.defer_held(db, settings, now)
     t.campaigns_finished = broadcasts.finish_done(db, now)
+    t.pending_purged = retention.purge_pending(db, settings, now)
     for slug in settings.enroll_series:
         try:
             series = enrollment.load(settings, slug)

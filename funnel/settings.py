@@ -119,6 +119,8 @@ class Settings:
     # Opt-in.
     confirm_max_age_days: float = 3.0
     confirm_resend_hours: float = 24.0
+    # Never-confirmed signups (and their IP/user agent) are deleted after this.
+    pending_retention_days: float = 30.0
     consent_text: str = (
         "Yes, send me the weekly back-care series and occasional news and webinar "
         "invitations. I can unsubscribe at any time."
@@ -302,6 +304,12 @@ def _validate(s: Settings) -> Settings:
     for name in ("frequency_cap", "confirm_max_age_days", "batch_size", "max_attempts", "crash_limit"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"{env(name)}: must be greater than zero")
+    if s.pending_retention_days < s.confirm_max_age_days:
+        raise SettingsError(
+            f"FUNNEL_PENDING_RETENTION_DAYS: {s.pending_retention_days:g} is shorter than "
+            f"confirm_max_age_days ({s.confirm_max_age_days:g}); a signup must be kept at least "
+            "as long as its confirm link works"
+        )
     if not 0 <= s.trusted_proxies <= 5:
         raise SettingsError("FUNNEL_TRUSTED_PROXIES: must be a number of proxies from 0 to 5")
     for name in ("signup_rate_per_minute", "max_request_bytes"):
