@@ -201,6 +201,7 @@ class Report:
     funnel_row: int | None  # the original's X-Funnel-Row: unsigned, so never trusted alone
     source: str
     recipients: tuple[str, ...] = ()  # every address the report says it is about
+    verps: tuple[str, ...] = ()  # every bounce+... local part found, in header order
 
 
 def _header_block(part) -> email.message.Message | None:
@@ -289,7 +290,7 @@ def parse_report(data: bytes, settings: Settings) -> Report:
         return Report(
             "complaint", None, f"feedback; {fields['Feedback-Type']}",
             rcpts[0] if rcpts else None, verp[0] if verp else None, original_id,
-            funnel_row, source, tuple(rcpts),
+            funnel_row, source, tuple(rcpts), tuple(verp),
         )  # fmt: skip
     if report_type != "delivery-status":
         raise InputError(
@@ -334,6 +335,7 @@ def parse_report(data: bytes, settings: Settings) -> Report:
         funnel_row,
         source,
         rcpts,
+        tuple(verp),
     )
 
 
@@ -353,10 +355,15 @@ def find_row(db, settings: Settings, report: Report) -> tuple[int, int | None]:
     row's address, ignoring case.
     """
     if report.verp is not None:
-        try:
-            row_id = tokens.read_local_part(settings, "bounce", report.verp)
-        except TokenError as exc:
-            raise Unmatched(f"the bounce address is not ours: {exc}") from exc
+        row_id = None
+        for local in report.verps or (report.verp,):
+            try:
+                row_id = tokens.read_local_part(settings, "bounce", local)
+                break
+            except TokenError as exc:
+                error = exc
+        if row_id is None:
+            raise Unmatched(f"the bounce address is not ours: {error}")
         row = db.execute(
             "SELECT id, subscriber_id, to_addr FROM outbox WHERE id = ?", (row_id,)
         ).fetchone()

@@ -99,6 +99,14 @@ def test_lookup_by_signed_verp_then_message_id(db, settings, rows):
     shouted = re.sub(rb"bounce\+[^@]+", lambda m: m.group(0).upper(), signed("hard", settings))
     assert b"BOUNCE+1-" in shouted
     assert bounces.find_row(db, settings, bounces.parse_report(shouted, settings))[0] == rows["hard"]
+    # An unsigned address in To does not hide the signed one Postfix put in X-Original-To
+    both = (DSN / "hard.eml").read_bytes().replace(
+        b"Delivered-To: bounce+1@clinic.example",
+        b"X-Original-To: " + tokens.signed_address(settings, "bounce", 1).encode(),
+    )
+    parsed = bounces.parse_report(both, settings)
+    assert parsed.verp == "bounce+1" and len(parsed.verps) == 2
+    assert bounces.find_row(db, settings, parsed)[0] == rows["hard"]
     # no VERP, no known Message-ID: no row
     orphan = (DSN / "soft.eml").read_bytes().replace(b"soft-original", b"unknown")
     with pytest.raises(bounces.Unmatched, match="no outbox row matches"):
