@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from campaigns.schedule import WHEN_FORMS as WHEN_HELP
 from funnel.db import connect, utcnow
 from funnel.errors import FunnelError
 from funnel.settings import Settings, load_settings
@@ -500,7 +501,7 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 @click.option("--tz", "tz_name", help="Reader's IANA time zone (default: FUNNEL_TIMEZONE).")
 @click.option(
     "--start",
-    help='When the reader confirms, local time in --tz, e.g. "2026-11-21 10:00" (default: now).',
+    help=f"When the reader confirms, in --tz (default: now): {WHEN_HELP}.",
 )
 @run
 def series_show(
@@ -517,11 +518,11 @@ def series_show(
       funnel series show importance-of-exercise
       funnel series show importance-of-exercise --timeline --tz Europe/London
       funnel series show importance-of-exercise --timeline --tz America/New_York \\
-          --start "2026-11-21 10:00"
+          --start "friday 19:00"
     """
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from campaigns.schedule import parse_local_time, step_due_times
+    from campaigns.schedule import parse_when, step_due_times
     from campaigns.series import find_series, missing_parts_text
 
     series = find_series(app.settings.content_paths, slug)
@@ -545,7 +546,7 @@ def series_show(
         tz = ZoneInfo(tz_name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise click.BadParameter(f"unknown time zone {tz_name!r}", param_hint="--tz") from exc
-    anchor = parse_local_time(start, tz) if start else app.now()
+    anchor = parse_when(start, tz, app.now(), "--start") if start else app.now()
     s = app.settings
     due = step_due_times(series, anchor, tz, s.quiet_start_hour, s.quiet_end_hour)
     click.echo(
@@ -704,7 +705,7 @@ def campaign_group() -> None:
     \b
     Example:
       funnel campaign create --segment all --subject "Clinic news" --body news.md
-      funnel campaign schedule 3 --at "2026-12-01 09:00" --local
+      funnel campaign schedule 3 --at "tuesday 09:00" --local
       funnel campaign status 3
     """
 
@@ -743,26 +744,30 @@ def campaign_create(app: App, template: str, segment: str, where: tuple[str, ...
 
 @campaign_group.command("schedule")
 @click.argument("campaign_id", type=int)
-@click.option("--at", default=None, help='Wall-clock time "YYYY-MM-DD HH:MM".')
+@click.option("--at", default=None, help=f"When, in --tz: {WHEN_HELP}.")
+@click.option("--in", "in_", default=None, help='Delay from now, e.g. "2h", "90m", "3d", "1w".')
 @click.option("--tz", "tz", default=None, help="Zone of --at (default: the clinic's, FUNNEL_TIMEZONE).")
 @click.option("--local", is_flag=True, help="Send at --at in each reader's own time zone.")
 @click.option("--now", "send_now", is_flag=True, help="Queue it now; `funnel send` or the worker delivers it.")
 @run
-def campaign_schedule(app: App, campaign_id: int, at: str | None, tz: str | None, local: bool,
-                      send_now: bool) -> None:
-    """Schedule a draft: at a time (clinic zone, --tz, or --local per reader), or --now.
+def campaign_schedule(app: App, campaign_id: int, at: str | None, in_: str | None, tz: str | None,
+                      local: bool, send_now: bool) -> None:
+    """Schedule a draft: at a time (clinic zone, --tz, or --local per reader), --in a delay, or --now.
 
     \b
     Example:
+      funnel campaign schedule 3 --at "tomorrow 09:00"
+      funnel campaign schedule 3 --at "monday 09:00" --tz America/New_York
+      funnel campaign schedule 3 --at "in 7 days 09:00" --local
       funnel campaign schedule 3 --at "2026-12-01 09:00"
-      funnel campaign schedule 3 --at "2026-12-01 09:00" --tz America/New_York
-      funnel campaign schedule 3 --at "2026-12-01 09:00" --local
+      funnel campaign schedule 3 --in 2h
       funnel campaign schedule 3 --now
     """
     from campaigns.broadcasts import queue, schedule_campaign
 
     s = app.settings
-    c = schedule_campaign(app.db, s, campaign_id, app.now(), at=at, tz=tz, local=local, send_now=send_now)
+    c = schedule_campaign(app.db, s, campaign_id, app.now(), at=at, tz=tz, local=local,
+                          send_now=send_now, in_=in_)
     if send_now:
         from campaigns.broadcasts import status
 
@@ -1290,7 +1295,7 @@ def webinar_group() -> None:
     \b
     Example:
       funnel webinar create spine-health --title "Spine Health Webinar" \\
-          --start "2026-12-10 18:00" --tz Europe/London --join-url https://meet.example/spine
+          --start "thursday 18:00" --tz Europe/London --join-url https://meet.example/spine
       funnel webinar invite spine-health --segment "series:importance-of-exercise>=4" \\
           --segment "webinar:spine-health!=registered"
       funnel webinar attendance spine-health zoom-attendees.csv
@@ -1302,7 +1307,7 @@ def _webinar_options(fn):
     options = [
         click.option("--title", help="Title shown in emails and on the page."),
         click.option("--description", help="A paragraph for the registration page."),
-        click.option("--start", help='Wall-clock start in --tz, e.g. "2026-12-10 18:00".'),
+        click.option("--start", help=f"Start, wall-clock in --tz: {WHEN_HELP}."),
         click.option("--tz", "timezone", help="IANA time zone of --start, e.g. Europe/London."),
         click.option("--duration", "duration_minutes", type=int, help="Length in minutes (default 60)."),
         click.option("--join-url", help="The https:// link people join with (Zoom, Meet...)."),
@@ -1349,7 +1354,7 @@ def webinar_create(app: App, slug: str | None, from_file: Path | None, **fields)
     \b
     Example:
       funnel webinar create spine-health --title "Spine Health Webinar" \\
-          --start "2026-12-10 18:00" --tz Europe/London --join-url https://meet.example/spine
+          --start "thursday 18:00" --tz Europe/London --join-url https://meet.example/spine
       funnel webinar create --from content/webinars/spine-health.toml
     """
     from campaigns.webinars import create_from_file, create_webinar
@@ -1439,7 +1444,7 @@ def webinar_edit(app: App, slug: str, **fields) -> None:
 
     \b
     Example:
-      funnel webinar edit spine-health --start "2026-12-11 18:00"
+      funnel webinar edit spine-health --start "in 14 days 18:00"
       funnel webinar edit spine-health --replay-url https://video.example/replay
     """
     from campaigns.webinars import edit_webinar
@@ -1486,7 +1491,7 @@ def webinar_cancel(app: App, slug: str, yes: bool) -> None:
 @click.option("--segment", "segments_", multiple=True, required=True,
               help='A segment name ("all") or expression ("series:importance-of-exercise>=4"); repeat to AND.')
 @click.option("--where", "where", multiple=True, help="More expressions, ANDed.")
-@click.option("--at", "at", help="Send at this wall-clock time in the webinar's zone (default: now).")
+@click.option("--at", "at", help=f"When to send, in the webinar's zone (default: now): {WHEN_HELP}.")
 @run
 def webinar_invite(app: App, slug: str, segments_: tuple[str, ...], where: tuple[str, ...],
                    at: str | None) -> None:
@@ -1499,12 +1504,12 @@ def webinar_invite(app: App, slug: str, segments_: tuple[str, ...], where: tuple
     Example:
       funnel webinar invite spine-health --segment "series:importance-of-exercise>=4" \\
           --segment "webinar:spine-health!=registered"
-      funnel webinar invite spine-health --segment all --at "2026-12-01 09:00"
+      funnel webinar invite spine-health --segment all --at "tomorrow 09:00"
     """
-    from campaigns.schedule import parse_local_time
+    from campaigns.schedule import parse_when
     from campaigns.webinars import get_webinar, invite, split_segment
 
-    when = parse_local_time(at, get_webinar(app.db, slug).zone, "--at") if at else None
+    when = parse_when(at, get_webinar(app.db, slug).zone, app.now(), "--at") if at else None
     res = invite(app.db, app.settings, slug, split_segment(segments_), app.now(), where=where, at=when)
     click.echo(f"{slug}: {res.queued} invitation(s) queued for "
                f"{res.due_at.astimezone(res.webinar.zone):%Y-%m-%d %H:%M %Z}"

@@ -45,7 +45,6 @@ TEMPLATES = ("broadcast",)
 FRONT_MATTER_KEYS = {"subject", "preheader", "ctas", "title"}
 #: The earliest zone on Earth: a --local campaign starts queueing when it gets there.
 EARLIEST_ZONE = ZoneInfo("Pacific/Kiritimati")
-AT_FORMAT = 'YYYY-MM-DD HH:MM, e.g. "2026-12-01 09:00"'
 
 
 @dataclass(frozen=True)
@@ -186,20 +185,6 @@ def create(
 
 
 # ----------------------------------------------------------------- schedule
-def parse_at(text: str, tz: ZoneInfo) -> datetime:
-    """``--at`` as wall-clock time in ``tz`` -> aware UTC; one-line error otherwise."""
-    cleaned = " ".join(text.strip().replace("T", " ").split())
-    for fmt in ("%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"):
-        try:
-            naive = datetime.strptime(cleaned, fmt)
-            break
-        except ValueError:
-            continue
-    else:
-        raise InputError(f"--at: {text!r} is not a time in the form {AT_FORMAT}")
-    return schedule.local_to_utc(naive.date(), naive.hour, tz, naive.minute)
-
-
 def _zone(name: str | None, settings: Settings) -> ZoneInfo:
     if not name:
         return settings.zone
@@ -221,25 +206,34 @@ def schedule_campaign(
     tz: str | None = None,
     local: bool = False,
     send_now: bool = False,
+    in_: str | None = None,
 ) -> Campaign:
     """Set when a draft (or re-schedule a not yet queued) campaign goes out.
 
-    ``at`` is wall-clock time in ``tz`` (default: the clinic's zone), stored
-    in UTC; with ``local`` it is the wall-clock time in each reader's zone.
+    ``at`` is a time in ``tz`` (default: the clinic's zone) in any form
+    :func:`campaigns.schedule.parse_when` accepts ("2026-12-01 09:00",
+    "tomorrow 09:00", "in 3 days 09:00"...), stored in UTC; with ``local``
+    it is the wall-clock time in each reader's zone.  ``in_`` is a delay from
+    now ("2h", "90m", "3d").
     """
-    if send_now == (at is not None):
-        raise InputError("--at: give either --at TIME or --now")
+    if sum((send_now, at is not None, in_ is not None)) != 1:
+        raise InputError("--at: give one of --at TIME, --in DELAY or --now")
     if local and tz:
         raise InputError("--tz: --local sends at the time in each reader's own zone; drop --tz")
+    if local and in_ is not None:
+        raise InputError("--in: --local needs a wall-clock time; use --at instead")
     zone = _zone(tz, settings)
     data_update: dict = {}
     if send_now:
         send_at, local_flag = now, 0
     else:
-        when = parse_at(at, zone)
+        field = "--at" if at is not None else "--in"
+        text = at if at is not None else schedule.offset_text(in_, "--in")
+        when = schedule.parse_when(text, zone, now, field)
         if when < now:
             raise InputError(
-                f"--at {' '.join(at.split())} is in the past; use --now to send at once"
+                f"{field} {' '.join(text.split())} is in the past "
+                f"({when.astimezone(zone):%Y-%m-%d %H:%M} {zone.key}); use --now to send at once"
             )
         if local:
             wall = when.astimezone(zone).replace(tzinfo=None)

@@ -19,6 +19,7 @@ Wall-clock times that DST makes awkward are resolved one documented way:
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -202,6 +203,135 @@ def parse_local_time(text: str, tz: ZoneInfo, field: str = "--start") -> datetim
             "pick a time outside the switch"
         )
     return utc + timedelta(seconds=parsed.second)
+
+
+#: The forms :func:`parse_when` accepts, for error messages and help texts.
+WHEN_FORMS = (
+    '"YYYY-MM-DD HH:MM", "today 18:00", "tomorrow 09:00", "monday 09:00", '
+    '"in 2 hours", "+30m" or "in 14 days 18:00"'
+)
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_UNITS = {
+    "m": "minutes", "minute": "minutes", "minutes": "minutes",
+    "h": "hours", "hour": "hours", "hours": "hours",
+    "d": "days", "day": "days", "days": "days",
+    "w": "weeks", "week": "weeks", "weeks": "weeks",
+}  # fmt: skip
+_HHMM = r"(?P<hh>\d{1,2}):(?P<mm>\d{2})"
+_ABSOLUTE_RE = re.compile(r"(?P<date>\d{4}-\d{2}-\d{2}) " + _HHMM + r"\Z")
+_DAYWORD_RE = re.compile(
+    r"(?P<day>today|tomorrow|" + "|".join(_WEEKDAYS) + r") " + _HHMM + r"\Z"
+)
+_OFFSET_RE = re.compile(
+    r"(?:in (?P<n1>\d{1,6}) (?P<u1>minutes?|hours?|days?|weeks?)"
+    r"|\+(?P<n2>\d{1,6})(?P<u2>[mhdw]))"
+    r"(?: " + _HHMM + r")?\Z"
+)
+#: ``--in`` values: "2h", "90m", "2 hours".
+_DURATION_RE = re.compile(r"(?:(?P<n2>\d{1,6})(?P<u2>[mhdw])|(?P<n1>\d{1,6}) ?(?P<u1>minutes?|hours?|days?|weeks?))\Z")
+
+
+def _bad_when(text: str, field: str) -> InputError:
+    return InputError(f"{field}: {text.strip()!r} is not a time; use {WHEN_FORMS}")
+
+
+def _wall(day: date, hh: str, mm: str, tz: ZoneInfo, text: str, field: str) -> datetime:
+    """Wall-clock ``day hh:mm`` in ``tz`` -> UTC, refusing times the clocks skip."""
+    hour, minute = int(hh), int(mm)
+    if hour > 23 or minute > 59:
+        raise _bad_when(text, field)
+    utc = local_to_utc(day, hour, tz, minute)
+    back = utc.astimezone(tz)
+    if (back.date(), back.hour, back.minute) != (day, hour, minute):
+        raise InputError(
+            f"{field}: {day:%Y-%m-%d} {hour:02d}:{minute:02d} does not exist in {tz.key} "
+            "(the clocks go forward then); pick a time outside the switch"
+        )
+    return utc
+
+
+def parse_when(text: str, tz: ZoneInfo, now: datetime, field: str = "--at") -> datetime:
+    """An admin-entered time -> aware UTC.  Pure: the caller passes ``now``.
+
+    Accepted (case-insensitive; wall-clock times are in ``tz``):
+
+    * ``2026-12-01 09:00``: that wall-clock time;
+    * ``today 18:00`` / ``tomorrow 09:00``: that time on today's / tomorrow's
+      date in ``tz`` (``today`` may be earlier than now; callers that need a
+      future time check it);
+    * ``monday 09:00`` (any weekday name): the next time it is that weekday at
+      that time, i.e. today if the time is still ahead, otherwise in 1-7 days;
+    * ``in N minutes|hours|days|weeks`` or ``+Nm|h|d|w``: minutes and hours
+      are elapsed time from ``now``; days and weeks are calendar days in
+      ``tz``, at the same wall-clock time, or at a trailing ``HH:MM``
+      (``in 14 days 18:00``, ``+2w 09:00``).
+
+    An explicit wall-clock time in the spring-forward gap is refused (it never
+    happens); anything else is an InputError naming ``field`` and listing
+    the forms.
+    """
+    _require_aware(now, "now")
+    cleaned = " ".join(text.split()).lower()
+    local_now = now.astimezone(tz)
+    try:
+        if m := _ABSOLUTE_RE.match(cleaned):
+            try:
+                day = date.fromisoformat(m["date"])
+            except ValueError:
+                raise _bad_when(text, field) from None
+            return _wall(day, m["hh"], m["mm"], tz, text, field)
+        if m := _DAYWORD_RE.match(cleaned):
+            word, today = m["day"], local_now.date()
+            if word in ("today", "tomorrow"):
+                day = today + timedelta(days=0 if word == "today" else 1)
+                return _wall(day, m["hh"], m["mm"], tz, text, field)
+            ahead = (_WEEKDAYS.index(word) - today.weekday()) % 7
+            when = _wall(today + timedelta(days=ahead), m["hh"], m["mm"], tz, text, field)
+            if when <= now:  # today is that weekday and the time has passed
+                when = _wall(today + timedelta(days=ahead + 7), m["hh"], m["mm"], tz, text, field)
+            return when
+        if m := _OFFSET_RE.match(cleaned):
+            count = int(m["n1"] or m["n2"])
+            unit = _UNITS[m["u1"] or m["u2"]]
+            if unit in ("minutes", "hours"):
+                if m["hh"] is not None:  # "in 2 hours 18:00" says two different things
+                    raise _bad_when(text, field)
+                return now.astimezone(UTC) + timedelta(**{unit: count})
+            day = local_now.date() + timedelta(days=count * (7 if unit == "weeks" else 1))
+            if m["hh"] is not None:
+                return _wall(day, m["hh"], m["mm"], tz, text, field)
+            # Same wall-clock time on that day (a gap moves it to the switch).
+            wall = local_now.replace(tzinfo=None)
+            return local_to_utc(day, wall.hour, tz, wall.minute) + timedelta(
+                seconds=wall.second, microseconds=wall.microsecond
+            )
+    except OverflowError:
+        raise InputError(f"{field}: {text.strip()!r} is too far in the future") from None
+    raise _bad_when(text, field)
+
+
+def offset_text(value: str, field: str = "--in") -> str:
+    """``--in 2h`` / ``--in "90 minutes"`` -> the :func:`parse_when` form ``+2h`` / ``in 90 minutes``."""
+    cleaned = " ".join(value.split()).lower()
+    m = _DURATION_RE.match(cleaned)
+    if not m:
+        raise InputError(
+            f"{field}: {value.strip()!r} is not a duration; use a number and a unit, "
+            'e.g. "2h", "90m", "3d", "1w" or "2 hours"'
+        )
+    if m["n2"]:
+        return f"+{m['n2']}{m['u2']}"
+    return f"in {m['n1']} {m['u1']}"
+
+
+def require_future(when: datetime, now: datetime, tz: ZoneInfo, field: str) -> datetime:
+    """``when`` itself, or an InputError naming ``field`` if it has already passed."""
+    if when < now:
+        raise InputError(
+            f"{field}: {when.astimezone(tz):%Y-%m-%d %H:%M} {tz.key} is in the past; "
+            "give a time from now on"
+        )
+    return when
 
 
 # ============================================================================
@@ -427,6 +557,10 @@ __all__ = [
     "next_slot",
     "outside_quiet_hours",
     "parse_local_time",
+    "parse_when",
+    "offset_text",
+    "require_future",
+    "WHEN_FORMS",
     "step_due",
     "step_due_times",
 ]

@@ -52,7 +52,7 @@ from subscribers import lifecycle, optin, tokens
 
 from . import ics, messages, mime, outbox
 from .messages import Content, SkipMessage
-from .schedule import local_to_utc, parse_local_time
+from .schedule import WHEN_FORMS, local_to_utc, parse_local_time, parse_when, require_future
 from .series import toml_line
 
 OFFERS = {
@@ -310,10 +310,10 @@ def clean_values(
     elif want("start"):
         raw = values.get("start")
         if raw is None or (isinstance(raw, str) and not raw.strip()):
-            raise InputError(f'{where("start")}: a start time like "2026-12-10 18:00" is required')
+            raise InputError(f"{where('start')}: a start time is required; use {WHEN_FORMS}")
         if isinstance(raw, datetime):  # a TOML datetime without offset
             raw = raw.strftime("%Y-%m-%d %H:%M")
-        out["starts_at"] = parse_local_time(str(raw), ZoneInfo(tz_name), where("start"))
+        out["starts_at"] = parse_when(str(raw), ZoneInfo(tz_name), now, where("start"))
     elif "timezone" in given and current is not None:
         # A new zone for the same wall-clock time moves the webinar.
         local = current.local_start
@@ -896,6 +896,8 @@ def invite(
         w = get_webinar(db, slug)
         if w.status == "cancelled":
             raise InputError(f"webinar {slug!r} is cancelled; there is nothing to invite to")
+        if at is not None:
+            require_future(at, now, w.zone, "--at")
         due = at or now
         if w.starts_at <= max(due, now):
             raise InputError(

@@ -117,20 +117,54 @@ def test_schedule_at_in_the_clinic_zone_or_tz(run, db, body, clock):
     assert parse_iso(broadcasts.get(db, cid).send_at) == datetime(2026, 12, 1, 14, tzinfo=UTC)
 
 
+def test_schedule_accepts_relative_times(run, db, body, clock):
+    """--at takes "tomorrow 09:00", "monday 09:00", "in N days HH:MM"; --in takes a delay."""
+    london = ZoneInfo("Europe/London")
+    local_now = clock().astimezone(london)
+    cid = int(run("campaign", "create", "--body", body).output)
+
+    def send_at() -> datetime:
+        return parse_iso(broadcasts.get(db, cid).send_at)
+
+    r = run("campaign", "schedule", cid, "--in", "2h")
+    assert r.exit_code == 0, r.output
+    assert send_at() == clock() + timedelta(hours=2)
+    r = run("campaign", "schedule", cid, "--at", "Tomorrow 09:00")
+    assert r.exit_code == 0, r.output
+    tomorrow = local_now.date() + timedelta(days=1)
+    assert send_at().astimezone(london).replace(tzinfo=None) == datetime.combine(
+        tomorrow, datetime.min.time()
+    ).replace(hour=9)
+    r = run("campaign", "schedule", cid, "--at", "monday 09:00")
+    assert r.exit_code == 0, r.output
+    local = send_at().astimezone(london)
+    assert (local.weekday(), local.hour, local.minute) == (0, 9, 0)
+    assert timedelta(0) < send_at() - clock() <= timedelta(days=7)
+    r = run("campaign", "schedule", cid, "--at", "in 14 days 18:00", "--local")
+    assert r.exit_code == 0, r.output
+    day = local_now.date() + timedelta(days=14)
+    assert broadcasts.get(db, cid).data["local_at"] == f"{day:%Y-%m-%d} 18:00"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--at", "tomorrow"], "--at: 'tomorrow' is not a time in the form YYYY-MM-DD HH:MM"),
-        (["--at", "2026-13-01 09:00"], "--at: '2026-13-01 09:00' is not a time in the form"),
+        (["--at", "tomorrow"], "--at: 'tomorrow' is not a time; use \"YYYY-MM-DD HH:MM\", "),
+        (["--at", "next tuesday"], '"tomorrow 09:00", "monday 09:00", "in 2 hours", "+30m"'),
+        (["--at", "2026-13-01 09:00"], "--at: '2026-13-01 09:00' is not a time; use"),
         (["--at", "2026-12-01 25:00"], "--at: '2026-12-01 25:00' is not a time"),
         (
             ["--at", "2020-01-01 09:00"],
-            "--at 2020-01-01 09:00 is in the past; use --now to send at once",
+            "--at 2020-01-01 09:00 is in the past (2020-01-01 09:00 Europe/London); use --now",
         ),
+        (["--at", "today 09:00"], "--at today 09:00 is in the past (2026-11-21 09:00"),
+        (["--in", "2 fortnights"], "--in: '2 fortnights' is not a duration; use a number and a unit"),
+        (["--in", "2h", "--local"], "--in: --local needs a wall-clock time"),
+        (["--in", "2h", "--now"], "--at: give one of --at TIME, --in DELAY or --now"),
         (["--at", "2026-12-01 09:00", "--tz", "Nowhere/Land"], "--tz: unknown time zone"),
         (["--at", "2026-12-01 09:00", "--tz", "Europe/Paris", "--local"], "--tz: --local"),
-        ([], "--at: give either --at TIME or --now"),
-        (["--now", "--at", "2026-12-01 09:00"], "give either"),
+        ([], "--at: give one of --at TIME, --in DELAY or --now"),
+        (["--now", "--at", "2026-12-01 09:00"], "give one of"),
     ],
 )
 def test_schedule_bad_input_is_one_line(run, db, body, args, message):
