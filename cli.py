@@ -1206,11 +1206,13 @@ def up_cmd(app: App, port: int, smtp_port: int | None, no_devmail: bool) -> None
     )
     if s.base_url == Settings().base_url:  # the default: follow --port
         s = s.replace(base_url=f"http://127.0.0.1:{port}")
+    from campaigns.webinars import ensure_demo_webinar, load_files, webinar_files
+
     demo = None
     if s.dev:
-        from campaigns.webinars import ensure_demo_webinar
-
         demo = ensure_demo_webinar(db, s, app.now())
+    else:  # webinars on a standing slot move on; nothing is created outside dev mode
+        load_files(db, s, webinar_files(s), app.now(), create=False)
     db.close()
     relay = s.relays[0]
     try:
@@ -1373,7 +1375,11 @@ def webinar_create(app: App, slug: str | None, from_file: Path | None, **fields)
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @run
 def webinar_load(app: App, files: tuple[Path, ...]) -> None:
-    """Create webinars from TOML files (default: content/webinars/*.toml); existing ones are kept.
+    """Create webinars from TOML files (default: content/webinars/*.toml).
+
+    An existing webinar is kept, except that one whose file gives a relative
+    start (start = "thursday 18:00", a standing weekly slot) moves to its next
+    slot once its session is over: a reschedule, registrants get the update.
 
     \b
     Example:
@@ -1385,11 +1391,15 @@ def webinar_load(app: App, files: tuple[Path, ...]) -> None:
     paths = list(files) or webinar_files(app.settings)
     if not paths:
         click.echo("no webinar files in " + " or ".join(str(d / "webinars") for d in app.settings.content_paths))
-    for path, slug, w in load_files(app.db, app.settings, paths, app.now()):
-        if w is None:
-            click.echo(f"{path}: {slug} already exists; left as it is")
+    for done in load_files(app.db, app.settings, paths, app.now()):
+        when = f"{done.webinar.local_start:%Y-%m-%d %H:%M %Z}"
+        if done.action == "created":
+            click.echo(f"{done.path}: created {done.slug} ({when})")
+        elif done.action == "moved":
+            click.echo(f"{done.path}: {done.slug} was over; moved to the next slot ({when}), "
+                       f"SEQUENCE {done.webinar.sequence}, {done.edit.updates_queued} update(s) queued")
         else:
-            click.echo(f"{path}: created {w.slug} ({w.local_start:%Y-%m-%d %H:%M %Z})")
+            click.echo(f"{done.path}: {done.slug} already exists; left as it is ({when})")
 
 
 @webinar_group.command("list")

@@ -479,6 +479,7 @@ def _build_broadcast(db, settings: Settings, row, sub, now: datetime) -> message
         preheader=c.preheader,
         body_md=c.body_md,
         ctas=tuple(c.ctas),
+        recipient=messages.webinar_cta(db, settings, c.ctas, sub, now),
         extra={
             "reason": (
                 f"You are getting this because you subscribed to {settings.site_name}'s newsletter."

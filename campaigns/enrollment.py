@@ -697,6 +697,7 @@ def _build_series(db, settings: Settings, row, sub, now: datetime) -> messages.C
         preheader=step.preheader,
         body_md=step.body_md,
         ctas=tuple(step.ctas),
+        recipient=messages.webinar_cta(db, settings, step.ctas, sub, now),
         extra={
             "part": step.part,
             "series_title": series.title,

@@ -160,6 +160,18 @@ def render_for(settings: Settings, content: Content, sub: lifecycle.Subscriber,
     return compiled.render(recipient)
 
 
+def webinar_cta(db, settings: Settings, ctas, sub: lifecycle.Subscriber, now: datetime) -> dict:
+    """Per-recipient values for content whose CTAs include a ``webinar`` one.
+
+    The webinar is chosen when the message is built (send time, or view in
+    browser), never when the content was written: see
+    :func:`campaigns.webinars.cta_recipient`.
+    """
+    if not any(c.get("kind") == "webinar" for c in ctas):
+        return {}
+    return webinars.cta_recipient(db, settings, sub, now)
+
+
 def list_id(settings: Settings, stream: str | None) -> str:
     name = (stream or "newsletter").replace(":", ".")
     return f"{settings.site_name} <{name}.{settings.sender_domain}>"

@@ -101,7 +101,10 @@ WEBINAR_KEYS = (
     "offer_text",
 )
 #: Recipient values a template may use but a recipient need not have.
-OPTIONAL_KEYS = ("webinar_url",)
+OPTIONAL_KEYS = ("webinar_url", "webinar_title", "webinar_when")
+#: Stage-2 condition under which a ``webinar`` CTA is shown: the builder found
+#: an open webinar (campaigns.webinars.cta_recipient) when the email was built.
+WEBINAR_CTA_IF = 'webinar_url | default("")'
 
 
 def recipient_keys(kind: str) -> tuple[str, ...]:
@@ -406,7 +409,7 @@ def markdown_to_mjml(body_md: str, base_url: str = "") -> str:
 
 # ------------------------------------------------------------ CTAs
 CTA_DEFAULT_TEXT = {
-    "webinar": "Save my seat at the free webinar",
+    "webinar": "Reserve my spot",
     "appointment": "Book an appointment",
     "programme": "Start the programme",
     "newsletter": "Get the weekly back-care emails",
@@ -424,7 +427,9 @@ def _cta_links(settings: Settings, ctas: Sequence[Mapping], r: _Stage2) -> list[
                 f"{', '.join(CTA_DEFAULT_TEXT)}"
             )
         if kind == "webinar":
-            href: str = r.expr("webinar_url | default(webinar_default_url, true)")
+            # Resolved per recipient at build time; without an open webinar the
+            # templates leave the block out (see WEBINAR_CTA_IF).
+            href: str = r.webinar_url
         elif kind == "newsletter":
             href = settings.url("/")
         else:
@@ -436,7 +441,8 @@ def _cta_links(settings: Settings, ctas: Sequence[Mapping], r: _Stage2) -> list[
                     f"({field} in funnel.toml) or remove the CTA"
                 )
         text = " ".join(str(cta.get("text") or "").split()) or CTA_DEFAULT_TEXT[kind]
-        out.append({"kind": kind, "text": text, "href": href})
+        show_if = WEBINAR_CTA_IF if kind == "webinar" else None
+        out.append({"kind": kind, "text": text, "href": href, "show_if": show_if})
     return out
 
 
@@ -668,7 +674,7 @@ def _compile(
         "subject": r.to_jinja(subject_s),
         "preheader": r.to_jinja(preheader_s),
     }
-    constants = {"webinar_default_url": settings.url("/w/spine-health")}
+    constants: dict = {}
     allowed = set(recipient_keys(kind) + OPTIONAL_KEYS) | set(constants)
     templates = {}
     for part, source in sources.items():
@@ -813,6 +819,13 @@ def sample_recipient(settings: Settings, kind: str = "series") -> dict:
         r["reason"] = (
             f"You are getting this because this address was entered on the {settings.site_name} "
             "signup form."
+        )
+    if kind not in WEBINAR_KINDS and kind != "confirm":
+        # A webinar CTA as it looks when an open webinar was found at build time.
+        r.update(
+            webinar_url=settings.url("/w/sample-webinar?t=sample-token"),
+            webinar_title="Spine Health Webinar",
+            webinar_when="Tuesday 3 March 2026, 7:00 pm GMT",
         )
     if kind in WEBINAR_KINDS:
         r.update(

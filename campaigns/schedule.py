@@ -310,6 +310,17 @@ def parse_when(text: str, tz: ZoneInfo, now: datetime, field: str = "--at") -> d
     raise _bad_when(text, field)
 
 
+def is_weekday_form(text: str) -> bool:
+    """Whether ``text`` is a "<weekday> HH:MM" time (a standing weekly slot)."""
+    m = _DAYWORD_RE.match(" ".join(text.split()).lower())
+    return bool(m) and m["day"] in _WEEKDAYS
+
+
+def is_relative(text: str) -> bool:
+    """Whether ``text`` is one of :func:`parse_when`'s forms counted from now."""
+    return not _ABSOLUTE_RE.match(" ".join(text.split()).lower())
+
+
 def offset_text(value: str, field: str = "--in") -> str:
     """``--in 2h`` / ``--in "90 minutes"`` -> the :func:`parse_when` form ``+2h`` / ``in 90 minutes``."""
     cleaned = " ".join(value.split()).lower()
@@ -558,6 +569,8 @@ __all__ = [
     "outside_quiet_hours",
     "parse_local_time",
     "parse_when",
+    "is_relative",
+    "is_weekday_form",
     "offset_text",
     "require_future",
     "WHEN_FORMS",

@@ -52,7 +52,14 @@ from subscribers import lifecycle, optin, tokens
 
 from . import ics, messages, mime, outbox
 from .messages import Content, SkipMessage
-from .schedule import WHEN_FORMS, local_to_utc, parse_local_time, parse_when, require_future
+from .schedule import (
+    WHEN_FORMS,
+    is_relative,
+    is_weekday_form,
+    local_to_utc,
+    parse_when,
+    require_future,
+)
 from .series import toml_line
 
 OFFERS = {
@@ -476,15 +483,26 @@ def create_from_file(
     return create_webinar(db, settings, values, now, where=where)
 
 
-def next_weekday_at(now: datetime, tz: ZoneInfo, weekday: int, hour: int) -> datetime:
-    """The first ``weekday`` at ``hour``:00 local time at least a day after ``now`` (UTC)."""
-    day = (now + timedelta(days=1)).astimezone(tz).date()
-    while True:
-        if day.weekday() == weekday:
-            candidate = local_to_utc(day, hour, tz)
-            if candidate > now + timedelta(days=1):
-                return candidate
-        day += timedelta(days=1)
+#: A TOML ``start`` written as a weekday and time (``start = "thursday 18:00"``)
+#: is a standing weekly slot: the webinar is set to the first such slot at
+#: least this far ahead, so there is time to invite people and to send the
+#: day-before reminder.
+SLOT_LEAD = timedelta(hours=24)
+
+
+def file_start(values: dict, where: Where, now: datetime) -> datetime | None:
+    """Where a TOML file's relative ``start`` points now, or None for a fixed date.
+
+    Relative starts are :func:`campaigns.schedule.parse_when` forms ("thursday
+    18:00", "in 14 days 18:00"), read in the file's ``timezone``; a weekday
+    form gets the first such slot at least :data:`SLOT_LEAD` ahead.
+    """
+    raw = values.get("start")
+    if not isinstance(raw, str) or not raw.strip() or not is_relative(raw):
+        return None
+    tz = ZoneInfo(_zone(values.get("timezone"), where))
+    lead = SLOT_LEAD if is_weekday_form(raw) else timedelta(0)
+    return parse_when(raw, tz, now + lead, where("start"))
 
 
 def webinar_files(settings: Settings) -> list[Path]:
@@ -496,44 +514,68 @@ def webinar_files(settings: Settings) -> list[Path]:
     return list(found.values())
 
 
-def load_files(
-    db, settings: Settings, paths: Sequence[Path], now: datetime
-) -> list[tuple[Path, str, Webinar | None]]:
-    """Create a webinar from each TOML file; existing slugs are left as they are.
+@dataclass(frozen=True)
+class Loaded:
+    """What :func:`load_files` did with one file."""
 
-    Returns (path, slug, the new webinar or None when it already existed).
+    path: Path
+    slug: str
+    action: str  # "created", "moved" (rescheduled to the next slot) or "kept"
+    webinar: Webinar
+    edit: EditResult | None = None
+
+
+def load_files(
+    db, settings: Settings, paths: Sequence[Path], now: datetime, *, create: bool = True
+) -> list[Loaded]:
+    """Create a webinar from each TOML file, or move a finished one to its next slot.
+
+    * A slug that is not in the database yet is created (unless ``create`` is
+      false).  A relative ``start`` is read against ``now`` (see :func:`file_start`).
+    * A webinar whose file has a relative ``start`` (the bundled demo has
+      ``start = "thursday 18:00"``) and whose session is over is **rescheduled**
+      to where that start points now, through :func:`edit_webinar`: same UID,
+      SEQUENCE+1, and registrants still registered get the update with a new
+      ``.ics`` and fresh reminders.  The content never goes stale.
+    * Anything else (a fixed date, a session still ahead or running, a
+      cancelled webinar) is kept as it is.
     """
     done = []
     for path in paths:
-        values, _where = load_webinar_file(path)
-        if find_webinar(db, values["slug"]) is not None:
-            done.append((path, values["slug"], None))
-        else:
-            done.append((path, values["slug"], create_from_file(db, settings, path, now)))
+        values, where = load_webinar_file(path)
+        slug = values["slug"]
+        existing = find_webinar(db, slug)
+        if existing is None:
+            if not create:
+                continue
+            start = file_start(values, where, now)
+            if start is not None:
+                values = {**values, "starts_at": start}
+                values.pop("start")
+            w = create_webinar(db, settings, values, now, where=where)
+            done.append(Loaded(path, slug, "created", w))
+            continue
+        start = file_start(values, where, now)
+        if start is None or existing.status == "cancelled" or existing.ends_at > now:
+            done.append(Loaded(path, slug, "kept", existing))
+            continue
+        res = edit_webinar(
+            db, settings, slug, {"starts_at": start}, now, where=where, next_slot=True
+        )
+        done.append(Loaded(path, slug, "moved", res.webinar, res))
     return done
 
 
 def ensure_demo_webinar(db, settings: Settings, now: datetime, path: Path | None = None) -> Webinar:
-    """The bundled Spine Health Webinar, created if missing (``funnel up`` in dev mode).
+    """The bundled Spine Health Webinar with an upcoming session (``funnel up`` in dev mode).
 
-    If the file's date has passed, the demo is moved to the next Thursday at
-    18:00 in its own zone, so the dev site always has a webinar to register for.
+    Created from ``content/webinars/spine-health.toml`` if missing; once a
+    session is over it moves to the next slot (see :func:`load_files`).
     """
     if path is None:
         path = next(p for p in webinar_files(settings) if p.name == "spine-health.toml")
-    values, where = load_webinar_file(path)
-    existing = find_webinar(db, values.get("slug") or path.stem)
-    if existing is not None:
-        return existing
-    tz = ZoneInfo(_zone(values.get("timezone"), where))
-    try:
-        start = parse_local_time(str(values.get("start", "")), tz, where("start"))
-    except InputError:
-        start = None
-    if start is None or start <= now + timedelta(hours=1):
-        values.pop("start", None)
-        values["starts_at"] = next_weekday_at(now, tz, 3, 18)
-    return create_webinar(db, settings, values, now, where=where)
+    (loaded,) = load_files(db, settings, [path], now)
+    return loaded.webinar
 
 
 @dataclass(frozen=True)
@@ -552,12 +594,21 @@ _SIGNIFICANT = ("starts_at", "duration_minutes", "join_url", "timezone")
 
 
 def edit_webinar(
-    db, settings: Settings, slug: str, values: dict, now: datetime, *, where: Where = _cli_where
+    db,
+    settings: Settings,
+    slug: str,
+    values: dict,
+    now: datetime,
+    *,
+    where: Where = _cli_where,
+    next_slot: bool = False,
 ) -> EditResult:
     """Change a webinar.  A new time, length or join link bumps SEQUENCE, queues an
     update with a fresh ``.ics`` to every registrant and recomputes their reminders.
 
-    A bigger capacity lets waitlisted people in (oldest first).
+    A bigger capacity lets waitlisted people in (oldest first).  A webinar that
+    has started cannot move, except with ``next_slot`` once its session is over
+    (a standing slot moving on, see :func:`load_files`).
     """
     with transaction(db):
         w = get_webinar(db, slug)
@@ -569,7 +620,7 @@ def edit_webinar(
         if not changed:
             return EditResult(w, (), False)
         significant = any(k in _SIGNIFICANT for k in changed)
-        if significant and w.starts_at <= now:
+        if significant and w.starts_at <= now and not (next_slot and w.ends_at <= now):
             raise InputError(
                 f"webinar {slug!r} has already started; only the replay URL, offer and "
                 "follow-up can still change"
@@ -1041,6 +1092,38 @@ def register(
         if status == "registered":
             _seat(db, settings, w, sub.id, sub.email, now)
     return RegistrationResult(w, status, sub.id, status, signup_action)
+
+
+# ================================================================= the webinar CTA
+def next_open_webinar(db, now: datetime, subscriber_id: int | None = None) -> Webinar | None:
+    """The soonest webinar whose registration is open (scheduled, not cancelled,
+    starting after ``now``), skipping any the reader already has a place for."""
+    found = db.execute(
+        f"SELECT {_W_COLUMNS} FROM webinars w WHERE status = 'scheduled' AND starts_at > ? "
+        "AND NOT EXISTS (SELECT 1 FROM registrations r WHERE r.webinar_id = w.id "
+        "AND r.subscriber_id = ? AND r.status IN ('registered', 'waitlisted')) "
+        "ORDER BY starts_at, id LIMIT 1",
+        (iso(now), subscriber_id),
+    ).fetchone()
+    return _webinar(found) if found else None
+
+
+def cta_recipient(db, settings: Settings, sub: lifecycle.Subscriber, now: datetime) -> dict:
+    """Recipient values for a ``webinar`` CTA, resolved when the email is built.
+
+    The next open webinar (:func:`next_open_webinar`) as the reader's personal
+    one-click "Reserve my spot" link (the signed link invitations use), its
+    title and time in the reader's zone; ``{}`` when there is none, and the
+    templates then leave the CTA block out.
+    """
+    w = next_open_webinar(db, now, sub.id)
+    if w is None:
+        return {}
+    return {
+        "webinar_url": settings.url(f"/w/{w.slug}?t={invite_token(settings, w.slug, sub.id, now)}"),
+        "webinar_title": w.title,
+        "webinar_when": format_when(w.starts_at, settings.zone_for(sub.timezone)),
+    }
 
 
 def invite_token(settings: Settings, slug: str, subscriber_id: int, now: datetime) -> str:
@@ -1618,6 +1701,12 @@ __all__ = [
     "create_webinar",
     "edit_webinar",
     "ensure_demo_webinar",
+    "cta_recipient",
+    "next_open_webinar",
+    "file_start",
+    "load_files",
+    "Loaded",
+    "SLOT_LEAD",
     "export_registrants",
     "find_webinar",
     "format_when",

@@ -262,7 +262,7 @@ def test_plain_text_comes_from_markdown(settings):
     assert "our guide (https://clinic.example/guide?a=1&b=2)" in text
     assert "> Rest for a day or two, then move again." in text
     assert "1. Warm up\n2. Stretch" in text
-    assert "Join us:\n" + settings.url("/w/spine-health") in text
+    assert "Join us:\n" + sample_recipient(settings)["webinar_url"] in text
     assert "<p" not in text and "&amp;" not in text
     for key in ("unsubscribe_url", "preferences_url", "view_url"):
         assert sample_recipient(settings)[key] in text
@@ -361,7 +361,7 @@ def test_cta_urls_in_html_and_text(settings):
     compiled = compile_kind(settings, "series", ctas=ctas)
     out = compiled.render(sample_recipient(settings))
     for url in (
-        settings.url("/w/spine-health"),
+        sample_recipient(settings)["webinar_url"],
         settings.appointment_url,
         settings.programme_url,
         settings.url("/"),
@@ -374,6 +374,32 @@ def test_cta_urls_in_html_and_text(settings):
     )
     assert 'href="https://w.example/x?a=1&amp;b=2"' in personal.html
     assert "https://w.example/x?a=1&b=2" in personal.text
+
+
+def test_webinar_cta_is_left_out_without_an_open_webinar(settings):
+    """The webinar is chosen at build time; with none, the block goes and the rest stays."""
+    ctas = [{"kind": "webinar", "text": "Reserve my spot"}, {"kind": "appointment", "text": ""}]
+    compiled = compile_kind(settings, "series", ctas=ctas)
+    with_one = compiled.render(sample_recipient(settings))
+    assert re.search(r"Join our next free live webinar, <strong>Spine Health Webinar</strong>, "
+                     r"on Tuesday 3 March 2026, 7:00 pm GMT\.", with_one.html)  # fmt: skip
+    assert (
+        "Join our next free live webinar, Spine Health Webinar, on Tuesday 3 March 2026, "
+        "7:00 pm GMT.\n\nReserve my spot:\n" + sample_recipient(settings)["webinar_url"]
+    ) in with_one.text
+    bare = {
+        k: v
+        for k, v in sample_recipient(settings).items()
+        if k not in ("webinar_url", "webinar_title", "webinar_when")
+    }
+    without = compiled.render(bare)
+    for part in (without.html, without.text):
+        assert "webinar" not in part.lower() and "Reserve my spot" not in part
+        assert "Book an appointment" in part and settings.appointment_url in part
+    # The text still reads as the body, then the remaining CTA: no gap left behind.
+    assert "\n\n\n" not in without.text
+    assert re.search(r"\n\nBook an appointment:\n", without.text)
+    assert without.html.count("<a ") == with_one.html.count("<a ") - 1
 
 
 @pytest.mark.parametrize(
