@@ -478,8 +478,19 @@ def create_webinar(
 def create_from_file(
     db, settings: Settings, path: Path, now: datetime, overrides: dict | None = None
 ) -> Webinar:
+    """Create a webinar from a TOML file; ``overrides`` (CLI options) win.
+
+    A relative ``start`` in the file is read as :func:`file_start` says (a
+    weekday is the first such slot at least :data:`SLOT_LEAD` ahead).
+    """
     values, where = load_webinar_file(path)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(given)
+    if "start" not in given:
+        start = file_start(values, where, now)
+        if start is not None:
+            values.pop("start")
+            values["starts_at"] = start
     return create_webinar(db, settings, values, now, where=where)
 
 
@@ -548,12 +559,7 @@ def load_files(
         if existing is None:
             if not create:
                 continue
-            start = file_start(values, where, now)
-            if start is not None:
-                values = {**values, "starts_at": start}
-                values.pop("start")
-            w = create_webinar(db, settings, values, now, where=where)
-            done.append(Loaded(path, slug, "created", w))
+            done.append(Loaded(path, slug, "created", create_from_file(db, settings, path, now)))
             continue
         start = file_start(values, where, now)
         if start is None or existing.status == "cancelled" or existing.ends_at > now:

@@ -220,3 +220,16 @@ def test_part_6_without_an_open_webinar_leaves_the_cta_out(db, settings, clock, 
         text,
         re.S,
     ), text
+
+
+def test_create_from_the_bundled_file_keeps_a_day_of_lead(run, db, settings, clock):
+    """On a Wednesday evening "thursday 18:00" would be 22 hours away: the slot is a week on."""
+    local = clock().astimezone(LONDON)
+    wednesday = (local + timedelta(days=(2 - local.weekday()) % 7)).replace(hour=20, minute=0)
+    clock.set(wednesday.astimezone(clock().tzinfo))
+    bundled = next(p for p in webinars.webinar_files(settings) if p.name == "spine-health.toml")
+    r = run("webinar", "create", "--from", bundled)
+    assert r.exit_code == 0, r.output
+    w = webinars.get_webinar(db, "spine-health")
+    assert is_standing_slot(w, clock())
+    assert w.local_start.date() == (wednesday + timedelta(days=8)).date()
