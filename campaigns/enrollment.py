@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from funnel.db import iso, log_event, parse_iso, transaction
@@ -239,10 +240,15 @@ def enroll(
 
 
 # ----------------------------------------------------------------- reconciling
-def reconcile(db, settings: Settings, now: datetime, *, batch: int = 1000) -> int:
+class Reconciled(NamedTuple):
+    enrolled: int = 0
+    resumed: int = 0
+
+
+def reconcile(db, settings: Settings, now: datetime, *, batch: int = 1000) -> Reconciled:
     """Enrol every active reader whose ``series:<slug>`` stream is on but who has no
-    enrollment in it, for each series in ``settings.enroll_series``; returns how many
-    enrollments were made.
+    enrollment in it, for each series in ``settings.enroll_series``, and resume the
+    stopped enrollments of readers who turned a series back on.
 
     This is how readers start a series, whatever made them active: confirming on
     the web or with ``funnel subscribers confirm``, a CSV import with or without
@@ -253,10 +259,11 @@ def reconcile(db, settings: Settings, now: datetime, *, batch: int = 1000) -> in
 
     The rules:
 
-    - Only a reader with no enrollment row is enrolled.  An enrollment that is
-      stopped (they unsubscribed) or completed is never replaced: a stopped one
-      resumes where it stopped when the stream is turned back on
-      (:func:`resume_resubscribed`), and a finished reader is not started again.
+    - Only a reader with no enrollment row is enrolled.  An existing enrollment
+      is never replaced.  A stopped one (they had unsubscribed) resumes after
+      the last step they were sent once they are active with the stream on
+      again (resubscribing, or the preferences page); a finished reader is not
+      started again.
     - A stream that is ``unsubscribed`` is never enrolled; ``paused`` is (the
       scheduler holds it until the pause ends), as confirming always did.
     - Part 1 is due at once, or at the end of the reader's quiet hours.
@@ -271,7 +278,7 @@ def reconcile(db, settings: Settings, now: datetime, *, batch: int = 1000) -> in
     is drained in batches of ``batch`` readers, one transaction each.
     """
     targets: list[tuple[str, Series | None]] | None = None
-    enrolled = 0
+    enrolled = resumed = 0
     while True:
         with transaction(db):
             last = db.execute(
@@ -280,12 +287,29 @@ def reconcile(db, settings: Settings, now: datetime, *, batch: int = 1000) -> in
                 (batch,),
             ).fetchone()[0]
             if last is None:
-                return enrolled
+                return Reconciled(enrolled, resumed)
             if targets is None:
                 targets = _reconcile_targets(settings)
+            resumed += _resume_queued(db, last, now)
             for slug, series in targets:
                 enrolled += _enrol_queued(db, settings, slug, series, last, now)
             db.execute("DELETE FROM enrollment_queue WHERE subscriber_id <= ?", (last,))
+
+
+def _resume_queued(db, last: int, now: datetime) -> int:
+    """Reactivate the stopped enrollments of queued readers (ids up to ``last``) who are
+    active with the series' stream on again.  The scheduler then continues after the
+    last step they were sent (or moves a long-overdue step to the next regular slot)."""
+    return db.execute(
+        "UPDATE enrollments SET status = 'active', next_due_at = ?, updated_at = ? "
+        "WHERE status = 'stopped' AND subscriber_id IN (SELECT q.subscriber_id "
+        "FROM enrollment_queue q JOIN subscribers s ON s.id = q.subscriber_id "
+        "AND s.status = 'active' WHERE q.subscriber_id <= ?) "
+        "AND EXISTS (SELECT 1 FROM subscriptions ss WHERE ss.subscriber_id = "
+        "enrollments.subscriber_id AND ss.stream = 'series:' || enrollments.series "
+        "AND ss.status != 'unsubscribed')",
+        (iso(now), iso(now), last),
+    ).rowcount
 
 
 def _reconcile_targets(settings: Settings) -> list[tuple[str, Series | None]]:
@@ -316,12 +340,15 @@ def _enrol_queued(
         (f"series:{slug}", last, slug),
     ).fetchall()
     stamp = iso(now)
+    due_in: dict[str | None, str] = {}  # part 1's slot depends only on the zone
     enrolments = []
     for sid, zone in rows:
-        due = now
-        if series is not None:
-            due = _nominal_due(settings, series, 0, now, settings.zone_for(zone), first=True)
-        enrolments.append((sid, slug, stamp, iso(due), stamp))
+        if zone not in due_in:
+            due = now
+            if series is not None:
+                due = _nominal_due(settings, series, 0, now, settings.zone_for(zone), first=True)
+            due_in[zone] = iso(due)
+        enrolments.append((sid, slug, stamp, due_in[zone], stamp))
     db.conn.executemany(
         "INSERT INTO enrollments (subscriber_id, series, status, enrolled_at, next_step, "
         "next_due_at, updated_at) VALUES (?, ?, 'active', ?, 0, ?, ?)",
@@ -519,6 +546,7 @@ def _process(db, settings: Settings, series: Series, sid: int, now: datetime) ->
 @dataclass
 class TickReport:
     enrolled: int = 0
+    resumed: int = 0
     queued: int = 0
     postponed: int = 0
     stopped: int = 0
@@ -537,8 +565,9 @@ def schedule_series(
     schedulers running at once see each other's progress.
     """
     report = report if report is not None else TickReport()
-    resume_resubscribed(db, now)
-    report.enrolled += reconcile(db, settings, now)
+    done = reconcile(db, settings, now)
+    report.enrolled += done.enrolled
+    report.resumed += done.resumed
     usable: dict[str, Series | None] = {}
     cursor: tuple = ("", 0, "")
     while True:
@@ -577,24 +606,6 @@ def retime(db, subscriber_id: int, now: datetime) -> int:
         "WHERE subscriber_id = ? AND status = 'active' AND next_due_at > ?",
         (iso(now), iso(now), subscriber_id, iso(now)),
     ).rowcount
-
-
-def resume_resubscribed(db, now: datetime) -> int:
-    """Reactivate stopped enrollments whose reader turned the series back on.
-
-    (E.g. on the preferences page.)  They continue after the last step they
-    were sent; nothing is sent twice.
-    """
-    with transaction(db):
-        return db.execute(
-            "UPDATE enrollments SET status = 'active', next_due_at = ?, updated_at = ? "
-            "WHERE status = 'stopped' AND EXISTS (SELECT 1 FROM subscriptions ss "
-            "JOIN subscribers s ON s.id = ss.subscriber_id "
-            "WHERE ss.subscriber_id = enrollments.subscriber_id "
-            "AND ss.stream = 'series:' || enrollments.series AND ss.status = 'subscribed' "
-            "AND ss.updated_at > enrollments.updated_at AND s.status = 'active')",
-            (iso(now), iso(now)),
-        ).rowcount
 
 
 def _usable(db, settings: Settings, slug: str, now: datetime, report: TickReport) -> Series | None:

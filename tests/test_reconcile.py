@@ -142,13 +142,13 @@ def test_confirming_enrols_on_the_next_pass_not_before(db, settings, clock):
 
 def test_reconcile_twice_enrols_once(db, settings, clock):
     sid = confirm(db, settings, "twice@example.com", clock())
-    assert reconcile(db, settings, clock()) == 1
+    assert reconcile(db, settings, clock()).enrolled == 1
     # Even when the reader is noted again (their stream touched), nothing is added.
     lifecycle.set_subscription(db, sid, STREAM, "unsubscribed", clock())
     lifecycle.set_subscription(db, sid, STREAM, "subscribed", clock())
     assert db.execute("SELECT COUNT(*) FROM enrollment_queue").fetchone()[0] == 1
-    assert reconcile(db, settings, clock()) == 0
-    assert reconcile(db, settings, clock()) == 0
+    assert reconcile(db, settings, clock()).enrolled == 0
+    assert reconcile(db, settings, clock()).enrolled == 0
     assert enrollments(db, sid) == [(SLUG, "active")]
     assert enrolled_events(db, sid) == 1
     assert db.execute("SELECT COUNT(*) FROM enrollment_queue").fetchone()[0] == 0
@@ -157,7 +157,7 @@ def test_reconcile_twice_enrols_once(db, settings, clock):
 def test_reader_unsubscribed_from_the_series_is_not_enrolled(db, settings, clock):
     sid = confirm(db, settings, "no-series@example.com", clock())
     lifecycle.set_subscription(db, sid, STREAM, "unsubscribed", clock())
-    assert reconcile(db, settings, clock()) == 0
+    assert reconcile(db, settings, clock()).enrolled == 0
     assert schedule_series(db, settings, clock()) == 0
     assert enrollments(db, sid) == []
     assert lifecycle.subscriptions(db, sid)["broadcasts"]["status"] == "subscribed"
@@ -172,7 +172,7 @@ def test_pending_and_unsubscribed_readers_are_not_enrolled(db, settings, clock):
     pending = optin.signup(db, settings, "p@example.com", clock()).subscriber_id
     gone = confirm(db, settings, "gone@example.com", clock())
     lifecycle.unsubscribe(db, gone, clock())
-    assert reconcile(db, settings, clock()) == 0
+    assert reconcile(db, settings, clock()).enrolled == 0
     assert enrollments(db, pending) == [] and enrollments(db, gone) == []
 
 
@@ -192,6 +192,7 @@ def test_resubscribe_resumes_the_old_enrollment_and_never_resends(db, settings, 
     sub = lifecycle.get(db, sid)
     optin.confirm(db, settings, tokens.confirm_token(settings, sid, sub.confirm_nonce, clock()),
                   clock())  # fmt: skip
+    assert reconcile(db, settings, clock()) == (0, 1)  # (enrolled, resumed)
     schedule_series(db, settings, clock())
     assert enrollments(db, sid) == [(SLUG, "active")]
     assert enrolled_events(db, sid) == 1  # resumed, not enrolled a second time
@@ -236,7 +237,7 @@ def test_webinar_form_with_the_newsletter_box_enrols_after_confirming(db, settin
     )  # fmt: skip
     sid = lifecycle.find(db, "w@example.com").id
     assert result.newsletter == "created"
-    assert reconcile(db, settings, clock()) == 0  # pending: the newsletter isn't confirmed yet
+    assert reconcile(db, settings, clock()).enrolled == 0  # pending: the newsletter isn't confirmed yet
     sub = lifecycle.get(db, sid)
     optin.confirm(db, settings, tokens.confirm_token(settings, sid, sub.confirm_nonce, clock()),
                   clock())  # fmt: skip
@@ -281,7 +282,7 @@ def test_gapped_series_is_skipped_and_a_broken_one_still_enrols(db, settings, cl
         )
     s = settings.replace(content_dir=str(tmp_path / "content"), enroll_series=("gappy", "broken"))
     sid = confirm(db, s, "g@example.com", clock())
-    assert reconcile(db, s, clock()) == 1
+    assert reconcile(db, s, clock()).enrolled == 1
     assert enrollments(db, sid) == [("broken", "active")]
 
 
@@ -312,6 +313,6 @@ def test_upgrading_enrols_readers_imported_before_the_fix(settings, clock):
 
     db = connect(settings.db, migrate=True)
     assert db.execute("SELECT subscriber_id FROM enrollment_queue").fetchall() == [(1,)]
-    assert reconcile(db, settings, clock()) == 1
+    assert reconcile(db, settings, clock()).enrolled == 1
     assert enrollments(db, 1) == [(SLUG, "active")] and enrollments(db, 2) == []
     db.close()
