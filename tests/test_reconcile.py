@@ -70,8 +70,9 @@ def test_pre_confirmed_import_gets_part_1_on_the_next_send(env, settings, smtp_s
     assert "imported 3 as active" in r.stdout
     assert smtp_server.messages == []  # nothing is sent by the import itself
 
-    r = funnel(env, "send", "-q")
+    r = funnel(env, "send")
     assert r.stdout.startswith("3 sent"), r.stdout
+    assert "3 reader(s) enrolled in a series, 3 series step(s) queued" in r.stderr
     subject = part_1_subject(settings)
     assert received(smtp_server) == [
         ("Ana <ana@example.com>", subject),
