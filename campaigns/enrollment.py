@@ -303,7 +303,7 @@ def _resume_queued(db, last: int, now: datetime) -> int:
     return db.execute(
         "UPDATE enrollments SET status = 'active', next_due_at = ?, updated_at = ? "
         "WHERE status = 'stopped' AND subscriber_id IN (SELECT q.subscriber_id "
-        "FROM enrollment_queue q JOIN subscribers s ON s.id = q.subscriber_id "
+        "FROM enrollment_queue q CROSS JOIN subscribers s ON s.id = q.subscriber_id "
         "AND s.status = 'active' WHERE q.subscriber_id <= ?) "
         "AND EXISTS (SELECT 1 FROM subscriptions ss WHERE ss.subscriber_id = "
         "enrollments.subscriber_id AND ss.stream = 'series:' || enrollments.series "
@@ -329,11 +329,17 @@ def _reconcile_targets(settings: Settings) -> list[tuple[str, Series | None]]:
 def _enrol_queued(
     db, settings: Settings, slug: str, series: Series | None, last: int, now: datetime
 ) -> int:
-    """Enrol the queued readers (ids up to ``last``) who qualify for ``slug``."""
+    """Enrol the queued readers (ids up to ``last``) who qualify for ``slug``.
+
+    CROSS JOIN (here and in :func:`_resume_queued`) makes SQLite walk the small
+    queue and look each reader up, instead of walking every active subscriber
+    or every subscription of the stream, which would make a large import's
+    first pass quadratic.
+    """
     rows = db.execute(
         "SELECT s.id, s.timezone FROM enrollment_queue q "
-        "JOIN subscribers s ON s.id = q.subscriber_id AND s.status = 'active' "
-        "JOIN subscriptions ss ON ss.subscriber_id = s.id AND ss.stream = ? "
+        "CROSS JOIN subscribers s ON s.id = q.subscriber_id AND s.status = 'active' "
+        "CROSS JOIN subscriptions ss ON ss.subscriber_id = s.id AND ss.stream = ? "
         "AND ss.status != 'unsubscribed' "
         "WHERE q.subscriber_id <= ? AND NOT EXISTS (SELECT 1 FROM enrollments e "
         "WHERE e.subscriber_id = s.id AND e.series = ?)",
