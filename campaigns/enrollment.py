@@ -1,10 +1,12 @@
 """Series enrollment, and the scheduler tick that turns due series steps into outbox rows.
 
-Confirming enrols a reader in the configured series (``settings.enroll_series``)
-and queues part 1 inside the confirm transaction, so it is on its way at once
-(unless it is night where the reader lives).  After that the scheduler
-(:func:`schedule_series`, run by ``funnel send`` and ``funnel worker``) finds
-enrollments whose next step is due and queues one outbox row per step.
+Every scheduler pass (:func:`schedule_series`, run by ``funnel send`` and each
+``funnel worker`` tick) first reconciles (:func:`reconcile`): any active reader
+subscribed to a configured series (``settings.enroll_series``) without an
+enrollment in it is enrolled, however they became active.  The same pass then
+finds enrollments whose next step is due and queues one outbox row per step, so
+part 1 leaves on the next tick after confirming (unless it is night where the
+reader lives).
 
 Which step comes next is decided from the ledger (``series_deliveries``, by
 stable step key) and the series' CURRENT step list, never from a stored index,
@@ -44,12 +46,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import FunnelError, InputError, NotFound
 from funnel.settings import Settings
-from subscribers import optin, segments
+from subscribers import segments
 
 from . import messages, outbox, schedule
 from .series import Series, check_gaps, find_series, series_folder
@@ -236,35 +239,132 @@ def enroll(
     return outcome
 
 
-def enroll_on_confirm(db, settings: Settings, subscriber_id: int, now: datetime) -> None:
-    """CONFIRM_HOOKS entry: enrol in every ``settings.enroll_series``, part 1 queued now.
+# ----------------------------------------------------------------- reconciling
+class Reconciled(NamedTuple):
+    enrolled: int = 0
+    resumed: int = 0
 
-    A series that can't be loaded must not break the reader's confirmation:
-    the enrollment is stored anyway and the scheduler picks it up (and
-    reports the problem) once the content is fixed.
+
+def reconcile(db, settings: Settings, now: datetime, *, batch: int = 1000) -> Reconciled:
+    """Enrol every active reader whose ``series:<slug>`` stream is on but who has no
+    enrollment in it, for each series in ``settings.enroll_series``, and resume the
+    stopped enrollments of readers who turned a series back on.
+
+    This is how readers start a series, whatever made them active: confirming on
+    the web or with ``funnel subscribers confirm``, a CSV import with or without
+    ``--pre-confirmed``, the webinar form's newsletter box, a resubscribe.  It runs
+    at the start of every scheduler pass (:func:`schedule_series`, so ``funnel
+    send`` and each worker tick), and the same pass then queues part 1, so a
+    reader who confirms gets part 1 on the next tick.
+
+    The rules:
+
+    - Only a reader with no enrollment row is enrolled.  An existing enrollment
+      is never replaced.  A stopped one (they had unsubscribed) resumes after
+      the last step they were sent once they are active with the stream on
+      again (resubscribing, or the preferences page); a finished reader is not
+      started again.
+    - A stream that is ``unsubscribed`` is never enrolled; ``paused`` is (the
+      scheduler holds it until the pause ends), as confirming always did.
+    - Part 1 is due at once, or at the end of the reader's quiet hours.
+    - A series with missing parts is skipped (scheduling one needs
+      ``--allow-gaps``; the worker's tick reports the missing parts).  A series
+      that can't be loaded still gets the enrollment, due now: the scheduler
+      reports the problem and sends once the content is fixed.
+
+    Only readers noted in ``enrollment_queue`` (filled by triggers whenever a
+    series stream is turned on or a reader becomes active; see migration 0013)
+    are looked at, so a pass with nothing new reads one empty table.  The queue
+    is drained in batches of ``batch`` readers, one transaction each.
     """
-    # Only a reader who has just clicked "confirm" was promised part 1 at once;
-    # a pre-confirmed import is enrolled and the scheduler's next pass queues
-    # its first step (with the frequency cap, and without slowing the import).
-    last = db.execute(
-        "SELECT action FROM consent WHERE subscriber_id = ? ORDER BY id DESC LIMIT 1",
-        (subscriber_id,),
-    ).fetchone()
-    now_please = last is None or last[0] != "imported"
+    targets: list[tuple[str, Series | None]] | None = None
+    enrolled = resumed = 0
+    while True:
+        with transaction(db):
+            last = db.execute(
+                "SELECT MAX(subscriber_id) FROM (SELECT subscriber_id FROM enrollment_queue "
+                "ORDER BY subscriber_id LIMIT ?)",
+                (batch,),
+            ).fetchone()[0]
+            if last is None:
+                return Reconciled(enrolled, resumed)
+            if targets is None:
+                targets = _reconcile_targets(settings)
+            resumed += _resume_queued(db, last, now)
+            for slug, series in targets:
+                enrolled += _enrol_queued(db, settings, slug, series, last, now)
+            db.execute("DELETE FROM enrollment_queue WHERE subscriber_id <= ?", (last,))
+
+
+def _resume_queued(db, last: int, now: datetime) -> int:
+    """Reactivate the stopped enrollments of queued readers (ids up to ``last``) who are
+    active with the series' stream on again.  The scheduler then continues after the
+    last step they were sent (or moves a long-overdue step to the next regular slot)."""
+    return db.execute(
+        "UPDATE enrollments SET status = 'active', next_due_at = ?, updated_at = ? "
+        "WHERE status = 'stopped' AND subscriber_id IN (SELECT q.subscriber_id "
+        "FROM enrollment_queue q CROSS JOIN subscribers s ON s.id = q.subscriber_id "
+        "AND s.status = 'active' WHERE q.subscriber_id <= ?) "
+        "AND EXISTS (SELECT 1 FROM subscriptions ss WHERE ss.subscriber_id = "
+        "enrollments.subscriber_id AND ss.stream = 'series:' || enrollments.series "
+        "AND ss.status != 'unsubscribed')",
+        (iso(now), iso(now), last),
+    ).rowcount
+
+
+def _reconcile_targets(settings: Settings) -> list[tuple[str, Series | None]]:
+    """The configured series to enrol in: (slug, series or None when it can't be loaded)."""
+    out: list[tuple[str, Series | None]] = []
     for slug in settings.enroll_series:
         try:
             series = load(settings, slug)
         except FunnelError:
             series = None
         if series is not None and series.gaps:
-            # Scheduling a series with missing parts needs --allow-gaps, which
-            # nobody can pass here: skip it (`funnel send` and the worker say so).
             continue
-        enroll(db, settings, subscriber_id, slug, now, series=series, materialise=now_please)
+        out.append((slug, series))
+    return out
 
 
-if enroll_on_confirm not in optin.CONFIRM_HOOKS:
-    optin.CONFIRM_HOOKS.append(enroll_on_confirm)
+def _enrol_queued(
+    db, settings: Settings, slug: str, series: Series | None, last: int, now: datetime
+) -> int:
+    """Enrol the queued readers (ids up to ``last``) who qualify for ``slug``.
+
+    CROSS JOIN (here and in :func:`_resume_queued`) makes SQLite walk the small
+    queue and look each reader up, instead of walking every active subscriber
+    or every subscription of the stream, which would make a large import's
+    first pass quadratic.
+    """
+    rows = db.execute(
+        "SELECT s.id, s.timezone FROM enrollment_queue q "
+        "CROSS JOIN subscribers s ON s.id = q.subscriber_id AND s.status = 'active' "
+        "CROSS JOIN subscriptions ss ON ss.subscriber_id = s.id AND ss.stream = ? "
+        "AND ss.status != 'unsubscribed' "
+        "WHERE q.subscriber_id <= ? AND NOT EXISTS (SELECT 1 FROM enrollments e "
+        "WHERE e.subscriber_id = s.id AND e.series = ?)",
+        (f"series:{slug}", last, slug),
+    ).fetchall()
+    stamp = iso(now)
+    due_in: dict[str | None, str] = {}  # part 1's slot depends only on the zone
+    enrolments = []
+    for sid, zone in rows:
+        if zone not in due_in:
+            due = now
+            if series is not None:
+                due = _nominal_due(settings, series, 0, now, settings.zone_for(zone), first=True)
+            due_in[zone] = iso(due)
+        enrolments.append((sid, slug, stamp, due_in[zone], stamp))
+    db.conn.executemany(
+        "INSERT INTO enrollments (subscriber_id, series, status, enrolled_at, next_step, "
+        "next_due_at, updated_at) VALUES (?, ?, 'active', ?, 0, ?, ?)",
+        enrolments,
+    )
+    db.conn.executemany(
+        "INSERT INTO events (at, kind, subscriber_id, ref) VALUES (?, 'enrolled', ?, ?)",
+        [(stamp, sid, f"series:{slug}") for sid, _zone in rows],
+    )
+    return len(rows)
 
 
 @dataclass
@@ -451,6 +551,8 @@ def _process(db, settings: Settings, series: Series, sid: int, now: datetime) ->
 
 @dataclass
 class TickReport:
+    enrolled: int = 0
+    resumed: int = 0
     queued: int = 0
     postponed: int = 0
     stopped: int = 0
@@ -469,7 +571,9 @@ def schedule_series(
     schedulers running at once see each other's progress.
     """
     report = report if report is not None else TickReport()
-    resume_resubscribed(db, now)
+    done = reconcile(db, settings, now)
+    report.enrolled += done.enrolled
+    report.resumed += done.resumed
     usable: dict[str, Series | None] = {}
     cursor: tuple = ("", 0, "")
     while True:
@@ -508,24 +612,6 @@ def retime(db, subscriber_id: int, now: datetime) -> int:
         "WHERE subscriber_id = ? AND status = 'active' AND next_due_at > ?",
         (iso(now), iso(now), subscriber_id, iso(now)),
     ).rowcount
-
-
-def resume_resubscribed(db, now: datetime) -> int:
-    """Reactivate stopped enrollments whose reader turned the series back on.
-
-    (E.g. on the preferences page.)  They continue after the last step they
-    were sent; nothing is sent twice.
-    """
-    with transaction(db):
-        return db.execute(
-            "UPDATE enrollments SET status = 'active', next_due_at = ?, updated_at = ? "
-            "WHERE status = 'stopped' AND EXISTS (SELECT 1 FROM subscriptions ss "
-            "JOIN subscribers s ON s.id = ss.subscriber_id "
-            "WHERE ss.subscriber_id = enrollments.subscriber_id "
-            "AND ss.stream = 'series:' || enrollments.series AND ss.status = 'subscribed' "
-            "AND ss.updated_at > enrollments.updated_at AND s.status = 'active')",
-            (iso(now), iso(now)),
-        ).rowcount
 
 
 def _usable(db, settings: Settings, slug: str, now: datetime, report: TickReport) -> Series | None:

@@ -1,6 +1,7 @@
 """The long-lived worker: schedule, queue, send, sleep, until told to stop.
 
-One loop iteration is a scheduler :func:`tick` (series steps that are due,
+One loop iteration is a scheduler :func:`tick` (readers who newly subscribed
+to a series enrolled, series steps that are due,
 broadcasts whose time has come, postponed steps moved to their new slot,
 finished campaigns closed) followed by :func:`campaigns.sender.send_due`.
 ``funnel send`` runs the same tick once before sending, so cron users get
@@ -29,6 +30,7 @@ from .series import missing_parts_text
 
 @dataclass
 class Tick:
+    series_enrolled: int = 0
     series_queued: int = 0
     series_postponed: int = 0
     deferred: int = 0
@@ -48,6 +50,8 @@ class Tick:
             parts.append(
                 f"{self.campaigns_queued} campaign(s) queued ({self.broadcast_rows} messages)"
             )
+        if self.series_enrolled:
+            parts.append(f"{self.series_enrolled} reader(s) enrolled in a series")
         if self.series_queued:
             parts.append(f"{self.series_queued} series step(s) queued")
         if self.series_postponed or self.deferred:
@@ -81,6 +85,7 @@ def tick(
     )
     report = enrollment.TickReport()
     t.series_queued = enrollment.schedule_series(db, settings, now, report=report)
+    t.series_enrolled = report.enrolled
     t.series_postponed = report.postponed
     t.held_series, t.problems = report.held_series, report.problems
     t.deferred = enrollment.defer_held(db, settings, now)

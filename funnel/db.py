@@ -506,3 +506,56 @@ def m0010_claim_index(db: sqlite_utils.Database) -> None:
             WHERE status IN ('queued', 'retry');
         """
     )
+
+
+@migrations(name="0013_enrollment_queue")
+def m0013_enrollment_queue(db: sqlite_utils.Database) -> None:
+    """Readers whose series subscriptions may need an enrollment (``enrollment.reconcile``).
+
+    Enrollment is a reconciling pass, not a confirm hook: before each tick it
+    enrols every active reader whose ``series:<slug>`` stream is on and who has
+    no enrollment in that series.  Looking at every subscription on every tick
+    would cost O(subscribers); these triggers note which readers changed, so a
+    tick with nothing new reads an empty table.  A trigger fires for any writer
+    (confirm, pre-confirmed import, preferences, resubscribe, a future door),
+    so no code path can forget to ask for enrollment.  The queue only says
+    "look at this reader"; every rule stays in ``campaigns/enrollment.py``.
+
+    Readers already subscribed but never enrolled (a pre-confirmed import made
+    before this migration) are queued once here.  The triggers test for an
+    existing row rather than using INSERT OR IGNORE, because an outer
+    statement's conflict policy (an upsert, INSERT OR REPLACE) overrides the
+    one written inside a trigger.
+    """
+    db.executescript(
+        """
+        CREATE TABLE enrollment_queue (
+            subscriber_id INTEGER PRIMARY KEY
+        );
+        CREATE TRIGGER enrollment_queue_stream_added AFTER INSERT ON subscriptions
+        WHEN NEW.status != 'unsubscribed' AND NEW.stream LIKE 'series:%'
+        BEGIN
+            INSERT INTO enrollment_queue (subscriber_id) SELECT NEW.subscriber_id
+            WHERE NOT EXISTS (SELECT 1 FROM enrollment_queue WHERE subscriber_id = NEW.subscriber_id);
+        END;
+        CREATE TRIGGER enrollment_queue_stream_on AFTER UPDATE OF status ON subscriptions
+        WHEN NEW.status != 'unsubscribed' AND OLD.status = 'unsubscribed'
+            AND NEW.stream LIKE 'series:%'
+        BEGIN
+            INSERT INTO enrollment_queue (subscriber_id) SELECT NEW.subscriber_id
+            WHERE NOT EXISTS (SELECT 1 FROM enrollment_queue WHERE subscriber_id = NEW.subscriber_id);
+        END;
+        CREATE TRIGGER enrollment_queue_activated AFTER UPDATE OF status ON subscribers
+        WHEN NEW.status = 'active' AND OLD.status != 'active'
+        BEGIN
+            INSERT INTO enrollment_queue (subscriber_id) SELECT NEW.id
+            WHERE NOT EXISTS (SELECT 1 FROM enrollment_queue WHERE subscriber_id = NEW.id);
+        END;
+        INSERT OR IGNORE INTO enrollment_queue (subscriber_id)
+            SELECT ss.subscriber_id FROM subscriptions ss
+            JOIN subscribers s ON s.id = ss.subscriber_id AND s.status = 'active'
+            WHERE ss.stream LIKE 'series:%' AND ss.status != 'unsubscribed'
+            AND NOT EXISTS (SELECT 1 FROM enrollments e WHERE e.subscriber_id = ss.subscriber_id
+                            AND ss.stream = 'series:' || e.series);
+        """
+    )

@@ -361,7 +361,6 @@ def _origin(url: str) -> str:
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> Flask:
     """The public web app.  Migrates the database once, then one connection per thread."""
     connect(settings.db, migrate=True).close()
-    _load_extensions()
 
     app = Flask(
         __name__,
@@ -400,23 +399,6 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
     else:
         app.register_blueprint(webinars_bp)
     return app
-
-
-def _load_extensions() -> None:
-    """Import the modules that register confirm hooks and message builders.
-
-    The web process confirms subscriptions, so series enrollment (registered
-    in ``optin.CONFIRM_HOOKS`` by the delivery engine) must be loaded here too,
-    not only in the worker.
-    """
-    import importlib
-
-    for name in ("campaigns.enrollment", "campaigns.worker"):
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            if exc.name != name:
-                raise
 
 
 def _csrf_guard() -> None:

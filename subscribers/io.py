@@ -160,7 +160,6 @@ def import_csv(
             batch.clear()
 
         pending: list[tuple] = []  # validated rows waiting for one batched existence check
-        imported_ids: list[int] = []
 
         def take_pending() -> None:
             nonlocal next_id
@@ -183,7 +182,6 @@ def import_csv(
                     (sid, "imported" if pre_confirmed else "requested", stamp, f"import:{path.name}",
                      settings.consent_version, consent_note or None),
                 ))
-                imported_ids.append(sid)
             pending.clear()
             flush()
 
@@ -209,10 +207,6 @@ def import_csv(
         take_pending()
         if report.problems and not skip_invalid:
             raise ImportRejected(report)
-        if pre_confirmed:
-            for hook in optin.CONFIRM_HOOKS:
-                for sid in imported_ids:
-                    hook(db, settings, sid, now)
     report.committed = True
     return report
 

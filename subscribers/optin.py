@@ -326,29 +326,11 @@ def confirm(
         )
         for stream in default_streams(settings):
             lifecycle.set_subscription(db, subscriber_id, stream, "subscribed", now)
-        run_confirm_hooks(db, settings, subscriber_id, now)
     return sub
 
 
 def default_streams(settings: Settings) -> list[str]:
     return ["broadcasts", "webinars", *(f"series:{slug}" for slug in settings.enroll_series)]
-
-
-#: Called inside the confirm transaction as hook(db, settings, subscriber_id, now).
-#: The delivery engine registers series enrollment here.
-CONFIRM_HOOKS: list = []
-
-
-def run_confirm_hooks(db, settings: Settings, subscriber_id: int, now: datetime) -> None:
-    """Run CONFIRM_HOOKS, making sure the delivery engine's hook is registered.
-
-    Imported here rather than at the top: campaigns depends on subscribers, and
-    whichever door confirms (web, CLI, import) must enrol the reader.
-    """
-    import campaigns.enrollment  # noqa: F401  (registers series enrollment)
-
-    for hook in CONFIRM_HOOKS:
-        hook(db, settings, subscriber_id, now)
 
 
 def activate_imported(db, settings: Settings, subscriber_id: int, now: datetime, note: str) -> None:
@@ -362,4 +344,3 @@ def activate_imported(db, settings: Settings, subscriber_id: int, now: datetime,
         )
         for stream in default_streams(settings):
             lifecycle.set_subscription(db, subscriber_id, stream, "subscribed", now)
-        run_confirm_hooks(db, settings, subscriber_id, now)

@@ -1,4 +1,4 @@
-"""Series enrollment and the scheduler: confirm -> part 1 at once, later parts on the
+"""Series enrollment and the scheduler: confirm -> part 1 on the next tick, later parts on the
 series' slot in the reader's zone, holds (cap, webinar, pause), unsubscribe, and
 editing a live series without ever re-sending a step."""
 
@@ -30,10 +30,12 @@ def utc(*args) -> datetime:
 
 
 def confirmed(db, settings, email, now, tz=None) -> int:
-    """Sign up and click the confirm link, as a reader does."""
+    """Sign up and click the confirm link, as a reader does; then the worker's next tick
+    (at the same instant) enrols them and queues part 1 if it is due."""
     r = optin.signup(db, settings, email, now, timezone=tz)
     sub = lifecycle.get(db, r.subscriber_id)
     optin.confirm(db, settings, tokens.confirm_token(settings, sub.id, sub.confirm_nonce, now), now)
+    schedule_series(db, settings, now)
     return sub.id
 
 
@@ -115,7 +117,7 @@ def test_next_step_rule(keys, received, expected):
         assert keys[index] not in received
 
 
-# ----------------------------------------------------------------- confirm -> part 1
+# ----------------------------------------------------------------- confirm -> part 1 on the next tick
 def test_confirm_queues_part_1_and_it_is_delivered(db, settings, clock, smtp_server):
     series = find_series(settings.content_path, SLUG)
     clock.set(utc(2026, 11, 21, 15, 0))  # Saturday 10:00 in New York

@@ -43,6 +43,7 @@ def confirm(db, settings, email, now, tz):
     r = optin.signup(db, settings, email, now, timezone=tz)
     sub = lifecycle.get(db, r.subscriber_id)
     optin.confirm(db, settings, tokens.confirm_token(settings, sub.id, sub.confirm_nonce, now), now)
+    tick(db, settings, now)  # the worker's next tick enrols them and queues part 1 if due
 
 
 def run_until(db, settings, clock, end: datetime) -> None:
