@@ -11,7 +11,7 @@ Building is pure apart from reading the database: no network, no clock.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 
@@ -28,6 +28,10 @@ class Outgoing:
     envelope_from: str
     recipient: str
     data: bytes
+    #: What view-in-browser shows for this row once it is sent (campaigns/views.py):
+    #: the content with the recipient's first name folded in, and the build time.
+    view: Content | None = None
+    built_at: datetime | None = None
 
 
 @dataclass
@@ -136,13 +140,18 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
     )
     if signer is not None:
         data = signer.sign(data)
-    return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data)
+    view = replace(content, attachments=(), recipient={**content.recipient, "first_name": sub.first_name})
+    return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data, view, now)
 
 
 def render_for(settings: Settings, content: Content, sub: lifecycle.Subscriber,
                row: OutboxRow | None, now: datetime,
                links: dict[str, str] | None = None) -> render.Rendered:
-    """Render content for one subscriber (also used by view-in-browser)."""
+    """Render content for one subscriber (also used by view-in-browser).
+
+    Deterministic in ``now``: the same content, subscriber, row and ``now`` sign
+    the same tokens, which is how view-in-browser repeats the emailed links.
+    """
     compiled = _compiled(
         settings, content.kind, content.subject, content.preheader, content.body_md,
         _freeze(list(content.ctas)), _freeze(content.extra),

@@ -29,7 +29,7 @@ from funnel.db import parse_iso, transaction
 from funnel.errors import FunnelError
 from funnel.settings import Settings
 
-from . import messages, outbox
+from . import messages, outbox, views
 from .smtp import Relay, RelayPool, SendResult
 
 #: Retry backoff: base * 2**(attempt-1), capped, plus up to 20% jitter.  With
@@ -232,6 +232,7 @@ def _send_batch(
     """Send one claimed batch and mark it; returns True when sending must stop."""
     outcomes: list[outbox.Outcome] = []
     bounced: dict[int, tuple[outbox.OutboxRow, SendResult, str]] = {}
+    sent: dict[int, messages.Outgoing] = {}  # their views are stored with the outcomes
     stop = False
     in_flight: int | None = None
     try:
@@ -243,6 +244,8 @@ def _send_batch(
                 outcome: outbox.Outcome | None = msg
             else:
                 outcome = _send(settings, pool, row, msg, now, summary, bounced)
+                if outcome is not None and outcome.status == "sent":
+                    sent[row.id] = msg
             in_flight = None
             if outcome is None:  # no relay could take it: it goes back unsent
                 stop = True
@@ -259,7 +262,7 @@ def _send_batch(
         # as uncertain by the next run.
         handled = {o.row_id for o in outcomes}
         untouched = [r.id for r in rows if r.id not in handled and r.id != in_flight]
-        _record(db, settings, clock, token, outcomes, bounced, untouched, summary)
+        _record(db, settings, clock, token, outcomes, bounced, untouched, summary, sent)
     return stop
 
 
@@ -272,10 +275,13 @@ def _record(
     bounced: dict,
     untouched: list[int],
     summary: Summary,
+    sent: dict[int, messages.Outgoing] | None = None,
 ) -> None:
-    """One transaction for the batch's outcomes and bounces; unsent rows go back."""
+    """One transaction for the batch's outcomes, bounces and views; unsent rows go back."""
     with transaction(db):
         lost = set(outbox.mark_owned(db, token, outcomes, clock()))
+        if sent:
+            views.store(db, (m for rid, m in sent.items() if rid not in lost))
         for rid, (row, result, label) in bounced.items():
             if rid not in lost:
                 summary.bounced += _record_bounce(db, settings, row, result, label, clock())

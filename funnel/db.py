@@ -559,3 +559,33 @@ def m0013_enrollment_queue(db: sqlite_utils.Database) -> None:
                             AND ss.stream = 'series:' || e.series);
         """
     )
+
+
+@migrations(name="0017_views")
+def m0017_views(db: sqlite_utils.Database) -> None:
+    """What each sent email showed, so view-in-browser (``/m/``) shows it again.
+
+    ``views`` holds one row per sent outbox row: the moment the message was
+    built (the "now" its links were signed with, so re-rendering signs the
+    very same tokens and no link outlives the emailed one) and the builder's
+    per-recipient values (confirm, registration and offer links as sent, the
+    first name).  The content shared by many recipients (subject, body,
+    calls to action) is stored once in ``view_contents``, keyed by its digest.
+    A purged outbox row takes its view with it; erasing a subscriber deletes
+    their views (subscribers/lifecycle.py).
+    """
+    db.executescript(
+        """
+        CREATE TABLE view_contents (
+            id INTEGER PRIMARY KEY,
+            digest TEXT NOT NULL UNIQUE,     -- sha256 of the canonical JSON below
+            content TEXT NOT NULL            -- JSON: kind, subject, preheader, body_md, ctas, extra, bulk, list_id
+        );
+        CREATE TABLE views (
+            outbox_id INTEGER PRIMARY KEY REFERENCES outbox(id) ON DELETE CASCADE,
+            content_id INTEGER NOT NULL REFERENCES view_contents(id),
+            built_at TEXT NOT NULL,          -- UTC ISO; the "now" the message was built with
+            recipient TEXT NOT NULL          -- JSON: the builder's per-recipient values + first_name
+        );
+        """
+    )

@@ -71,6 +71,7 @@ from itsdangerous import BadData, URLSafeSerializer
 from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
+from campaigns import views
 from subscribers import optin, preferences, tokens
 
 from . import devmail
@@ -769,8 +770,25 @@ def _register_routes(app: Flask) -> None:  # noqa: C901 - one small function per
         row_id = data.get("r")
         if not isinstance(row_id, int) or row_id <= 0:
             abort(404)
-        rendered = preferences.view_email(db(), s, data["s"], row_id, now())
-        return _email_response(rendered.html, ancestors="'none'")
+        shown = views.show(db(), s, data["s"], row_id, now())
+        if shown.expired_at is not None:  # its link is dead: say so, never mint a new one
+            return page("view_expired.html.j2", token=token, view=shown)
+        return _email_response(shown.rendered.html, ancestors="'none'")
+
+    @app.post("/m/<token>/resend")
+    def view_resend(token: str):
+        s = settings()
+        data = tokens.read_subscriber_token(s, "view", token, now())
+        row_id = data.get("r")
+        if not isinstance(row_id, int) or row_id <= 0:
+            abort(404)
+        if not _state().limiter.allow(client_ip(), now().timestamp()):
+            return error_page(429)
+        views.resend_confirmation(
+            db(), s, data["s"], row_id, now(),
+            ip=client_ip(), user_agent=request.headers.get("User-Agent", ""),
+        )  # fmt: skip
+        return redirect(url_for("check_inbox"), code=303)
 
     # --- health ----------------------------------------------------------------------
     @app.get("/healthz")

@@ -175,6 +175,10 @@ def _forget(db, subscriber_id: int, now: datetime) -> None:
     db.execute(
         "UPDATE outbox SET to_addr = NULL, data = NULL, last_error = NULL WHERE subscriber_id = ?", (subscriber_id,)
     )
+    db.execute(  # the view-in-browser copies hold their first name and links
+        "DELETE FROM views WHERE outbox_id IN (SELECT id FROM outbox WHERE subscriber_id = ?)",
+        (subscriber_id,),
+    )
     db.execute("UPDATE bounces SET diagnostic = NULL, source = NULL WHERE subscriber_id = ?", (subscriber_id,))
     db.execute("UPDATE events SET data = NULL WHERE subscriber_id = ?", (subscriber_id,))
 

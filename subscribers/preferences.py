@@ -225,33 +225,3 @@ def update_preferences(
                         db, subscriber_id, stream, target[0], now, paused_until=target[1]
                     )
     return preferences_view(db, settings, subscriber_id, now)
-
-
-# ----------------------------------------------------------------- view in browser
-def view_email(db, settings: Settings, subscriber_id: int, row_id: int, now: datetime):
-    """Re-render the email of outbox row ``row_id`` for its recipient (reads only).
-
-    Raises NotFound when the row is not this subscriber's, or when the message
-    can no longer be shown (e.g. the subscriber was erased).
-    """
-    from campaigns import messages
-    from campaigns.outbox import _ROW_COLUMNS, _row
-
-    found = db.execute(
-        f"SELECT {_ROW_COLUMNS} FROM outbox WHERE id = ? AND subscriber_id = ?",
-        (row_id, subscriber_id),
-    ).fetchone()
-    if found is None:
-        raise NotFound(f"view: message {row_id} does not exist for this reader")
-    row = _row(found)
-    sub = lifecycle.get(db, subscriber_id)
-    if sub.status == "erased" or row.to_addr is None:
-        raise NotFound("view: this message is no longer available")
-    make = messages.BUILDERS.get(row.kind)
-    if make is None:
-        raise NotFound(f"view: messages of kind {row.kind!r} cannot be shown in the browser")
-    try:
-        content = make(db, settings, row, sub, now)
-    except messages.SkipMessage as skip:
-        raise NotFound(f"view: this message is no longer available ({skip.reason})") from skip
-    return messages.render_for(settings, content, sub, row, now)

@@ -648,7 +648,8 @@ def test_registration_pages(db, settings, clock):
     # Offer link: the GET is an interstitial; only the POST counts and redirects.
     otoken = webinars.offer_token(settings, "spine-health", alex, now)
     r = client.get(f"/o/{otoken}")
-    assert r.status_code == 200 and "data-autosubmit" in r.get_data(as_text=True)
+    assert r.status_code == 200 and '<button type="submit" class="big">' in r.get_data(as_text=True)
+    assert "<script" not in r.get_data(as_text=True)  # only the reader's press counts
     assert db.execute("SELECT COUNT(*) FROM events WHERE kind = 'clicked_offer'").fetchone()[0] == 0
     r = client.post(f"/o/{otoken}", data={"csrf": _csrf(r.get_data(as_text=True))})
     assert r.status_code == 303 and r.headers["Location"] == settings.appointment_url
