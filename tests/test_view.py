@@ -20,6 +20,7 @@ from test_web import Site, dump, text  # the Flask client that reads form tokens
 
 from campaigns import broadcasts, messages, webinars
 from campaigns.sender import send_due
+from campaigns.worker import tick
 from funnel import web
 from subscribers import lifecycle, optin
 
@@ -50,6 +51,7 @@ class Reader:
 
     def send(self) -> list:
         start = len(self.sink.messages)
+        tick(self.db, self.settings, self.clock())  # as `funnel send` does: enrol, queue due steps
         send_due(self.db, self.settings, self.clock)
         new = self.sink.messages[start:]
         for m in new:
