@@ -55,7 +55,12 @@ def person_in(db, settings, clock, state: str, email: str) -> int:
 
 
 def outbox_kinds(db, sid):
-    return [k for (k,) in db.execute("SELECT kind FROM outbox WHERE subscriber_id = ? ORDER BY id", (sid,))]
+    return [
+        k
+        for (k,) in db.execute(
+            "SELECT kind FROM outbox WHERE subscriber_id = ? ORDER BY id", (sid,)
+        )
+    ]
 
 
 @pytest.mark.parametrize("state", ["unsubscribed", "bounced", "complained", "erased"])
@@ -65,7 +70,9 @@ def test_a_left_address_gets_one_verification_and_nothing_else_until_confirmed(
     create(db, settings, clock)
     addr = f"{state}@example.com"
     sid = person_in(db, settings, clock, state, addr)
-    before = db.execute("SELECT status, name, timezone FROM subscribers WHERE id = ?", (sid,)).fetchone()
+    before = db.execute(
+        "SELECT status, name, timezone FROM subscribers WHERE id = ?", (sid,)
+    ).fetchone()
     queued_before = outbox_kinds(db, sid)
 
     r = webinars.register(
@@ -73,9 +80,10 @@ def test_a_left_address_gets_one_verification_and_nothing_else_until_confirmed(
     )
     assert (r.status, r.subscriber_id) == ("verify", sid)
     # Nothing about them changed; only the verification is queued.
-    assert db.execute(
-        "SELECT status, name, timezone FROM subscribers WHERE id = ?", (sid,)
-    ).fetchone() == before
+    assert (
+        db.execute("SELECT status, name, timezone FROM subscribers WHERE id = ?", (sid,)).fetchone()
+        == before
+    )
     assert outbox_kinds(db, sid) == [*queued_before, "webinar_verify"]
     assert db.execute("SELECT COUNT(*) FROM registrations").fetchone()[0] == 0
     # Asking again within the throttle queues nothing more.
@@ -94,7 +102,10 @@ def test_a_left_address_gets_one_verification_and_nothing_else_until_confirmed(
     token = VERIFY_RE.search(mail.part("plain")).group(1)
 
     # The page (a GET) changes nothing; the owner's POST registers them.
-    assert webinars.check_verification(db, settings, "spine-health", token, clock()).slug == "spine-health"
+    assert (
+        webinars.check_verification(db, settings, "spine-health", token, clock()).slug
+        == "spine-health"
+    )
     assert db.execute("SELECT COUNT(*) FROM registrations").fetchone()[0] == 0
     res = webinars.confirm_verification(
         db, settings, "spine-health", token, clock(), ip="203.0.113.7", user_agent="Firefox"
@@ -127,7 +138,9 @@ def test_unknown_but_suppressed_hash_gets_a_hash_only_record_and_the_same_flow(
     create(db, settings, clock)
     with pytest.raises(Exception, match="suppressed anyway"):
         sub_io.erase(db, "ghost@example.com", clock())  # never known: only the hash is kept
-    r = webinars.register(db, settings, "spine-health", clock(), email="ghost@example.com", name="G")
+    r = webinars.register(
+        db, settings, "spine-health", clock(), email="ghost@example.com", name="G"
+    )
     assert r.status == "verify"
     row = db.execute(
         "SELECT email, name, timezone, status FROM subscribers WHERE id = ?", (r.subscriber_id,)
@@ -136,7 +149,10 @@ def test_unknown_but_suppressed_hash_gets_a_hash_only_record_and_the_same_flow(
     send_due(db, settings, clock)
     (mail,) = smtp_server.to("ghost@example.com")
     token = VERIFY_RE.search(mail.part("plain")).group(1)
-    assert webinars.confirm_verification(db, settings, "spine-health", token, clock()).status == "registered"
+    assert (
+        webinars.confirm_verification(db, settings, "spine-health", token, clock()).status
+        == "registered"
+    )
     assert lifecycle.get(db, r.subscriber_id).email == "ghost@example.com"
 
 
@@ -174,7 +190,10 @@ def test_a_full_webinar_waitlists_a_verified_owner_and_says_so_by_email(
     webinars.register(db, settings, "spine-health", clock(), email="b@example.com")
     send_due(db, settings, clock)
     token = VERIFY_RE.search(smtp_server.to("b@example.com")[-1].part("plain")).group(1)
-    assert webinars.confirm_verification(db, settings, "spine-health", token, clock()).status == "waitlisted"
+    assert (
+        webinars.confirm_verification(db, settings, "spine-health", token, clock()).status
+        == "waitlisted"
+    )
     smtp_server.clear()
     send_due(db, settings, clock)
     (mail,) = smtp_server.to("b@example.com")
@@ -186,11 +205,15 @@ def test_anonymous_forms_never_change_a_known_persons_details(db, settings, smtp
     create(db, settings, clock)
     ana = active(db, settings, clock, "ana@example.com", name="Ana Original", tz="Europe/London")
     bare = active(db, settings, clock, "bare@example.com", name="", tz=None)
-    pend = optin.signup(db, settings, "pend@example.com", clock(), name="Pat", timezone="Europe/Paris")
+    pend = optin.signup(
+        db, settings, "pend@example.com", clock(), name="Pat", timezone="Europe/Paris"
+    )
     gone = person_in(db, settings, clock, "unsubscribed", "gone@example.com")
     clock.advance(hours=settings.confirm_resend_hours + 1)  # outside the resend throttle
     details = "SELECT name, timezone, status FROM subscribers WHERE id = ?"
-    before = {sid: db.execute(details, (sid,)).fetchone() for sid in (ana, bare, pend.subscriber_id, gone)}
+    before = {
+        sid: db.execute(details, (sid,)).fetchone() for sid in (ana, bare, pend.subscriber_id, gone)
+    }
 
     for addr in ("ana@example.com", "bare@example.com", "pend@example.com", "gone@example.com"):
         optin.signup(db, settings, addr, clock(), name="Mallory", timezone="America/New_York")
@@ -201,7 +224,9 @@ def test_anonymous_forms_never_change_a_known_persons_details(db, settings, smtp
     assert after == before
     # The pending re-signup still got its fresh confirmation, to the stored name.
     send_due(db, settings, clock)
-    confirms = [m for m in smtp_server.to("pend@example.com") if "confirm your" in m.message["Subject"]]
+    confirms = [
+        m for m in smtp_server.to("pend@example.com") if "confirm your" in m.message["Subject"]
+    ]
     assert len(confirms) == 2  # the first signup's, and the re-signup's outside the throttle
     assert {m.message["To"] for m in confirms} == {"Pat <pend@example.com>"}
     (reg,) = [m for m in smtp_server.to("ana@example.com") if "registered" in m.message["Subject"]]
@@ -209,9 +234,12 @@ def test_anonymous_forms_never_change_a_known_persons_details(db, settings, smtp
     # The unsubscribed re-signup is a confirmation only: still unsubscribed until used.
     sub = lifecycle.get(db, gone)
     assert sub.status == "unsubscribed" and sub.confirm_nonce
-    assert optin.confirm(
-        db, settings, tokens.confirm_token(settings, gone, sub.confirm_nonce, clock()), clock()
-    ).status == "active"
+    assert (
+        optin.confirm(
+            db, settings, tokens.confirm_token(settings, gone, sub.confirm_nonce, clock()), clock()
+        ).status
+        == "active"
+    )
 
 
 def test_cli_register_of_an_unsubscribed_address_only_queues_the_verification(cli_env, settings):
