@@ -25,6 +25,15 @@ the ordinary double opt-in.  Registrant mail travels on the stream
 ``webinar:<slug>``; unsubscribing from it (the link in reminders) cancels the
 rest of that webinar's mail and nothing else.
 
+Consent only by its owner: an address that unsubscribed, bounced, complained
+or was erased is never registered from a form, the CLI or an old invite
+link.  It gets one verification email (``webinar_verify``, table
+``webinar_verifications``); the owner's POST on its page registers them for
+that webinar only, turning on just its stream.  Forms never change a known
+person's name or zone, and the email form answers the same "check your inbox"
+to everyone: the seat, the waitlist (``webinar_waitlist``) or the
+verification is told by email.
+
 Events written: ``invited`` (queued invite), ``registered``, ``waitlisted``,
 ``registration_cancelled``, ``attended``, ``no_show``, ``clicked_offer``.
 """
