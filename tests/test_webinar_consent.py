@@ -263,3 +263,17 @@ def test_cli_register_of_an_unsubscribed_address_only_queues_the_verification(cl
     assert lifecycle.get(db, sid).status == "unsubscribed"
     assert outbox_kinds(db, sid)[-1] == "webinar_verify"
     assert db.execute("SELECT COUNT(*) FROM registrations").fetchone()[0] == 0
+
+
+def test_an_old_invite_link_of_someone_who_left_only_sends_the_verification(db, settings, clock):
+    create(db, settings, clock)
+    sid = active(db, settings, clock, "inv@example.com")
+    token = webinars.invite_token(settings, "spine-health", sid, clock())
+    lifecycle.unsubscribe(db, sid, clock())
+    r = webinars.register_with_token(db, settings, "spine-health", token, clock())
+    assert r.status == "verify"
+    assert lifecycle.get(db, sid).status == "unsubscribed"
+    assert db.execute("SELECT COUNT(*) FROM registrations").fetchone()[0] == 0
+    assert db.execute(
+        "SELECT kind FROM outbox WHERE subscriber_id = ? AND status = 'queued'", (sid,)
+    ).fetchall() == [("webinar_verify",)]
