@@ -1550,6 +1550,8 @@ def webinar_register(app: App, slug: str, email: str, name: str, timezone: str |
         "waitlisted": "the webinar is full: on the waitlist",
         "already": f"already {res.registration_status}",
         "suppressed": "is suppressed (bounced, complained or erased); not registered",
+        "verify": "unsubscribed or suppressed: only a verification email is queued; they are "
+        "registered when they confirm it",
     }[res.status]
     click.echo(f"{email}: {message}")
 

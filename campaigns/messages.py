@@ -189,7 +189,7 @@ def list_id(settings: Settings, stream: str | None) -> str:
 # ----------------------------------------------------------------- confirm
 @builder("confirm")
 def _confirm(db, settings: Settings, row: OutboxRow, sub: lifecycle.Subscriber, now: datetime) -> Content:
-    if sub.status != "pending" or not sub.confirm_nonce:
+    if sub.status not in ("pending", "unsubscribed") or not sub.confirm_nonce:
         raise SkipMessage("cancelled", f"no confirmation needed: the subscriber is {sub.status}")
     token = tokens.confirm_token(settings, sub.id, sub.confirm_nonce, now)
     return Content(

@@ -68,6 +68,8 @@ EMAIL_KINDS = (
     "webinar_update",
     "webinar_cancel",
     "webinar_followup",
+    "webinar_verify",
+    "webinar_waitlist",
 )
 WEBINAR_KINDS = tuple(k for k in EMAIL_KINDS if k.startswith("webinar_"))
 #: Kinds that talk about health and so carry the "not medical advice" line.
@@ -111,6 +113,8 @@ def recipient_keys(kind: str) -> tuple[str, ...]:
     """The per-recipient values an email of ``kind`` needs (see the interfaces contract)."""
     if kind == "confirm":
         return (*ALWAYS_KEYS, "confirm_url")
+    if kind == "webinar_verify":
+        return (*ALWAYS_KEYS, *WEBINAR_KEYS, "verify_url")
     if kind in WEBINAR_KINDS:
         return ALWAYS_KEYS + WEBINAR_KEYS
     return ALWAYS_KEYS
@@ -842,6 +846,8 @@ def sample_recipient(settings: Settings, kind: str = "series") -> dict:
             offer_url=settings.url("/offer/sample-token"),
             offer_text="Book a discounted assessment",
         )
+    if kind == "webinar_verify":
+        r["verify_url"] = settings.url("/w/spine-health/verify/sample-token")
     return r
 
 

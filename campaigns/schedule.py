@@ -359,6 +359,8 @@ TRANSACTIONAL_KINDS = (
     "webinar_reminder",
     "webinar_update",
     "webinar_cancel",
+    "webinar_verify",
+    "webinar_waitlist",
 )
 #: Kinds that are postponed to a later send slot when the cap or a webinar
 #: hold applies: drip steps yield first.  Other bulk mail (broadcasts, webinar

@@ -25,6 +25,15 @@ the ordinary double opt-in.  Registrant mail travels on the stream
 ``webinar:<slug>``; unsubscribing from it (the link in reminders) cancels the
 rest of that webinar's mail and nothing else.
 
+Consent only by its owner: an address that unsubscribed, bounced, complained
+or was erased is never registered from a form, the CLI or an old invite
+link.  It gets one verification email (``webinar_verify``, table
+``webinar_verifications``); the owner's POST on its page registers them for
+that webinar only, turning on just its stream.  Forms never change a known
+person's name or zone, and the email form answers the same "check your inbox"
+to everyone: the seat, the waitlist (``webinar_waitlist``) or the
+verification is told by email.
+
 Events written: ``invited`` (queued invite), ``registered``, ``waitlisted``,
 ``registration_cancelled``, ``attended``, ``no_show``, ``clicked_offer``.
 """
@@ -35,6 +44,7 @@ import csv
 import io
 import json
 import re
+import secrets
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -851,8 +861,16 @@ def _seats_taken(db, w: Webinar) -> int:
 
 
 def _seat(db, settings: Settings, w: Webinar, sid: int, addr: str, now: datetime) -> None:
-    """A seated registrant: webinar stream on, confirmation and reminders queued."""
-    lifecycle.set_subscription(db, sid, w.stream, "subscribed", now)
+    """A seated registrant: webinar stream on, confirmation and reminders queued.
+
+    Someone who has left since they joined the waitlist (and has not turned
+    this webinar's stream on by a verification link) gets the seat but no mail.
+    """
+    stream = lifecycle.subscriptions(db, sid).get(w.stream, {}).get("status")
+    if stream != "subscribed":
+        if lifecycle.get(db, sid).status not in ("active", "pending"):
+            return
+        lifecycle.set_subscription(db, sid, w.stream, "subscribed", now)
     _queue(
         db,
         settings,
@@ -988,7 +1006,9 @@ def invite(
 @dataclass(frozen=True)
 class RegistrationResult:
     webinar: Webinar
-    status: str  # registered | waitlisted | already | suppressed
+    #: registered | waitlisted | already | suppressed | verify (a verification
+    #: email was queued or is on its way: the owner must confirm first)
+    status: str
     subscriber_id: int | None = None
     registration_status: str | None = None
     newsletter: str | None = None  # optin.signup action when the box was ticked
@@ -1027,7 +1047,11 @@ def register(
     """Register someone (by id, from an invite token; or by email, from the form/CLI).
 
     Registering twice is harmless.  A full webinar puts people on the
-    waitlist; after the start, registration is refused with InputError.
+    waitlist (they are told by email); after the start, registration is
+    refused with InputError.  An address that unsubscribed or is suppressed
+    is only sent a verification email (status ``verify``): nothing else goes
+    to it until its owner confirms (:func:`confirm_verification`).  Details
+    typed on a form never replace a known person's name or zone.
     """
     with transaction(db):
         w = get_webinar(db, slug)
@@ -1036,6 +1060,7 @@ def register(
         if subscriber_id is None:
             if not email:
                 raise InputError("email: an email address is required")
+            email = optin.clean_email(email)
             if newsletter:
                 signup_action = optin.signup(
                     db,
@@ -1048,7 +1073,7 @@ def register(
                     ip=ip,
                     user_agent=user_agent,
                 ).action
-            subscriber_id = optin.webinar_contact(
+            contact = optin.webinar_contact(
                 db,
                 settings,
                 email,
@@ -1061,42 +1086,24 @@ def register(
                 ip=ip,
                 user_agent=user_agent,
             )
-            if subscriber_id is None:
-                return RegistrationResult(w, "suppressed", newsletter=signup_action)
+            if not contact.verified:
+                request_verification(db, settings, w, contact.subscriber_id, email, now)
+                return RegistrationResult(w, "verify", contact.subscriber_id, newsletter=signup_action)
+            subscriber_id = contact.subscriber_id
         sub = lifecycle.get(db, subscriber_id)
-        if sub.email is None or sub.status in ("bounced", "complained", "erased"):
+        if sub.email is None:
             return RegistrationResult(w, "suppressed", sub.id)
-        existing = db.execute(
-            "SELECT status FROM registrations WHERE webinar_id = ? AND subscriber_id = ?",
-            (w.id, sub.id),
-        ).fetchone()
+        existing = _registration(db, w, sub.id)
         if existing is not None:
-            return RegistrationResult(w, "already", sub.id, existing[0], signup_action)
+            return RegistrationResult(w, "already", sub.id, existing, signup_action)
+        if sub.status not in ("pending", "active"):
+            # An old invite link of someone who has left since: their owner must confirm.
+            request_verification(db, settings, w, sub.id, sub.email, now)
+            return RegistrationResult(w, "verify", sub.id)
         if email is None:
             # From an invite link: the token proves the address; record the consent.
-            db.execute(
-                "INSERT INTO consent (subscriber_id, purpose, action, at, source, ip, user_agent, "
-                "consent_text_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    sub.id,
-                    w.ref,
-                    consent_action,
-                    iso(now),
-                    source,
-                    ip,
-                    (user_agent or "")[:300] or None,
-                    settings.consent_version,
-                ),
-            )
-        status = "waitlisted" if is_full(db, w) else "registered"
-        db.execute(
-            "INSERT INTO registrations (webinar_id, subscriber_id, status, source, registered_at, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (w.id, sub.id, status, source, iso(now), iso(now)),
-        )
-        log_event(db, status, now, sub.id, w.ref, json.dumps({"source": source}))
-        if status == "registered":
-            _seat(db, settings, w, sub.id, sub.email, now)
+            _consent(db, settings, sub.id, w, consent_action, source, now, ip, user_agent)
+        status = _enrol(db, settings, w, sub, source, now)
     return RegistrationResult(w, status, sub.id, status, signup_action)
 
 
@@ -1130,6 +1137,158 @@ def cta_recipient(db, settings: Settings, sub: lifecycle.Subscriber, now: dateti
         "webinar_title": w.title,
         "webinar_when": format_when(w.starts_at, settings.zone_for(sub.timezone)),
     }
+
+
+def _consent(db, settings: Settings, sid: int, w: Webinar, action: str, source: str,
+             now: datetime, ip: str | None, user_agent: str | None) -> None:
+    db.execute(
+        "INSERT INTO consent (subscriber_id, purpose, action, at, source, ip, user_agent, "
+        "consent_text_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (sid, w.ref, action, iso(now), source, ip, (user_agent or "")[:300] or None,
+         settings.consent_version),
+    )
+
+
+def _enrol(db, settings: Settings, w: Webinar, sub: lifecycle.Subscriber, source: str,
+           now: datetime) -> str:
+    """A seat, or a place on the waitlist; either way the answer goes by email."""
+    status = "waitlisted" if is_full(db, w) else "registered"
+    db.execute(
+        "INSERT INTO registrations (webinar_id, subscriber_id, status, source, registered_at, "
+        "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (w.id, sub.id, status, source, iso(now), iso(now)),
+    )
+    log_event(db, status, now, sub.id, w.ref, json.dumps({"source": source}))
+    if status == "registered":
+        _seat(db, settings, w, sub.id, sub.email, now)
+    else:
+        _queue(
+            db, settings, w, "webinar_waitlist", sub.id, sub.email, now, now,
+            f"webinar_waitlist:{w.slug}:{sub.id}", outbox.PRIORITY_TRANSACTIONAL, w.starts_at,
+        )  # fmt: skip
+    return status
+
+
+# ================================================================= verification
+def request_verification(
+    db, settings: Settings, w: Webinar, sid: int, addr: str, now: datetime
+) -> bool:
+    """Queue the one email that lets the owner of ``addr`` register (double opt-in).
+
+    For people who unsubscribed, bounced, complained or were erased.  Nothing
+    about them changes here: a fresh nonce and one outbox row, at most one per
+    ``confirm_resend_hours`` per webinar (a newer link replaces the older one).
+    Returns whether an email was queued.
+    """
+    row = db.execute(
+        "SELECT requested_at, confirmed_at FROM webinar_verifications "
+        "WHERE webinar_id = ? AND subscriber_id = ?",
+        (w.id, sid),
+    ).fetchone()
+    if row is not None:
+        last = parse_iso(row[0])
+        if row[1] is None and now - last < timedelta(hours=settings.confirm_resend_hours):
+            return False
+    nonce = secrets.token_urlsafe(12)
+    expires = min(now + timedelta(days=settings.confirm_max_age_days), w.starts_at)
+    row_id = outbox.enqueue(
+        db,
+        settings,
+        dedupe_key=f"webinar_verify:{w.slug}:{sid}:{iso(now)}",
+        kind="webinar_verify",
+        subscriber_id=sid,
+        to_addr=addr,
+        due_at=now,
+        now=now,
+        stream=w.stream,
+        ref=f"{w.ref}:verify",
+        priority=outbox.PRIORITY_TRANSACTIONAL,
+        expires_at=expires,
+        data={"webinar": w.slug},
+    )
+    db.execute(
+        "INSERT INTO webinar_verifications (webinar_id, subscriber_id, nonce, outbox_id, "
+        "requested_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (webinar_id, subscriber_id) DO UPDATE "
+        "SET nonce = excluded.nonce, outbox_id = excluded.outbox_id, "
+        "requested_at = excluded.requested_at, confirmed_at = NULL",
+        (w.id, sid, nonce, row_id, iso(now)),
+    )
+    return True
+
+
+def verify_token(settings: Settings, slug: str, subscriber_id: int, nonce: str,
+                 issued: datetime) -> str:
+    return tokens.subscriber_token(settings, "webinar", subscriber_id, issued, w=slug, k="verify",
+                                   n=nonce)
+
+
+def _read_verify_token(settings: Settings, slug: str, token: str, now: datetime) -> tuple[int, str]:
+    data = tokens.read_token(
+        settings, "webinar", token, now, max_age_seconds=settings.confirm_max_age_days * 86400
+    )
+    if data.get("w") != slug or data.get("k") != "verify" or not isinstance(data.get("s"), int):
+        raise TokenError("This link is not valid.")
+    return data["s"], str(data.get("n", ""))
+
+
+def _verification(db, w: Webinar, sid: int, nonce: str) -> tuple[int, int | None]:
+    row = db.execute(
+        "SELECT id, nonce, outbox_id FROM webinar_verifications WHERE webinar_id = ? "
+        "AND subscriber_id = ?",
+        (w.id, sid),
+    ).fetchone()
+    if row is None or not row[1] or not secrets.compare_digest(row[1], nonce):
+        raise TokenError("This link has already been used or replaced by a newer one.")
+    return row[0], row[2]
+
+
+def check_verification(db, settings: Settings, slug: str, token: str, now: datetime) -> Webinar:
+    """The webinar a verification link is for, if it still works; changes nothing (a GET)."""
+    sid, nonce = _read_verify_token(settings, slug, token, now)
+    w = get_webinar(db, slug)
+    check_open(w, now)
+    _verification(db, w, sid, nonce)
+    return w
+
+
+def confirm_verification(
+    db,
+    settings: Settings,
+    slug: str,
+    token: str,
+    now: datetime,
+    *,
+    ip: str | None = None,
+    user_agent: str | None = None,
+) -> RegistrationResult:
+    """The owner confirmed (POST): register them for this webinar only.  Works once.
+
+    They stay unsubscribed (or suppressed) for everything else: only this
+    webinar's stream is turned on.  An erased person gets their address back
+    on the hash-only record, and nothing more.
+    """
+    sid, nonce = _read_verify_token(settings, slug, token, now)
+    with transaction(db):
+        w = get_webinar(db, slug)
+        check_open(w, now)
+        vid, outbox_id = _verification(db, w, sid, nonce)
+        sub = lifecycle.get(db, sid)
+        if sub.email is None:
+            addr = db.execute("SELECT to_addr FROM outbox WHERE id = ?", (outbox_id,)).fetchone()
+            if addr is None or not addr[0]:
+                raise TokenError("This link is not valid.")
+            sub = lifecycle.restore_erased(db, sid, addr[0], now)
+        db.execute(
+            "UPDATE webinar_verifications SET nonce = NULL, confirmed_at = ? WHERE id = ?",
+            (iso(now), vid),
+        )
+        _consent(db, settings, sid, w, "confirmed", "link", now, ip, user_agent)
+        lifecycle.grant_stream(db, sid, w.stream, now)
+        existing = _registration(db, w, sid)
+        if existing is not None:
+            return RegistrationResult(w, "already", sid, existing)
+        status = _enrol(db, settings, w, sub, "verified", now)
+    return RegistrationResult(w, status, sid, status)
 
 
 def invite_token(settings: Settings, slug: str, subscriber_id: int, now: datetime) -> str:
@@ -1501,8 +1660,13 @@ def _load(db, row: outbox.OutboxRow, sub: lifecycle.Subscriber) -> Webinar:
     w = find_webinar(db, slug) if slug else None
     if w is None:
         raise SkipMessage("cancelled", f"webinar {slug!r} no longer exists")
-    if sub.status in ("bounced", "complained", "erased", "unsubscribed"):
-        raise SkipMessage("cancelled", f"the subscriber is {sub.status}")
+    if sub.email is None:
+        raise SkipMessage("cancelled", "the subscriber is erased")
+    if sub.status in ("bounced", "complained", "unsubscribed"):
+        # Only their own confirmation (a verification link) turned this webinar's mail on.
+        stream = lifecycle.subscriptions(db, sub.id).get(w.stream, {}).get("status")
+        if stream != "subscribed":
+            raise SkipMessage("cancelled", f"the subscriber is {sub.status}")
     return w
 
 
@@ -1586,6 +1750,57 @@ def _build_invite(db, settings: Settings, row, sub, now: datetime) -> Content:
             "reason": f"You are getting this because you subscribed to {settings.site_name}'s "
             "newsletter and webinar invitations."
         },
+        recipient=_recipient(settings, w, sub, now),
+    )
+
+
+@messages.builder("webinar_verify")
+def _build_verify(db, settings: Settings, row, sub, now: datetime) -> Content:
+    slug = row.data.get("webinar")
+    w = find_webinar(db, slug) if slug else None
+    if w is None or w.status == "cancelled" or w.starts_at <= now:
+        raise SkipMessage("cancelled", "registration for this webinar is closed")
+    v = db.execute(
+        "SELECT nonce, requested_at, outbox_id FROM webinar_verifications "
+        "WHERE webinar_id = ? AND subscriber_id = ?",
+        (w.id, sub.id),
+    ).fetchone()
+    if v is None or not v[0] or v[2] != row.id:
+        raise SkipMessage("cancelled", "the verification was used or replaced")
+    # Signed at the request time, so building again never makes a longer-lived link.
+    token = verify_token(settings, w.slug, sub.id, v[0], parse_iso(v[1]))
+    return Content(
+        kind="webinar_verify",
+        subject=f"Please confirm your place at {w.title}",
+        preheader="One click to confirm it was you; until then nothing else is sent.",
+        bulk=False,
+        extra={
+            "reason": (
+                f"You are getting this one email because this address was entered on the "
+                f"registration form for {w.title}. If that wasn't you, ignore it and nothing "
+                "more will be sent."
+            )
+        },
+        recipient=_recipient(
+            settings, w, sub, now, verify_url=settings.url(f"/w/{w.slug}/verify/{token}")
+        ),
+    )
+
+
+@messages.builder("webinar_waitlist")
+def _build_waitlist(db, settings: Settings, row, sub, now: datetime) -> Content:
+    w = _load(db, row, sub)
+    if w.status == "cancelled":
+        raise SkipMessage("cancelled", "the webinar was cancelled")
+    status = _registration(db, w, sub.id)
+    if status != "waitlisted":
+        raise SkipMessage("cancelled", f"the registration is {status or 'missing'}")
+    return Content(
+        kind="webinar_waitlist",
+        subject=f"You're on the waitlist: {w.title}",
+        preheader="The session is full; we will email you if a seat frees up.",
+        bulk=False,
+        extra={"reason": _registrant_reason(settings, w)},
         recipient=_recipient(settings, w, sub, now),
     )
 
@@ -1702,6 +1917,8 @@ __all__ = [
     "Webinar",
     "cancel_webinar",
     "check_open",
+    "check_verification",
+    "confirm_verification",
     "clean_values",
     "create_from_file",
     "create_webinar",
@@ -1735,4 +1952,6 @@ __all__ = [
     "registrants",
     "registration_counts",
     "reminder_times",
+    "request_verification",
+    "verify_token",
 ]

@@ -561,6 +561,32 @@ def m0013_enrollment_queue(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations(name="0016_webinar_verifications")
+def m0016_webinar_verifications(db: sqlite_utils.Database) -> None:
+    """Webinar registrations that wait for the address's owner (issue 10, item 2).
+
+    Someone who unsubscribed, bounced, complained or was erased can only be
+    registered for a webinar by confirming a link sent to the address.  One row
+    per (webinar, subscriber): ``nonce`` is in the link and is cleared when it
+    is used; the address itself is only in the outbox row that carries the
+    link (``outbox_id``), which for an erased person is the one place it is.
+    """
+    db.executescript(
+        """
+        CREATE TABLE webinar_verifications (
+            id INTEGER PRIMARY KEY,
+            webinar_id INTEGER NOT NULL REFERENCES webinars(id) ON DELETE CASCADE,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+            nonce TEXT,                        -- in the link; NULL once used
+            outbox_id INTEGER REFERENCES outbox(id) ON DELETE SET NULL,
+            requested_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            UNIQUE (webinar_id, subscriber_id)
+        );
+        """
+    )
+
+
 @migrations(name="0017_views")
 def m0017_views(db: sqlite_utils.Database) -> None:
     """What each sent email showed, so view-in-browser (``/m/``) shows it again.

@@ -14,7 +14,13 @@ the rate limiter; this module only parses input, calls one function of
 * ``POST /w/SLUG`` registers: by token, or by email + first name with a
   separate, unticked newsletter box (double opt-in).  Honeypot, minimum form
   time and the rate limit apply; a bot gets the success page and nothing is
-  stored.  A full webinar answers with the waitlist page.
+  stored.  **The email form reveals nothing**: new, known, registered,
+  waitlisted and suppressed addresses all get the same "check your inbox"
+  page, no sooner than ``/subscribe``'s floor (the same ``_pad``).  Whether
+  it is a seat, the waitlist or a verification goes by email only.
+* ``GET /w/SLUG/verify/TOKEN`` shows the button that registers an address
+  which unsubscribed or is suppressed; only ``POST`` (the owner's press)
+  registers them, for this webinar only.
 * ``GET /o/TOKEN`` is an interstitial whose button POSTs (auto-submitted by
   the same static script the confirm page uses), and ``POST /o/TOKEN`` records
   ``clicked_offer`` and redirects to the appointment or programme page.  So
@@ -23,6 +29,7 @@ the rate limiter; this module only parses input, calls one function of
 
 from __future__ import annotations
 
+import time
 from datetime import UTC
 
 from flask import Blueprint, current_app, g, redirect, request
@@ -31,7 +38,7 @@ from campaigns import webinars
 from subscribers import optin
 
 from .errors import InputError, TokenError
-from .web import HONEYPOT, _reader_message, client_ip, db, error_page, now, page, settings
+from .web import HONEYPOT, _pad, _reader_message, client_ip, db, error_page, now, page, settings
 
 bp = Blueprint("webinars", __name__)
 
@@ -74,6 +81,19 @@ def register_page(slug: str):
 
 @bp.post("/w/<slug>")
 def register(slug: str):
+    started = time.perf_counter()
+    try:
+        return _register(slug)
+    finally:
+        _pad(started)
+
+
+def _sent(w: webinars.Webinar, newsletter: bool):
+    """The one answer the email form gives, whatever the address's state."""
+    return page("webinar_done.html.j2", w=w, outcome="sent", by_token=False, newsletter=newsletter)
+
+
+def _register(slug: str):
     s = settings()
     w = webinars.get_webinar(db(), slug)
     if not _allow():
@@ -87,9 +107,7 @@ def register(slug: str):
     }
     if not token and (form.get(HONEYPOT) or g.form_age < s.min_form_seconds):
         # A bot: the same answer a person gets, nothing stored.
-        return page(
-            "webinar_done.html.j2", w=w, outcome="registered", by_token=False, newsletter=False
-        )
+        return _sent(w, values["newsletter"])
     meta = {"ip": client_ip(), "user_agent": request.headers.get("User-Agent", "")}
     try:
         if token:
@@ -123,15 +141,47 @@ def register(slug: str):
         )
     except InputError as exc:
         return page("webinar.html.j2", 400, **_view(w, form=values, error=_reader_message(exc)))
-    status = result.status
-    if not token and status in ("already", "suppressed"):
-        status = "registered"  # the form never tells whether an address is known
+    if not token:
+        return _sent(w, values["newsletter"])  # the form never tells whether an address is known
     return page(
         "webinar_done.html.j2",
         w=w,
-        outcome=status,
-        by_token=bool(token),
-        newsletter=values["newsletter"] and not token,
+        outcome=result.status,
+        by_token=True,
+        newsletter=False,
+        registration_status=result.registration_status,
+    )
+
+
+@bp.get("/w/<slug>/verify/<token>")
+def verify_page(slug: str, token: str):
+    try:
+        w = webinars.check_verification(db(), settings(), slug, token[:2000], now())
+    except InputError as exc:  # registration has closed since
+        return error_page(400, _reader_message(exc))
+    return page("webinar_verify.html.j2", w=w, token=token)
+
+
+@bp.post("/w/<slug>/verify/<token>")
+def verify(slug: str, token: str):
+    try:
+        result = webinars.confirm_verification(
+            db(),
+            settings(),
+            slug,
+            token[:2000],
+            now(),
+            ip=client_ip(),
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+    except InputError as exc:
+        return error_page(400, _reader_message(exc))
+    return page(
+        "webinar_done.html.j2",
+        w=result.webinar,
+        outcome=result.status,
+        by_token=True,
+        newsletter=False,
         registration_status=result.registration_status,
     )
 

@@ -128,6 +128,9 @@ def transition(db, subscriber_id: int, new: str, now: datetime, *, ref: str | No
             fields["confirm_nonce"] = None
         elif new == "pending":
             fields["confirmed_at"] = None  # a fresh opt-in: the old confirmation no longer stands
+        else:
+            # Leaving for good: a confirm link sent earlier must not bring them back.
+            fields["confirm_nonce"] = None
         sets = ", ".join(f"{k} = ?" for k in fields)
         db.execute(f"UPDATE subscribers SET {sets} WHERE id = ?", (*fields.values(), subscriber_id))
         if new in SUPPRESSING:
@@ -234,6 +237,46 @@ def set_subscription(db, subscriber_id: int, stream: str, status: str, now: date
                       json.dumps({"source": source}) if source else None)
         else:
             log_event(db, "preferences", now, subscriber_id, stream, json.dumps({"status": status}))
+
+
+def grant_stream(db, subscriber_id: int, stream: str, now: datetime) -> None:
+    """Turn one stream on because the address's owner asked for it by a link sent there.
+
+    Unlike :func:`set_subscription` this works for unsubscribed, bounced and
+    complained people too, and changes nothing else: they stay out of every
+    other stream.  Used for a webinar's mail after its verification link is
+    confirmed (``campaigns.webinars.confirm_verification``).
+    """
+    with transaction(db):
+        sub = get(db, subscriber_id)
+        if sub.email is None:
+            raise TransitionError(f"subscriber {subscriber_id} is erased; restore the address first.")
+        db.execute(
+            "INSERT INTO subscriptions (subscriber_id, stream, status, paused_until, updated_at) "
+            "VALUES (?, ?, 'subscribed', NULL, ?) ON CONFLICT (subscriber_id, stream) DO UPDATE SET "
+            "status = 'subscribed', paused_until = NULL, updated_at = excluded.updated_at",
+            (subscriber_id, stream, iso(now)),
+        )
+        log_event(db, "preferences", now, subscriber_id, stream, json.dumps({"status": "subscribed"}))
+
+
+def restore_erased(db, subscriber_id: int, email: str, now: datetime) -> Subscriber:
+    """An erased person proved they own the address again: keep it, nothing more.
+
+    Only the address comes back (it must hash to the kept hash); name and
+    zone stay empty and the status becomes ``unsubscribed``, so no newsletter,
+    series or invitation reaches them.  The suppression entry stays.
+    """
+    with transaction(db):
+        sub = get(db, subscriber_id)
+        row = db.execute("SELECT email_hash FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+        if sub.status != "erased" or row[0] != email_hash(email):
+            raise TransitionError(f"subscriber {subscriber_id} is not an erased record of that address.")
+        db.execute(
+            "UPDATE subscribers SET email = ?, status = 'unsubscribed', updated_at = ? WHERE id = ?",
+            (email, iso(now), subscriber_id),
+        )
+    return get(db, subscriber_id)
 
 
 def unsubscribe(db, subscriber_id: int, now: datetime, *, stream: str | None = None,

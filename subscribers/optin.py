@@ -10,9 +10,15 @@ What a repeat signup does depends on where the address stands:
 new            pending record, consent row, confirmation queued
 pending        a fresh confirmation, at most one per address per 24 h
 active         nothing (the form still says "check your inbox")
-unsubscribed   a fresh opt-in: back to pending, new confirmation
+unsubscribed   a confirmation (same 24 h limit); they stay unsubscribed
+               until the owner confirms (then pending -> active at once)
 suppressed     nothing (bounced, complained or erased addresses)
 =============  ===========================================================
+
+An anonymous form never changes a known person's name, time zone or state:
+anyone can type anyone's address.  Only the owner's confirmation changes the
+state, and details change on the preferences page (its link is in every
+email).  So a repeat signup keeps the stored details, whatever it brings.
 """
 
 from __future__ import annotations
@@ -169,26 +175,21 @@ def signup(
             log_event(db, "subscribed", now, sid, source or None)
         elif sub.status == "active":
             return SignupResult(sub.id, "already_active")
-        elif sub.status == "pending":
+        elif sub.status in ("pending", "unsubscribed"):
+            # Details stay as stored (see the module doc); only a confirmation goes out.
             sid = sub.id
             last = parse_iso(sub.confirm_sent_at)
-            if last is not None and now - last < timedelta(hours=settings.confirm_resend_hours):
+            if (
+                sub.confirm_nonce
+                and last is not None
+                and now - last < timedelta(hours=settings.confirm_resend_hours)
+            ):
                 return SignupResult(sid, "throttled")
-            action = "resent"
-            if not sub.confirm_nonce:  # a webinar-only contact (see webinar_contact) opting in
+            action = "resent" if sub.status == "pending" else "restarted"
+            if not sub.confirm_nonce:  # a webinar-only contact, or someone who left, opting in
                 db.execute(
                     "UPDATE subscribers SET confirm_nonce = ? WHERE id = ?", (secrets.token_urlsafe(12), sid)
                 )
-            _update_details(db, sid, name, timezone, now)
-        elif sub.status == "unsubscribed":
-            sid = sub.id
-            lifecycle.transition(db, sid, "pending", now)
-            db.execute(
-                "UPDATE subscribers SET confirm_nonce = ?, source = ? WHERE id = ?",
-                (secrets.token_urlsafe(12), source or sub.source, sid),
-            )
-            _update_details(db, sid, name, timezone, now)
-            action = "restarted"
         else:  # bounced / complained / erased are suppressed above; be safe anyway
             return SignupResult(sub.id, "suppressed")
         db.execute(
@@ -198,6 +199,15 @@ def signup(
         )
         outbox_id = queue_confirmation(db, settings, sid, email, now)
     return SignupResult(sid, action, outbox_id)
+
+
+@dataclass(frozen=True)
+class WebinarContact:
+    subscriber_id: int
+    #: False: the address is unsubscribed, bounced, complained or erased, so
+    #: only its owner can register it (a verification email, see
+    #: ``campaigns.webinars``); nothing was recorded.
+    verified: bool
 
 
 def webinar_contact(
@@ -214,7 +224,7 @@ def webinar_contact(
     ip: str | None = None,
     user_agent: str | None = None,
     note: str | None = None,
-) -> int | None:
+) -> WebinarContact:
     """Someone asked for one webinar's mail only: a contact, NOT a newsletter subscriber.
 
     Registering for a webinar is consent to that webinar's mail (confirmation,
@@ -222,53 +232,47 @@ def webinar_contact(
     ``pending`` row *without* a confirm nonce: no newsletter confirmation is
     queued, no stream is turned on and no series starts.  If they later opt in
     to the newsletter, :func:`signup` mints the nonce and sends the usual
-    confirmation.  An unsubscribed address asking again becomes such a pending
-    contact too (their fresh, explicit request).  Consent is recorded for
-    ``purpose`` (e.g. ``webinar:spine-health``) only.
+    confirmation.  Consent is recorded for ``purpose`` (e.g.
+    ``webinar:spine-health``) only.
 
-    Returns the subscriber id, or None when the address is suppressed.
+    A known pending or active person is registered as they are: the name and
+    zone typed on the form are ignored (anyone can type anyone's address).
+    An address that unsubscribed or is suppressed (bounced, complained,
+    erased) is returned with ``verified=False`` and nothing recorded: the
+    caller sends a verification email instead.  A suppressed hash with no
+    record at all (erased before records were kept) gets a record holding the
+    hash only, so the verification has someone to belong to.
     """
     email = clean_email(email)
     name = clean_name(name)
     timezone = clean_timezone(timezone)
     source = clean_source(source)
     with transaction(db):
-        if lifecycle.is_suppressed(db, email):
-            return None
         sub = lifecycle.find(db, email)
+        if sub is None and lifecycle.is_suppressed(db, email):
+            sid = db.execute(
+                "INSERT INTO subscribers (email, email_hash, status, created_at, updated_at) "
+                "VALUES (NULL, ?, 'erased', ?, ?)",
+                (lifecycle.email_hash(email), iso(now), iso(now)),
+            ).lastrowid
+            return WebinarContact(sid, False)
         if sub is None:
             sid = db.execute(
                 "INSERT INTO subscribers (email, email_hash, name, timezone, source, status, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
                 (email, lifecycle.email_hash(email), name, timezone, source, iso(now), iso(now)),
             ).lastrowid
-        elif sub.status in ("pending", "active"):
+        elif sub.status in ("pending", "active") and not lifecycle.is_suppressed(db, email):
             sid = sub.id
-            if not sub.name and name:
-                db.execute("UPDATE subscribers SET name = ? WHERE id = ?", (name, sid))
-            if not sub.timezone and timezone:
-                db.execute("UPDATE subscribers SET timezone = ? WHERE id = ?", (timezone, sid))
-        elif sub.status == "unsubscribed":
-            sid = sub.id
-            lifecycle.transition(db, sid, "pending", now, ref=purpose)
         else:
-            return None
+            return WebinarContact(sub.id, False)
         db.execute(
             "INSERT INTO consent (subscriber_id, purpose, action, at, source, ip, user_agent, "
             "consent_text_version, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (sid, purpose, action, iso(now), source, ip, (user_agent or "")[:300] or None,
              settings.consent_version, note),
         )
-    return sid
-
-
-def _update_details(db, sid: int, name: str, timezone: str | None, now: datetime) -> None:
-    """A repeat signup may bring a name or zone we didn't have."""
-    if name:
-        db.execute("UPDATE subscribers SET name = ? WHERE id = ?", (name, sid))
-    if timezone:
-        db.execute("UPDATE subscribers SET timezone = ? WHERE id = ?", (timezone, sid))
-    db.execute("UPDATE subscribers SET updated_at = ? WHERE id = ?", (iso(now), sid))
+    return WebinarContact(sid, True)
 
 
 def queue_confirmation(db, settings: Settings, subscriber_id: int, email: str, now: datetime) -> int | None:
@@ -314,10 +318,14 @@ def confirm(
             sub = lifecycle.get(db, subscriber_id)
         except Exception as exc:
             raise TokenError("This link is not valid.") from exc
-        if sub.status != "pending" or not sub.confirm_nonce or not secrets.compare_digest(
-            sub.confirm_nonce, nonce
+        if (
+            sub.status not in ("pending", "unsubscribed")
+            or not sub.confirm_nonce
+            or not secrets.compare_digest(sub.confirm_nonce, nonce)
         ):
             raise TokenError("This confirmation link has already been used or replaced by a newer one.")
+        if sub.status == "unsubscribed":  # they signed up again: the fresh opt-in, now confirmed
+            lifecycle.transition(db, subscriber_id, "pending", now)
         sub = lifecycle.transition(db, subscriber_id, "active", now)
         db.execute(
             "INSERT INTO consent (subscriber_id, purpose, action, at, source, ip, user_agent, "

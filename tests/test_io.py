@@ -160,5 +160,7 @@ def test_export_after_unsubscribe_and_fresh_signup_shows_the_current_consent(db,
     out = io.StringIO()
     write_export(db, out, "csv")
     (row,) = list(csv.DictReader(io.StringIO(out.getvalue())))
-    assert row["status"] == "pending" and row["confirmed_at"] == ""
+    # A fresh signup changes no state until the owner confirms (issue 10 item 2): still
+    # unsubscribed, the old confirmation kept as history, the new request on record.
+    assert row["status"] == "unsubscribed" and row["confirmed_at"].startswith("2026-11-21T10:00")
     assert (row["consent_source"], row["consent_ip"]) == ("clinic-desk", "198.51.100.2")

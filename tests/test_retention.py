@@ -89,7 +89,7 @@ def test_pending_signups_are_purged_after_the_retention_period(db, settings, clo
     assert len(suppressions) == 1
     # the others are untouched
     for address, status in (("again@example.com", "pending"), ("done@example.com", "active"),
-                            ("back@example.com", "pending"), ("guest@example.com", "pending")):
+                            ("back@example.com", "unsubscribed"), ("guest@example.com", "pending")):
         assert lifecycle.find(db, address).status == status, address
     assert count(db, "SELECT COUNT(*) FROM consent WHERE subscriber_id = ?", again) == 2
 
@@ -99,7 +99,8 @@ def test_pending_signups_are_purged_after_the_retention_period(db, settings, clo
     assert lifecycle.find(db, "again@example.com") is None
     assert count(db, "SELECT COUNT(*) FROM consent WHERE user_agent = 'AgainAgent/1'") == 0
     assert {lifecycle.find(db, a).status for a in ("done@example.com", "back@example.com",
-                                                   "guest@example.com")} == {"active", "pending"}
+                                                   "guest@example.com")} == {"active", "unsubscribed",
+                                                                             "pending"}
     # and the address may sign up again from scratch
     assert optin.signup(db, settings, "again@example.com", clock()).action == "created"
 
