@@ -124,9 +124,15 @@ def test_every_kind_is_viewable_as_sent_before_and_after_the_reader_acts(
     webinars.create_webinar(db, settings, {
         "slug": "posture", "title": "Posture at the Desk", "description": "Short and practical.",
         "start": "2026-12-17 18:00", "timezone": "Europe/London",
-        "join_url": "https://meet.clinic.example/posture",
+        "join_url": "https://meet.clinic.example/posture", "capacity": 1,
     }, clock())  # fmt: skip
     webinars.register(db, settings, "posture", clock(), subscriber_id=sid)
+    # the one seat is taken: the next address hears of the waitlist by email
+    webinars.register(db, settings, "posture", clock(), email="cy@example.com", name="Cy")
+    # an address that unsubscribed gets only a verification email (webinar double opt-in)
+    dee = optin.signup(db, settings, "dee@example.com", clock(), name="Dee").subscriber_id
+    lifecycle.unsubscribe(db, dee, clock())
+    webinars.register(db, settings, "posture", clock(), email="dee@example.com", name="Dee")
     for m in reader.send():
         reader.check(m)
     webinars.cancel_webinar(db, settings, "posture", clock())
