@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-## up: install (first time), then run site + worker + dev SMTP inbox on http://127.0.0.1:$(PORT)
+## up: install (first time), write a dev funnel.toml (if absent), then run site + worker + dev SMTP inbox on http://127.0.0.1:$(PORT)
 up: $(STAMP)
+	$(BIN)/funnel init --dev
 	FUNNEL_DEV=1 $(BIN)/funnel up --port $(PORT)
 
 ## test: install (first time), lint, run the whole test suite

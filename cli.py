@@ -107,22 +107,34 @@ def progress(length: int, label: str):
 
 # === core: init / send (lead) ===
 @main.command("init")
+@click.option("--dev", is_flag=True,
+              help="First write a dev-mode funnel.toml here (dev = true, ./funnel.db) unless "
+                   "one exists; `make up` runs this.")
 @run
-def init_cmd(app: App) -> None:
-    """Create or upgrade the database.  Safe to run again.
+def init_cmd(app: App, dev: bool) -> None:
+    """Create or upgrade the database.  Safe to run again.  Needs no secret key.
 
     \b
     Example:
       FUNNEL_DB=/var/lib/funnel/funnel.db funnel init
+      funnel init --dev        # try funnel on this machine
     """
     from funnel.db import connect, init_db
+    from funnel.settings import config_path, write_dev_config
 
-    db = connect(app.settings.db)
+    if dev:
+        path = config_path()
+        if write_dev_config(path, Path.cwd() / "funnel.db"):
+            click.echo(f"wrote {path} (dev mode: dev inbox, public dev key; not for production)")
+        else:
+            click.echo(f"{path} exists; left unchanged")
+    settings = app.settings_override or load_settings(require_secret=False)
+    db = connect(settings.db)
     applied = init_db(db)
     if applied:
-        click.echo(f"{app.settings.db}: applied {len(applied)} migration(s): {', '.join(applied)}")
+        click.echo(f"{settings.db}: applied {len(applied)} migration(s): {', '.join(applied)}")
     else:
-        click.echo(f"{app.settings.db}: schema is up to date")
+        click.echo(f"{settings.db}: schema is up to date")
 
 
 @main.command("send")

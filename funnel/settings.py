@@ -10,6 +10,7 @@ Every problem is reported as one sentence naming the setting, e.g.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass
@@ -26,6 +27,11 @@ from .errors import SettingsError
 DEV_SECRET_KEY = "funnel-dev-only-secret-do-not-use-in-production"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: The bundled demo content (series and webinar).  ``content`` is installed as
+#: package data next to the ``funnel`` package, so this is the checkout's
+#: ``content/`` in an editable install and ``site-packages/content`` from a wheel.
+BUNDLED_CONTENT = REPO_ROOT / "content"
 
 
 @dataclass(frozen=True)
@@ -182,8 +188,9 @@ class Settings:
         """Where the admin's content lives and new content is written."""
         if self.content_dir:
             return Path(self.content_dir)
-        local = Path.cwd() / "content"
-        return local if local.is_dir() else REPO_ROOT / "content"
+        # Always ./content: never write into the bundled folder (site-packages
+        # when installed from a wheel); reads fall back to it via content_paths.
+        return Path.cwd() / "content"
 
     @property
     def content_paths(self) -> tuple[Path, ...]:
@@ -192,7 +199,7 @@ class Settings:
         So importing articles into ./content/ never hides the bundled series
         and webinar; a series of the same name in ./content/ wins.
         """
-        bundled = REPO_ROOT / "content"
+        bundled = BUNDLED_CONTENT
         primary = self.content_path
         return (primary,) if primary.resolve() == bundled.resolve() else (primary, bundled)
 
@@ -260,7 +267,7 @@ def _coerce(name: str, raw: object, where: str) -> object:
         raise SettingsError(f"{where}: expected a {kind}, got {raw!r}") from exc
 
 
-def _validate(s: Settings) -> Settings:
+def _validate(s: Settings, require_secret: bool = True) -> Settings:
     def env(name: str) -> str:
         return FIELD_TO_ENV.get(name, name)
 
@@ -282,7 +289,7 @@ def _validate(s: Settings) -> Settings:
             f"FUNNEL_BASE_URL: {s.base_url!r} must be an absolute http:// or https:// URL"
         )
     if not s.secret_keys:
-        if not s.dev:
+        if not s.dev and require_secret:
             raise SettingsError(
                 "FUNNEL_SECRET_KEYS: no secret key is set; generate one with "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
@@ -340,8 +347,14 @@ def config_path(environ: dict[str, str] | None = None) -> Path:
     return Path(environ.get("FUNNEL_CONFIG", "funnel.toml"))
 
 
-def load_settings(environ: dict[str, str] | None = None, path: Path | None = None) -> Settings:
-    """Read ``funnel.toml`` (if present), apply ``FUNNEL_*`` overrides, validate."""
+def load_settings(
+    environ: dict[str, str] | None = None, path: Path | None = None, require_secret: bool = True
+) -> Settings:
+    """Read ``funnel.toml`` (if present), apply ``FUNNEL_*`` overrides, validate.
+
+    ``require_secret=False`` is for commands that sign nothing (``funnel init``):
+    they work before a secret key is configured.
+    """
     environ = dict(os.environ if environ is None else environ)
     path = path or config_path(environ)
     values: dict[str, object] = {}
@@ -359,7 +372,32 @@ def load_settings(environ: dict[str, str] | None = None, path: Path | None = Non
     for env_name, name in ENV_NAMES.items():
         if env_name in environ:
             values[name] = _coerce(name, environ[env_name], env_name)
-    return _validate(Settings(**values))
+    return _validate(Settings(**values), require_secret=require_secret)
+
+
+DEV_CONFIG = """\
+# Written by `funnel init --dev` (`make up` runs it) for trying funnel on this
+# machine: dev mode uses a public signing key and sends every message to the
+# dev inbox of `funnel up`.  Never use this file in production (see README).
+dev = true
+db = {db}
+"""
+
+
+def write_dev_config(path: Path, db: Path) -> bool:
+    """Write a dev-mode ``funnel.toml`` at ``path`` unless one exists.
+
+    Returns True if it was written.  An existing file is never touched, so an
+    admin's own settings survive ``make up``.
+    """
+    try:
+        with open(path, "x", encoding="utf-8") as f:
+            f.write(DEV_CONFIG.format(db=json.dumps(str(db))))
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot write the dev settings ({exc.strerror})") from exc
+    return True
 
 
 def test_settings(tmp_path: Path | str, **overrides) -> Settings:
@@ -387,4 +425,5 @@ __all__ = [
     "parse_smtp_url",
     "test_settings",
     "DEV_SECRET_KEY",
+    "write_dev_config",
 ]
