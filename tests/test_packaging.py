@@ -165,3 +165,28 @@ def test_init_needs_no_secret_key_and_init_dev_gives_later_commands_dev_mode(tmp
     assert rows == [{"email": "a@example.com"}]
     again = runner.invoke(main, ["init", "--dev"])
     assert again.exit_code == 0 and "left unchanged" in again.output
+
+
+def test_new_content_goes_to_the_working_folder_never_into_the_bundled_one(tmp_path, monkeypatch):
+    """Without ./content, `series build` creates ./content/series, not site-packages/content."""
+    from click.testing import CliRunner
+
+    from cli import main
+    from funnel.settings import BUNDLED_CONTENT
+
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith("FUNNEL_")]:
+        monkeypatch.delenv(name)
+    env = {"FUNNEL_DEV": "1", "FUNNEL_DB": str(tmp_path / "funnel.db")}
+    samples = sorted(str(p) for p in (REPO / "docs" / "samples").glob("walking-part-*.txt"))
+    runner = CliRunner()
+    imported = runner.invoke(main, ["content", "import", *samples, "--out", "articles"], env=env)
+    assert imported.exit_code == 0, imported.output
+    articles = sorted(str(p) for p in (tmp_path / "articles").glob("*.md"))
+    assert len(articles) == 2
+    built = runner.invoke(main, ["series", "build", "walking-sample", *articles], env=env)
+    assert built.exit_code == 0, built.output
+    assert (tmp_path / "content" / "series" / "walking-sample" / "series.toml").is_file()
+    assert not (BUNDLED_CONTENT / "series" / "walking-sample").exists()
+    listed = runner.invoke(main, ["series", "list"], env=env)
+    assert "walking-sample" in listed.output and "importance-of-exercise" in listed.output
