@@ -5,7 +5,8 @@ a wheel that forgot them.  This test builds the wheel from a copy of the
 sources, installs it into a fresh venv in a temp folder, and runs the
 installed ``funnel`` from a temp working directory.
 
-Offline-friendly: the fresh venv gets no pip and no downloads.  The wheel is
+Offline: the wheel is built without build isolation (the test extras bring
+setuptools>=77), and the fresh venv gets no pip and no downloads.  The wheel is
 installed with the running interpreter's pip (``pip --python``), and the
 dependencies come from the running environment's site-packages, added to the
 new venv as a plain path (a ``.pth`` line), which does not run that
@@ -54,8 +55,9 @@ def wheel_build(tmp_path_factory) -> tuple[Path, str]:
         else:
             shutil.copy2(path, src / name)
     dist = tmp_path_factory.mktemp("dist")
-    done = _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-v", "-w", str(dist)],
-                src, _clean_env())
+    # No build isolation: the test extras bring setuptools>=77, so nothing is downloaded.
+    done = _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation",
+                 "--no-index", "-v", "-w", str(dist)], src, _clean_env())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (wheel,) = dist.glob("funnel-*.whl")
     return wheel, done.stdout + done.stderr
