@@ -108,6 +108,15 @@ def test_installed_wheel_lists_and_previews_the_bundled_series(installed, tmp_pa
     for line in where.stdout.splitlines():  # the wheel's copies, not the checkout's
         assert Path(line).resolve().is_relative_to(installed.parent.resolve()), line
 
+    site = Path(_run([str(installed / "python"), "-c",
+                      "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd, env).stdout.strip())
+    # Every data file of the checkout is installed.
+    for folder in ("templates", "content/series", "content/webinars"):
+        files = {p.relative_to(REPO) for p in (REPO / folder).rglob("*")
+                 if p.is_file() and "__pycache__" not in p.parts}
+        missing = sorted(str(f) for f in files if not (site / f).is_file())
+        assert not missing, f"not in the wheel: {missing}"
+
     listed = _run([funnel, "series", "list"], cwd, env)
     assert listed.returncode == 0, listed.stderr
     assert "importance-of-exercise" in listed.stdout
