@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from funnel import health
 from funnel.db import parse_iso, transaction
 from funnel.errors import FunnelError
 from funnel.settings import Settings
@@ -181,6 +182,7 @@ def send_due(
         isolate = list(recovered.requeued)  # resend these one per claim (see module doc)
         while limit is None or summary.claimed < limit:
             now = clock()
+            health.beat(db, "worker", now)  # a long send keeps /healthz green
             pool.refresh(now, counter)
             blocked = pool.blocked(now)
             if blocked:
