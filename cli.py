@@ -1145,20 +1145,23 @@ def inbox_process(app: App, paths: tuple[Path, ...]) -> None:
 @click.option(
     "--threads",
     type=click.IntRange(1, 256),
-    default=32,
-    show_default=True,
-    help="waitress worker threads.",
+    default=None,
+    help="waitress worker threads [default: the server_threads setting, 32].",
 )
 @run
-def serve_cmd(app: App, host: str, port: int, threads: int) -> None:
+def serve_cmd(app: App, host: str, port: int, threads: int | None) -> None:
     """Serve the public site (waitress) until Ctrl-C / SIGTERM.
 
     Production runs this behind nginx and `funnel worker` beside it; see
-    docs/production.md.
+    docs/production.md.  Connection limits and timeouts come from the
+    server_* settings; behind a proxy set trusted_proxies = 1.  If the server
+    thread ever dies, the command exits with status 1 so systemd restarts it.
+    GET /healthz answers 200 "ok", or 503 with one line per problem.
 
     \b
     Example:
       funnel serve --host 127.0.0.1 --port 8000
+      FUNNEL_TRUSTED_PROXIES=1 funnel serve --threads 16
     """
     from funnel.web import serve
 
@@ -1265,7 +1268,7 @@ def up_cmd(app: App, port: int, smtp_port: int | None, no_devmail: bool) -> None
         if not s.dev:
             click.echo("  (set FUNNEL_DEV=1 to see caught mail at /dev/inbox)")
         click.echo("Press Ctrl-C to stop.")
-        wait_for_signal(stack.stop_event)
+        wait_for_signal(stack.stop_event, stack.problem)
     finally:
         click.echo("stopping...")
         stack.stop()

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from funnel import health
 from funnel.db import parse_iso, transaction
 from funnel.errors import FunnelError
 from funnel.settings import Settings
@@ -140,6 +141,12 @@ def claim_filter(settings: Settings, now: datetime) -> tuple[str, tuple]:
     return make(settings, now) if make else ("", ())
 
 
+#: How often a long :func:`send_due` stamps the worker heartbeat (/healthz
+#: wants one within ``healthz_worker_seconds``); rarely, so it adds no write
+#: between most batches.
+HEARTBEAT_EVERY = timedelta(seconds=15)
+
+
 def send_due(
     db,
     settings: Settings,
@@ -179,8 +186,12 @@ def send_due(
         recovered = outbox.recover(db, settings, clock())
         summary.recovered, summary.parked = len(recovered.requeued), len(recovered.parked)
         isolate = list(recovered.requeued)  # resend these one per claim (see module doc)
+        beat_at: datetime | None = None
         while limit is None or summary.claimed < limit:
             now = clock()
+            if beat_at is None or now - beat_at >= HEARTBEAT_EVERY:
+                health.beat(db, "worker", now)  # a long send keeps /healthz green
+                beat_at = now
             pool.refresh(now, counter)
             blocked = pool.blocked(now)
             if blocked:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
+from funnel import health
 from funnel.db import connect, utcnow
 from funnel.errors import FunnelError
 from funnel.settings import Settings
@@ -79,6 +80,7 @@ def tick(
     Broadcasts are queued before series steps are materialised, so a series
     step sees a broadcast due at the same moment and yields to it.
     """
+    health.beat(db, "worker", now)  # /healthz: the worker (or cron send) is alive
     t = Tick()
     t.campaigns_queued, t.broadcast_rows = broadcasts.queue_due(
         db, settings, now, progress=progress

@@ -615,3 +615,21 @@ def m0017_views(db: sqlite_utils.Database) -> None:
         );
         """
     )
+
+
+@migrations(name="0011_heartbeats")
+def m0011_heartbeats(db: sqlite_utils.Database) -> None:
+    """When each long-lived part last showed it was alive (funnel/health.py).
+
+    ``worker`` is stamped by every scheduler tick and sending batch (the worker
+    loop and ``funnel send`` alike); ``web`` by each ``/healthz`` answer, which
+    doubles as the check that the database still takes a write.
+    """
+    db.executescript(
+        """
+        CREATE TABLE heartbeats (
+            name TEXT PRIMARY KEY CHECK (name IN ('worker', 'web')),
+            at TEXT NOT NULL
+        );
+        """
+    )

@@ -10,6 +10,7 @@ Every problem is reported as one sentence naming the setting, e.g.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -157,9 +158,21 @@ class Settings:
     min_form_seconds: float = 2.0
     max_request_bytes: int = 64 * 1024
     # How many reverse proxies in front of `funnel serve` to trust for
-    # X-Forwarded-For/-Proto/-Host (werkzeug ProxyFix).  0 = trust none: the
+    # X-Forwarded-For/-Proto/-Host (waitress's trusted_proxy_count), and the
+    # address they connect from.  0 = trust none and drop those headers: the
     # per-IP rate limit then sees the proxy's address.  Set 1 behind nginx.
     trusted_proxies: int = 0
+    trusted_proxy_address: str = "127.0.0.1"
+    # waitress, sized for a site exposed directly (docs/production.md).
+    server_threads: int = 32
+    server_connection_limit: int = 2000
+    server_channel_timeout: int = 30  # seconds an idle connection is kept
+    server_cleanup_interval: int = 10  # seconds between sweeps for idle connections
+    server_backlog: int = 2048  # queued, not yet accepted connections (capped by the kernel)
+    # /healthz: 503 below this much free disk, or when the worker's last tick is
+    # older than this many seconds (0 = don't check the worker).
+    healthz_min_free_mb: float = 50.0
+    healthz_worker_seconds: float = 90.0
 
     # ----------------------------------------------------------------- derived
     @property
@@ -319,6 +332,30 @@ def _validate(s: Settings, require_secret: bool = True) -> Settings:
         )
     if not 0 <= s.trusted_proxies <= 5:
         raise SettingsError("FUNNEL_TRUSTED_PROXIES: must be a number of proxies from 0 to 5")
+    if s.trusted_proxies:
+        try:
+            ipaddress.ip_address(s.trusted_proxy_address)
+        except ValueError as exc:
+            raise SettingsError(
+                f"FUNNEL_TRUSTED_PROXY_ADDRESS: {s.trusted_proxy_address!r} is not an IP address "
+                "(the address the reverse proxy connects from, e.g. 127.0.0.1)"
+            ) from exc
+    for name in (
+        "server_threads",
+        "server_connection_limit",
+        "server_channel_timeout",
+        "server_cleanup_interval",
+        "server_backlog",
+    ):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{env(name)}: must be greater than zero")
+    if s.server_cleanup_interval > s.server_channel_timeout:
+        raise SettingsError(
+            "FUNNEL_SERVER_CLEANUP_INTERVAL: must not be longer than FUNNEL_SERVER_CHANNEL_TIMEOUT"
+        )
+    for name in ("healthz_min_free_mb", "healthz_worker_seconds"):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"{env(name)}: must not be negative")
     for name in ("signup_rate_per_minute", "max_request_bytes"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"{env(name)}: must be greater than zero")

@@ -74,8 +74,8 @@ from werkzeug.exceptions import HTTPException
 from campaigns import views
 from subscribers import optin, preferences, tokens
 
-from . import devmail
-from .db import connect, pending_migrations, transaction, utcnow
+from . import devmail, health
+from .db import connect, transaction, utcnow
 from .errors import DatabaseError, FunnelError, InputError, NotFound, TokenError
 from .settings import Settings
 
@@ -228,6 +228,7 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: Signups are written in shared transactions; see GroupCommit.
     signups: GroupCommit = field(default_factory=lambda: GroupCommit())
+    checker: health.Checker = field(default_factory=lambda: health.Checker())
 
     def db(self):
         conn = getattr(self.local, "db", None)
@@ -382,11 +383,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
     app.extensions["funnel"] = _State(
         settings, clock, SlidingWindowLimiter(settings.signup_rate_per_minute)
     )
-    if settings.trusted_proxies:
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
-        n = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
+    # X-Forwarded-* is handled by waitress alone (WebServer: trusted_proxy_*),
+    # so the app sees the reader's address in REMOTE_ADDR and never reads the
+    # header itself.
 
     app.before_request(_csrf_guard)
     app.after_request(_security_headers)
@@ -793,10 +792,13 @@ def _register_routes(app: Flask) -> None:  # noqa: C901 - one small function per
     # --- health ----------------------------------------------------------------------
     @app.get("/healthz")
     def healthz():
-        pending = pending_migrations(db())
-        if pending:
-            return {"status": "migrations pending", "pending": pending}, 503
-        return {"status": "ok"}
+        found = _state().checker.problems(db(), settings(), now())
+        body = "\n".join(found or ["ok"]) + "\n"
+        response = current_app.response_class(
+            body, status=503 if found else 200, mimetype="text/plain"
+        )
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     # --- dev inbox ----------------------------------------------------------------------
     @app.get("/dev/inbox")
@@ -860,14 +862,25 @@ def form_snippet(settings: Settings) -> str:
 
 # ----------------------------------------------------------------- serving
 class WebServer:
-    """waitress on host:port in a thread; ``stop()`` closes it and joins the thread."""
+    """waitress on host:port in a thread; ``stop()`` closes it and joins the thread.
 
-    def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 8000, threads: int = 8):
+    If the server loop ever dies (it should not; select() used to, above fd
+    1024), :attr:`failure` says why and :func:`wait_for_signal` ends the
+    process with it, so systemd restarts the site instead of leaving a process
+    that accepts connections nobody answers.
+    """
+
+    def __init__(
+        self, app: Flask, host: str = "127.0.0.1", port: int = 8000, threads: int | None = None
+    ):
         import waitress
 
         self.app = app
+        self.failure: str | None = None
+        self._stopping = False
+        s = app.extensions["funnel"].settings
         try:
-            self.server = self._create(waitress, app, host, port, threads)
+            self.server = self._create(waitress, app, s, host, port, threads or s.server_threads)
         except OSError as exc:
             raise FunnelError(
                 f"web server: cannot listen on {host}:{port} ({exc.strerror or exc}); "
@@ -878,7 +891,14 @@ class WebServer:
         self._thread = threading.Thread(target=self._run, name="funnel-web", daemon=True)
 
     @staticmethod
-    def _create(waitress, app: Flask, host: str, port: int, threads: int):
+    def _create(waitress, app: Flask, s: Settings, host: str, port: int, threads: int):
+        proxy: dict = {"clear_untrusted_proxy_headers": True}  # without a trusted proxy: drop them
+        if s.trusted_proxies:
+            proxy.update(
+                trusted_proxy=s.trusted_proxy_address,
+                trusted_proxy_count=s.trusted_proxies,
+                trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"},
+            )
         return waitress.create_server(
             app,
             host=host,
@@ -888,9 +908,14 @@ class WebServer:
             # Bodies up to this size reach Flask, which answers 413 with a friendly
             # page above max_request_bytes; beyond it waitress answers on its own.
             max_request_body_size=max(1 << 20, 4 * app.config["MAX_CONTENT_LENGTH"]),
-            channel_timeout=60,
-            connection_limit=1000,
+            # poll() has no FD_SETSIZE (1024) limit; select() died above it.
+            asyncore_use_poll=True,
+            connection_limit=s.server_connection_limit,
+            channel_timeout=s.server_channel_timeout,
+            cleanup_interval=s.server_cleanup_interval,
+            backlog=s.server_backlog,
             asyncore_loop_timeout=0.2,
+            **proxy,
         )
 
     @property
@@ -901,8 +926,18 @@ class WebServer:
     def _run(self) -> None:
         try:
             self.server.run()
-        except OSError:
-            pass  # the socket was closed under the loop by stop()
+        except BaseException as exc:  # noqa: BLE001 - reported, then the process exits
+            if self._stopping:
+                return  # the socket was closed under the loop by stop()
+            self.failure = f"{type(exc).__name__}: {exc}"
+        else:
+            if self._stopping:
+                return
+            self.failure = "the server loop returned"
+        log.error("web server thread stopped: %s", self.failure)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def start(self) -> WebServer:
         # Each SQLite call and socket operation releases the GIL; getting it
@@ -918,12 +953,40 @@ class WebServer:
     def stop(self) -> None:
         from waitress import wasyncore
 
+        self._stopping = True
         self.server.task_dispatcher.shutdown(timeout=5)
         wasyncore.close_all(self.server._map)
         self._thread.join(timeout=5)
         state = self.app.extensions.get("funnel")
         if state is not None:
             state.close()
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Lift this process's soft RLIMIT_NOFILE towards ``wanted`` (up to the hard limit).
+
+    Each open connection is a file descriptor; a soft limit of 1024 (a common
+    default) would make accept() fail long before ``server_connection_limit``.
+    Returns the soft limit now in force.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit to %d: %s", target, exc)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "open-files limit is %d, below server_connection_limit + 100 = %d; "
+            "raise LimitNOFILE in the systemd unit",
+            soft,
+            wanted,
+        )
+    return soft
 
 
 def configure_logging() -> None:
@@ -939,8 +1002,13 @@ def configure_logging() -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
-def wait_for_signal(stop: threading.Event) -> None:
-    """Block until Ctrl-C / SIGTERM (or ``stop`` is set by someone else)."""
+def wait_for_signal(stop: threading.Event, watch: Callable[[], str | None] | None = None) -> None:
+    """Block until Ctrl-C / SIGTERM (or ``stop`` is set by someone else).
+
+    ``watch`` is polled twice a second; when it returns a reason (a server or
+    worker thread died), this raises FunnelError with it, so the command exits
+    non-zero and systemd restarts the service.
+    """
 
     def handler(signum, frame):
         stop.set()
@@ -948,26 +1016,44 @@ def wait_for_signal(stop: threading.Event) -> None:
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stop.wait(0.5):
-            pass
+            reason = watch() if watch else None
+            if reason:
+                stop.set()
+                raise FunnelError(f"{reason}; exiting so the service manager restarts funnel")
     finally:
         for sig, previous in old.items():
             signal.signal(sig, previous)
+
+
+def server_watch(web: WebServer) -> Callable[[], str | None]:
+    """A ``watch`` for :func:`wait_for_signal`: why the web server thread died, if it did."""
+
+    def watch() -> str | None:
+        if web.alive():
+            return None
+        return f"web server thread stopped ({web.failure or 'no reason given'})"
+
+    return watch
 
 
 def serve(
     settings: Settings,
     host: str = "127.0.0.1",
     port: int = 8000,
-    threads: int = 32,
+    threads: int | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """``funnel serve``: the site alone (production runs ``funnel worker`` beside it)."""
+    """``funnel serve``: the site alone (production runs ``funnel worker`` beside it).
+
+    Returns on SIGINT/SIGTERM; raises FunnelError if the server thread dies.
+    """
     configure_logging()
+    raise_open_files_limit(settings.server_connection_limit + 100)
     web = WebServer(create_app(settings), host, port, threads).start()
     if on_ready:
         on_ready(web.url)
     try:
-        wait_for_signal(threading.Event())
+        wait_for_signal(threading.Event(), server_watch(web))
     finally:
         web.stop()
 
@@ -1027,6 +1113,12 @@ class Stack:
     @property
     def url(self) -> str:
         return self.web.url
+
+    def problem(self) -> str | None:
+        """Why the stack can't go on (a thread died), for :func:`wait_for_signal`."""
+        if self.worker is not None and not self.worker.is_alive() and not self.stop_event.is_set():
+            return "worker thread stopped (see the error above)"
+        return server_watch(self.web)()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -1090,6 +1182,8 @@ __all__ = [
     "start_stack",
     "Stack",
     "WebServer",
+    "server_watch",
+    "raise_open_files_limit",
     "SlidingWindowLimiter",
     "db",
     "settings",

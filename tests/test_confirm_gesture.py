@@ -69,6 +69,8 @@ def served(tmp_path, smtp_server):
         "FUNNEL_SMTP_URL": smtp_server.url,
         "FUNNEL_APPOINTMENT_URL": settings.appointment_url,
         "FUNNEL_CONFIG": str(tmp_path / "absent.toml"),
+        # The site alone, no worker: /healthz should not wait for a worker tick.
+        "FUNNEL_HEALTHZ_WORKER_SECONDS": "0",
     })  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", "serve", "--port", str(port), "--threads", "4"],

@@ -55,6 +55,17 @@ def test_secret_keys_from_env_are_comma_separated(tmp_path):
         ({"FUNNEL_FREQUENCY_CAP": "lots"}, "^FUNNEL_FREQUENCY_CAP: expected a int"),
         ({"FUNNEL_FREQUENCY_CAP": "0"}, "^FUNNEL_FREQUENCY_CAP: must be greater than zero"),
         ({"FUNNEL_SECRET_KEYS": "short"}, "^FUNNEL_SECRET_KEYS: each key must be at least 16"),
+        (
+            {"FUNNEL_TRUSTED_PROXIES": "1", "FUNNEL_TRUSTED_PROXY_ADDRESS": "nginx"},
+            "^FUNNEL_TRUSTED_PROXY_ADDRESS: 'nginx' is not an IP address",
+        ),
+        ({"FUNNEL_SERVER_THREADS": "0"}, "^FUNNEL_SERVER_THREADS: must be greater than zero"),
+        ({"FUNNEL_SERVER_CONNECTION_LIMIT": "-5"}, "^FUNNEL_SERVER_CONNECTION_LIMIT: must be greater"),
+        (
+            {"FUNNEL_SERVER_CHANNEL_TIMEOUT": "5", "FUNNEL_SERVER_CLEANUP_INTERVAL": "10"},
+            "^FUNNEL_SERVER_CLEANUP_INTERVAL: must not be longer than FUNNEL_SERVER_CHANNEL_TIMEOUT",
+        ),
+        ({"FUNNEL_HEALTHZ_WORKER_SECONDS": "-1"}, "^FUNNEL_HEALTHZ_WORKER_SECONDS: must not be negative"),
     ],
 )
 def test_invalid_settings_name_the_setting(tmp_path, env, message):

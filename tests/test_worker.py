@@ -79,6 +79,21 @@ def test_run_worker_sends_part_1_and_stops_on_the_event(db, settings, clock, smt
     assert summaries[-1][1].sent == 1 and "series_queued" in summaries[-1][0]
 
 
+def test_worker_ticks_and_sending_batches_stamp_the_heartbeat(db, settings, clock, smtp_server):
+    from funnel import health
+
+    assert health.last_beat(db, "worker") is None
+    stop = threading.Event()
+    run_worker(settings, stop, clock=clock, interval=0.01, on_summary=lambda t, s: stop.set())
+    assert health.last_beat(db, "worker") == clock()
+    # A long send keeps it fresh: send_due alone (no tick) stamps it on each
+    # claimed batch, with the clock the sender was given.
+    optin.signup(db, settings, "hb@example.com", clock(), timezone="Europe/London")
+    clock.advance(minutes=5)
+    assert send_due(db, settings, clock).sent == 1
+    assert health.last_beat(db, "worker") == clock()
+
+
 def test_two_senders_in_two_threads_never_send_a_row_twice(settings, clock, smtp_server):
     s = settings.replace(batch_size=5)
     db = connect(s.db, migrate=True)
