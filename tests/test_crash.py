@@ -65,10 +65,17 @@ def test_kill_9_twenty_times_then_resume(tmp_path, settings, cli_env, smtp_serve
     in_flight_rows: set[int] = set()  # distinct rows caught in flight: each must be resent as uncertain
     kills = 0
     for _ in range(20):
-        before = len(smtp_server.messages)
         proc = funnel_send(env)
+        # Wait until this process itself holds leases (rows in `sending` owned by
+        # its pid). Waiting for the sink to grow instead raced under load: the
+        # dead sender's last message could land late, and the new process was
+        # then killed before it claimed anything, so the final send had nothing
+        # left to recover.
+        owned = f"%:{proc.pid}:%"
         deadline = time.monotonic() + 20
-        while len(smtp_server.messages) == before and proc.poll() is None:
+        while proc.poll() is None and not db.execute(
+            "SELECT 1 FROM outbox WHERE status = 'sending' AND lease_owner LIKE ?", (owned,)
+        ).fetchone():
             assert time.monotonic() < deadline, "funnel send never started sending"
             time.sleep(0.005)
         time.sleep(rng.uniform(0.05, 0.5))
