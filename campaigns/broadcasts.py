@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -412,6 +412,8 @@ class Status:
     counts: dict[str, int]
     finished: bool
     audience: int | None  # members now, before queueing
+    #: (reason, rows) queued rows held by a configuration error (a CTA without a URL...)
+    held: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -425,7 +427,8 @@ def status(db, settings: Settings, campaign_id: int, now: datetime) -> Status:
     audience = None
     if not c.queued_at and c.status in ("draft", "scheduled", "paused"):
         audience = segments.count(db, settings, c.segment, where=c.where, now=now, stream=c.stream)
-    return Status(c, counts, bool(c.queued_at) and unfinished == 0, audience)
+    held = outbox.held_reasons(db, "campaign_id = ?", (campaign_id,))
+    return Status(c, counts, bool(c.queued_at) and unfinished == 0, audience, held)
 
 
 def listing(db, *, limit: int = 50) -> list[dict]:

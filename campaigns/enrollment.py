@@ -678,6 +678,11 @@ def defer_held(db, settings: Settings, now: datetime, *, limit: int = 1000) -> i
     return moved
 
 
+def held_steps(db, slug: str) -> list[tuple[str, int]]:
+    """(reason, rows) for this series' steps held by a configuration error."""
+    return outbox.held_reasons(db, "kind = 'series' AND ref LIKE ?", (f"series:{slug}:%",))
+
+
 # ----------------------------------------------------------------- diff
 @dataclass(frozen=True)
 class StepChange:

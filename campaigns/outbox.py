@@ -282,11 +282,17 @@ def recover_stale(
 
 
 def expire_due(db, now: datetime) -> int:
-    """Rows past their expiry never go out (e.g. webinar mail after the start)."""
+    """Rows past their expiry never go out (e.g. webinar mail after the start).
+
+    A row held for a configuration error is not expired by the delay the
+    admin takes to fix it, except webinar mail, whose expiry is the event's
+    own time (a reminder after the start is pointless).
+    """
     return db.execute(
         "UPDATE outbox SET status = 'expired', updated_at = ?, lease_token = NULL, "
         "last_error = COALESCE(last_error, 'expired before it could be sent') "
-        "WHERE status IN ('queued', 'retry') AND expires_at IS NOT NULL AND expires_at <= ?",
+        "WHERE status IN ('queued', 'retry') AND expires_at IS NOT NULL AND expires_at <= ? "
+        "AND (held_config IS NULL OR kind LIKE 'webinar%')",
         (iso(now), iso(now)),
     ).rowcount
 
@@ -349,6 +355,9 @@ class Outcome:
     retry_at: datetime | None = None
     relay: str | None = None
     crashed: bool = False  # building it raised an unexpected exception
+    #: status 'queued' with this set: held for a configuration error under the
+    #: configuration with this fingerprint (campaigns/sender.py); not an attempt
+    held_config: str | None = None
 
 
 _FINAL_EVENTS = ("sent", "failed", "expired")
@@ -373,12 +382,14 @@ def mark_owned(db, lease_token: str, outcomes: Sequence[Outcome], now: datetime)
             "UPDATE outbox SET status = ?, smtp_code = ?, last_error = ?, "
             "relay = COALESCE(?, relay), due_at = COALESCE(?, due_at), "
             "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END, crashes = crashes + ?, "
+            "held_config = ?, attempts = attempts - ?, "
             "lease_token = NULL, lease_until = NULL, lease_owner = NULL, updated_at = ? "
             "WHERE id = ? AND lease_token = ?",
             [
                 (
                     o.status, o.smtp_code, o.error, o.relay, iso(o.retry_at), o.status, stamp,
-                    int(o.crashed), stamp, o.row_id, lease_token,
+                    int(o.crashed), o.held_config, int(o.held_config is not None), stamp,
+                    o.row_id, lease_token,
                 )
                 for o in mine
             ],
@@ -433,7 +444,22 @@ def counts(db, where: str = "", params: Sequence = ()) -> dict[str, int]:
 
 
 def due_count(db, now: datetime) -> int:
+    """Rows due now, not counting those held for a configuration error."""
     return db.execute(
-        "SELECT COUNT(*) FROM outbox WHERE status IN ('queued', 'retry') AND due_at <= ?",
+        "SELECT COUNT(*) FROM outbox WHERE status IN ('queued', 'retry') AND due_at <= ? "
+        "AND held_config IS NULL",
         (iso(now),),
     ).fetchone()[0]
+
+
+def held_reasons(db, where: str = "", params: Sequence = ()) -> list[tuple[str, int]]:
+    """(reason, rows) for queued rows held by a configuration error, most first."""
+    return [
+        (reason, n)
+        for reason, n in db.execute(
+            "SELECT last_error, COUNT(*) FROM outbox WHERE status = 'queued' AND held_config "
+            f"IS NOT NULL {('AND ' + where) if where else ''} GROUP BY last_error "
+            "ORDER BY COUNT(*) DESC, last_error",
+            params,
+        ).fetchall()
+    ]

@@ -55,7 +55,7 @@ from markdown_it.tree import SyntaxTreeNode
 from markupsafe import Markup, escape
 from mjml import mjml2html
 
-from funnel.errors import FunnelError
+from funnel.errors import ConfigurationError
 from funnel.settings import FIELD_TO_ENV, Settings
 
 EMAIL_KINDS = (
@@ -120,8 +120,12 @@ def recipient_keys(kind: str) -> tuple[str, ...]:
     return ALWAYS_KEYS
 
 
-class RenderError(FunnelError):
-    """An email cannot be built: template error, CTA without a URL, clip limit exceeded..."""
+class RenderError(ConfigurationError):
+    """An email cannot be built: template error, CTA without a URL, clip limit exceeded...
+
+    A configuration error, never the recipient's: a row that hits it is held
+    in the outbox until the settings or content change (campaigns/sender.py).
+    """
 
 
 @dataclass(frozen=True)

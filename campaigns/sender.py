@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 from funnel import health
 from funnel.db import parse_iso, transaction
-from funnel.errors import FunnelError
+from funnel.errors import ConfigurationError, FunnelError
 from funnel.settings import Settings
 
 from . import messages, outbox, views
@@ -54,6 +54,7 @@ class Summary:
     failed: int = 0
     expired: int = 0
     skipped: int = 0
+    held: int = 0  # stay queued: a configuration error (see config_fingerprint)
     recovered: int = 0
     parked: int = 0
     bounced: int = 0
@@ -71,6 +72,8 @@ class Summary:
             self.failed += 1
         elif status == "expired":
             self.expired += 1
+        elif status == "queued":
+            self.held += 1
         else:
             self.skipped += 1
 
@@ -80,6 +83,8 @@ class Summary:
             parts.append(f"{self.expired} expired")
         if self.skipped:
             parts.append(f"{self.skipped} skipped")
+        if self.held:
+            parts.append(f"{self.held} held by a configuration error (see `funnel check`)")
         if self.recovered or self.parked:
             parts.append(f"{self.recovered} uncertain after a crash (resent), {self.parked} parked")
         if self.lost_leases:
@@ -133,6 +138,34 @@ def signer_for(settings: Settings):
     return DkimSigner(settings.dkim_selector, settings.dkim_domain, settings.dkim_key_file)
 
 
+def config_fingerprint(settings: Settings) -> str:
+    """A digest of everything a build depends on besides the row: the settings
+    and the content and template files (names, sizes, modification times).
+
+    A row held for a configuration error is skipped while this stays the same,
+    so a worker does not rebuild it every tick; any change to a setting, a
+    series file or a template lets the next run try it again.
+    """
+    import hashlib
+
+    from . import render
+
+    h = hashlib.sha256(repr(settings).encode())
+    folders = [*settings.content_paths, render.TEMPLATE_DIR]
+    for folder in folders:
+        try:
+            files = sorted(p for p in folder.rglob("*") if p.is_file())
+        except OSError:
+            continue
+        for p in files:
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
 def claim_filter(settings: Settings, now: datetime) -> tuple[str, tuple]:
     """Extra claim conditions: paused campaigns, frequency cap, webinar hold (schedule.py)."""
     from . import schedule
@@ -182,6 +215,8 @@ def send_due(
     def counter(label: str, since: datetime) -> int:
         return outbox.sent_via(db, label, since)
 
+    fingerprint = config_fingerprint(settings)
+
     try:
         recovered = outbox.recover(db, settings, clock())
         summary.recovered, summary.parked = len(recovered.requeued), len(recovered.parked)
@@ -198,6 +233,9 @@ def send_due(
                 summary.blocked = blocked
                 break
             where, params = claim_filter(settings, now)
+            where, params = where + " AND (held_config IS NULL OR held_config != ?)", (
+                *params, fingerprint,
+            )
             if isolate:
                 rid = isolate.pop(0)
                 token, rows = outbox.claim(
@@ -214,7 +252,7 @@ def send_due(
                 if not rows:
                     break
             summary.claimed += len(rows)
-            if _send_batch(db, settings, clock, pool, signer, token, rows, summary):
+            if _send_batch(db, settings, clock, pool, signer, token, rows, summary, fingerprint):
                 break
             if progress:
                 progress(len(rows))
@@ -239,6 +277,7 @@ def _send_batch(
     token: str,
     rows: list[outbox.OutboxRow],
     summary: Summary,
+    fingerprint: str = "",
 ) -> bool:
     """Send one claimed batch and mark it; returns True when sending must stop."""
     outcomes: list[outbox.Outcome] = []
@@ -250,7 +289,7 @@ def _send_batch(
         for row in rows:
             in_flight = row.id
             now = clock()
-            msg = _build(db, settings, signer, row, now, summary)
+            msg = _build(db, settings, signer, row, now, summary, fingerprint)
             if isinstance(msg, outbox.Outcome):
                 outcome: outbox.Outcome | None = msg
             else:
@@ -303,13 +342,24 @@ def _record(
 
 
 def _build(
-    db, settings: Settings, signer, row: outbox.OutboxRow, now: datetime, summary: Summary
+    db, settings: Settings, signer, row: outbox.OutboxRow, now: datetime, summary: Summary,
+    fingerprint: str = "",
 ) -> messages.Outgoing | outbox.Outcome:
-    """The wire bytes for a row, or the outcome that replaces sending it."""
+    """The wire bytes for a row, or the outcome that replaces sending it.
+
+    A configuration error (a CTA without a URL, a template problem) is not the
+    recipient's: the row stays queued, held under this configuration's
+    fingerprint with the reason, and goes out once the configuration changes.
+    """
     try:
         return messages.build(db, settings, row, now, signer=signer)
     except messages.SkipMessage as skip:
         return outbox.Outcome(row.id, skip.status, None, skip.reason)
+    except ConfigurationError as exc:
+        reason = str(exc)[:500]
+        if f"held: {reason}" not in summary.errors:
+            summary.errors.append(f"held: {reason}")
+        return outbox.Outcome(row.id, "queued", None, reason, held_config=fingerprint or "held")
     except FunnelError as exc:
         summary.errors.append(f"row {row.id}: {exc}")
         return outbox.Outcome(row.id, "failed", None, f"build: {exc}"[:500])

@@ -633,3 +633,17 @@ def m0011_heartbeats(db: sqlite_utils.Database) -> None:
         );
         """
     )
+
+
+@migrations(name="0012_held_config")
+def m0012_held_config(db: sqlite_utils.Database) -> None:
+    """A row that cannot be built because of a setting (a CTA without a URL, a
+    template error) stays ``queued`` with the reason in ``last_error``;
+    ``held_config`` holds the configuration fingerprint it failed under, and
+    the sender skips it until the fingerprint changes (campaigns/sender.py)."""
+    db.executescript(
+        """
+        ALTER TABLE outbox ADD COLUMN held_config TEXT;
+        CREATE INDEX outbox_held ON outbox(held_config) WHERE held_config IS NOT NULL;
+        """
+    )

@@ -15,6 +15,14 @@ class SettingsError(FunnelError):
     """A missing or invalid setting; the message names the setting."""
 
 
+class ConfigurationError(FunnelError):
+    """A message cannot be built because of a setting, template or content problem.
+
+    Not the recipient's fault: the outbox row stays queued ("held") with the
+    reason until the configuration changes, instead of failing.
+    """
+
+
 class InputError(FunnelError):
     """Bad input: a CSV row, a form field, front matter or a CLI option."""
 
