@@ -45,6 +45,13 @@ class App:
     def now(self) -> datetime:
         return utcnow()
 
+    def check_settings(self) -> Settings:
+        """Settings for `init`, `check` and the preflight: a missing secret key is
+        not an error here (`funnel check` reports it among the other problems)."""
+        if self.settings_override or self._settings:
+            return self.settings_override or self._settings
+        return load_settings(require_secret=False)
+
 
 def run(fn):
     """Decorator: inject the App and turn FunnelError into a one-line error."""
@@ -56,6 +63,28 @@ def run(fn):
             return fn(app, *args, **kwargs)
         except FunnelError as exc:
             raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+def preflight(fn):
+    """Decorator (under @run): outside dev mode, refuse to start when `funnel check`
+    finds a problem, printing the same lines.  Dev mode (FUNNEL_DEV=1) never blocks."""
+
+    @functools.wraps(fn)
+    def wrapper(app: App, *args, **kwargs):
+        from campaigns.check import problems
+
+        s = app.check_settings()
+        if not s.dev:
+            found = problems(s, app.now(), network=True)
+            for line in found:
+                echo_err(line)
+            if found:
+                raise click.ClickException(
+                    f"{len(found)} problem(s) above (see `funnel check`); nothing was sent or queued"
+                )
+        return fn(app, *args, **kwargs)
 
     return wrapper
 
@@ -137,10 +166,41 @@ def init_cmd(app: App, dev: bool) -> None:
         click.echo(f"{settings.db}: schema is up to date")
 
 
+@main.command("check")
+@click.option("--no-network", is_flag=True, help="Do not connect to the SMTP relays.")
+@run
+def check_cmd(app: App, no_network: bool) -> None:
+    """List every problem in the configuration and content; exit 1 if there is any.
+
+    One line per problem, naming the setting or file: placeholder sender,
+    postal address, base URL or webinar join URL; a loopback or plain-http
+    base URL outside dev mode; a CTA with no URL; a bundled webinar in the
+    past; no secret key; an unwritable database; a relay refusing connections;
+    messages held by a configuration error.  `send`, `worker`, `serve`, `up`
+    and every command that queues mail run the same checks first (outside
+    dev mode) and refuse to start.
+
+    \b
+    Example:
+      funnel check
+      funnel check --no-network
+    """
+    from campaigns.check import problems
+
+    found = problems(app.check_settings(), app.now(), network=not no_network)
+    for line in found:
+        click.echo(line)
+    if found:
+        echo_err(f"{len(found)} problem(s) found")
+        raise click.exceptions.Exit(1)
+    click.echo("no problems found")
+
+
 @main.command("send")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Send at most this many messages.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the summary line.")
 @run
+@preflight
 def send_cmd(app: App, limit: int | None, quiet: bool) -> None:
     """Send every message that is due now, then exit (for cron).
 
@@ -203,6 +263,7 @@ def subscribers_group() -> None:
 @click.option("--tz", "timezone", default=None, help="IANA time zone, e.g. Europe/London.")
 @click.option("--source", default="admin", show_default=True, help="Where this person came from.")
 @run
+@preflight
 def subscribers_add(app: App, email: str, name: str, timezone: str | None, source: str) -> None:
     """Add one person; they get a double opt-in confirmation email.
 
@@ -233,6 +294,7 @@ def subscribers_add(app: App, email: str, name: str, timezone: str | None, sourc
 @click.option("--consent-note", default="", help="How these people consented, e.g. 'paper form at the clinic, 2026'.")
 @click.option("--source", default="import", show_default=True, help="Source for rows without one.")
 @run
+@preflight
 def subscribers_import(app: App, file: Path, skip_invalid: bool, pre_confirmed: bool, consent_note: str,
                        source: str) -> None:
     """Import people from a CSV with columns email, name, timezone, source.
@@ -577,6 +639,10 @@ def series_show(
             )
         )
     click.echo(_table(rows))
+    from campaigns.enrollment import held_steps
+
+    for reason, n in held_steps(app.db, series.slug):
+        click.echo(f"held: {n} message(s) of this series wait in the queue: {reason}")
 
 
 @series_group.command("build")
@@ -762,6 +828,7 @@ def campaign_create(app: App, template: str, segment: str, where: tuple[str, ...
 @click.option("--local", is_flag=True, help="Send at --at in each reader's own time zone.")
 @click.option("--now", "send_now", is_flag=True, help="Queue it now; `funnel send` or the worker delivers it.")
 @run
+@preflight
 def campaign_schedule(app: App, campaign_id: int, at: str | None, in_: str | None, tz: str | None,
                       local: bool, send_now: bool) -> None:
     """Schedule a draft: at a time (clinic zone, --tz, or --local per reader), --in a delay, or --now.
@@ -867,6 +934,8 @@ def campaign_status(app: App, campaign_id: int) -> None:
         if st.counts.get(state):
             click.echo(f"  {state:<10} {st.counts[state]}")
     click.echo(f"  total      {st.total}")
+    for reason, n in st.held:
+        click.echo(f"  held       {n}  {reason}")
     click.echo("  finished: " + ("yes" if st.finished else "no"))
 
 
@@ -944,6 +1013,7 @@ def segments_list(app: App) -> None:
 @click.option("--where", "where", multiple=True, help="Filter expression; repeatable, ANDed.")
 @click.option("--allow-gaps", is_flag=True, help="Enrol even though parts are missing.")
 @run
+@preflight
 def series_enroll(app: App, slug: str, segment: str | None, where: tuple[str, ...], allow_gaps: bool) -> None:
     """Enrol existing subscribers in a series (safe to repeat).
 
@@ -1025,6 +1095,7 @@ def series_apply(app: App, slug: str) -> None:
 @click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds between passes.")
 @run
+@preflight
 def worker_cmd(app: App, interval: float) -> None:
     """Run the scheduler and sender in a loop until Ctrl-C (or SIGTERM).
 
@@ -1149,6 +1220,7 @@ def inbox_process(app: App, paths: tuple[Path, ...]) -> None:
     help="waitress worker threads [default: the server_threads setting, 32].",
 )
 @run
+@preflight
 def serve_cmd(app: App, host: str, port: int, threads: int | None) -> None:
     """Serve the public site (waitress) until Ctrl-C / SIGTERM.
 
@@ -1194,6 +1266,7 @@ def serve_cmd(app: App, host: str, port: int, threads: int | None) -> None:
     "--no-devmail", is_flag=True, help="Send to FUNNEL_SMTP_URL instead of the dev inbox."
 )
 @run
+@preflight
 def up_cmd(app: App, port: int, smtp_port: int | None, no_devmail: bool) -> None:
     """Run everything on this machine: site, worker and a dev SMTP inbox.
 
@@ -1463,6 +1536,7 @@ def webinar_show(app: App, slug: str) -> None:
 @click.argument("slug")
 @_webinar_options
 @run
+@preflight
 def webinar_edit(app: App, slug: str, **fields) -> None:
     """Change a webinar.  A new time, length or join link sends registrants an update
     with a calendar file that replaces their entry (SEQUENCE+1) and recomputes reminders.
@@ -1493,6 +1567,7 @@ def webinar_edit(app: App, slug: str, **fields) -> None:
 @click.argument("slug")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @run
+@preflight
 def webinar_cancel(app: App, slug: str, yes: bool) -> None:
     """Cancel a webinar: registrants get a cancellation (METHOD:CANCEL); queued
     invites and reminders are dropped.
@@ -1518,6 +1593,7 @@ def webinar_cancel(app: App, slug: str, yes: bool) -> None:
 @click.option("--where", "where", multiple=True, help="More expressions, ANDed.")
 @click.option("--at", "at", help=f"When to send, in the webinar's zone (default: now): {WHEN_HELP}.")
 @run
+@preflight
 def webinar_invite(app: App, slug: str, segments_: tuple[str, ...], where: tuple[str, ...],
                    at: str | None) -> None:
     """Queue the invitation for a segment (once per person; expires at the start).
@@ -1547,6 +1623,7 @@ def webinar_invite(app: App, slug: str, segments_: tuple[str, ...], where: tuple
 @click.option("--name", default="", help="Display name.")
 @click.option("--tz", "timezone", default=None, help="Their IANA time zone (for the times in emails).")
 @run
+@preflight
 def webinar_register(app: App, slug: str, email: str, name: str, timezone: str | None) -> None:
     """Register someone (e.g. who phoned the clinic); they get the confirmation.
 
@@ -1620,6 +1697,7 @@ def webinar_export(app: App, slug: str, out: Path | None) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--skip-invalid", is_flag=True, help="Import the good rows and report the bad ones.")
 @run
+@preflight
 def webinar_attendance(app: App, slug: str, file: Path, skip_invalid: bool) -> None:
     """Import who attended from a Zoom-style CSV and queue the follow-ups.
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -544,3 +545,16 @@ class RelayPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def probe(config: RelayConfig, timeout: float = 3.0) -> str | None:
+    """Open and close a TCP connection to a relay; the reason it failed, or None.
+
+    Used by ``funnel check`` and the preflight: a relay that refuses
+    connections is found before anything is queued, not at send time.
+    """
+    try:
+        with socket.create_connection((config.host, config.port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__

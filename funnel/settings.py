@@ -15,6 +15,7 @@ import json
 import os
 import tomllib
 from dataclasses import dataclass
+from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -280,6 +281,21 @@ def _coerce(name: str, raw: object, where: str) -> object:
         raise SettingsError(f"{where}: expected a {kind}, got {raw!r}") from exc
 
 
+def _split_from(s: Settings) -> Settings:
+    """``FUNNEL_FROM="Back in Motion <news@clinic.example>"``: the display name
+    goes to ``from_name`` (unless that is set), the address stays in ``from_addr``."""
+    if "<" not in s.from_addr:
+        return s
+    if any(c in s.from_addr for c in "\r\n\0"):
+        raise SettingsError(f"FUNNEL_FROM: {s.from_addr!r} contains a line break")
+    name, addr = parseaddr(s.from_addr)
+    if not addr or "@" not in addr:
+        raise SettingsError(
+            f"FUNNEL_FROM: {s.from_addr!r} is not of the form 'Name <address@domain>'"
+        )
+    return s.replace(from_addr=addr, from_name=s.from_name or name.strip())
+
+
 def _validate(s: Settings, require_secret: bool = True) -> Settings:
     def env(name: str) -> str:
         return FIELD_TO_ENV.get(name, name)
@@ -288,6 +304,7 @@ def _validate(s: Settings, require_secret: bool = True) -> Settings:
         raise SettingsError("FUNNEL_DB: the database path is empty")
     if not s.site_name.strip():
         raise SettingsError("FUNNEL_SITE_NAME: the site name is empty")
+    s = _split_from(s)
     try:
         validate_email(s.from_addr, check_deliverability=False)
     except EmailNotValidError as exc:
@@ -302,12 +319,14 @@ def _validate(s: Settings, require_secret: bool = True) -> Settings:
             f"FUNNEL_BASE_URL: {s.base_url!r} must be an absolute http:// or https:// URL"
         )
     if not s.secret_keys:
-        if not s.dev and require_secret:
+        if s.dev:
+            s = s.replace(secret_keys=(DEV_SECRET_KEY,))
+        elif require_secret:
             raise SettingsError(
                 "FUNNEL_SECRET_KEYS: no secret key is set; generate one with "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
-        s = s.replace(secret_keys=(DEV_SECRET_KEY,))
+        # else: `funnel init` and `funnel check` work without one (check reports it)
     elif not s.dev and DEV_SECRET_KEY in s.secret_keys:
         raise SettingsError("FUNNEL_SECRET_KEYS: the public dev key may only be used with FUNNEL_DEV=1")
     for key in s.secret_keys:
@@ -389,8 +408,9 @@ def load_settings(
 ) -> Settings:
     """Read ``funnel.toml`` (if present), apply ``FUNNEL_*`` overrides, validate.
 
-    ``require_secret=False`` is for commands that sign nothing (``funnel init``):
-    they work before a secret key is configured.
+    ``require_secret=False`` is for commands that sign nothing (``funnel init``,
+    ``funnel check``): they work before a secret key is configured, and
+    ``secret_keys`` is then empty (never the public dev key outside dev mode).
     """
     environ = dict(os.environ if environ is None else environ)
     path = path or config_path(environ)
@@ -442,12 +462,15 @@ def test_settings(tmp_path: Path | str, **overrides) -> Settings:
     base = dict(
         db=str(Path(tmp_path) / "funnel.db"),
         secret_keys=("test-secret-key-0123456789",),
-        base_url="https://news.clinic.example",
-        from_addr="news@clinic.example",
+        # Not a reserved example name, so that `funnel check` and the preflight
+        # pass: tests run the production path.  Nothing ever resolves or
+        # contacts it (mail goes to a loopback sink).
+        base_url="https://news.backinmotion-physio.co.uk",
+        from_addr="news@backinmotion-physio.co.uk",
         site_name="Back in Motion Physiotherapy",
         postal_address="12 Harley Row, London W1 2AB",
-        appointment_url="https://clinic.example/appointments",
-        programme_url="https://clinic.example/28-day-programme",
+        appointment_url="https://backinmotion-physio.co.uk/appointments",
+        programme_url="https://backinmotion-physio.co.uk/28-day-programme",
     )
     base.update(overrides)
     return _validate(Settings(**base))

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 import cli
 from funnel.errors import InputError
+from funnel.settings import test_settings
 from subscribers import bounces, lifecycle, tokens
 
 DSN = Path(__file__).parent / "data" / "dsn"
@@ -22,6 +23,12 @@ def signed(name: str, settings) -> bytes:
         lambda m: tokens.signed_local_part(settings, "bounce", int(m.group(1))).encode() + b"@",
         (DSN / f"{name}.eml").read_bytes(),
     )
+
+
+@pytest.fixture
+def settings(tmp_path, smtp_server):
+    """The sample reports were sent to bounce+N@clinic.example: the sender domain they name."""
+    return test_settings(tmp_path, smtp_urls=(smtp_server.url,), from_addr="news@clinic.example")
 
 
 @pytest.fixture

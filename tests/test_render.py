@@ -82,8 +82,8 @@ def test_every_kind_compiles_strict_and_renders(settings, kind):
         assert recipient[key] in out.html, key
         assert recipient[key] in out.text, key
     assert recipient["reason"] in out.html and recipient["reason"] in out.text
-    assert "https://clinic.example/appointments" in out.html
-    assert "Book a visit:\nhttps://clinic.example/appointments" in out.text
+    assert settings.appointment_url in out.html
+    assert f"Book a visit:\n{settings.appointment_url}" in out.text
     assert "Hi Alex," in out.html and "Hi Alex," in out.text
     # no stage-2 Jinja or sentinel leaks into the output
     assert "{{" not in out.html and "{%" not in out.html

@@ -491,7 +491,7 @@ def test_preview_writes_html_text_eml_and_width_page(tmp_path, clock):
     assert msg["To"].addresses[0].addr_spec == "alex@example.com"
     assert msg["From"].addresses[0].addr_spec == s.from_addr
     assert msg["Date"].datetime == clock()
-    assert re.fullmatch(r"<[^@]+@clinic\.example>", msg["Message-ID"])
+    assert re.fullmatch(r"<[^@]+@" + re.escape(s.sender_domain) + ">", msg["Message-ID"])
     assert "series.importance-of-exercise" in msg["List-Id"]
     assert s.url("/u/") in msg["List-Unsubscribe"] and "mailto:" in msg["List-Unsubscribe"]
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

@@ -129,7 +129,7 @@ def test_webinar_lifecycle(db, settings, smtp_server, clock):
     assert str(cal["METHOD"]) == "REQUEST"
     ev = vevent(cal)
     uid = str(ev["UID"])
-    assert uid == f"webinar-spine-health-{alex}@clinic.example"
+    assert uid == f"webinar-spine-health-{alex}@{settings.sender_domain}"
     assert int(ev["SEQUENCE"]) == 0
     assert ev["DTSTART"].params["TZID"] == "Europe/London"
     assert ev.decoded("DTSTART") == datetime(2026, 12, 10, 18, 0, tzinfo=w.zone)
@@ -510,7 +510,7 @@ def test_cli_round_trip(cli_env, settings, tmp_path):
         "--tz",
         "Europe/London",
         "--join-url",
-        "https://meet.example/s",
+        "https://meet.backinmotion-physio.co.uk/s",
         "--capacity",
         "30",
     )
@@ -523,7 +523,7 @@ def test_cli_round_trip(cli_env, settings, tmp_path):
     r = invoke("webinar", "list")
     assert "spine-health" in r.output and "1 registered" in r.output
     r = invoke("webinar", "show", "spine-health")
-    assert "https://meet.example/s" in r.output and "1440, 60, 10" in r.output
+    assert "https://meet.backinmotion-physio.co.uk/s" in r.output and "1440, 60, 10" in r.output
     r = invoke("webinar", "registrants", "spine-health")
     assert "pat@example.com" in r.output
     out = tmp_path / "reg.csv"
@@ -544,7 +544,7 @@ def test_cli_round_trip(cli_env, settings, tmp_path):
         "--tz",
         "Europe/London",
         "--join-url",
-        "https://meet.example/x",
+        "https://meet.backinmotion-physio.co.uk/x",
     )
     assert (
         r.exit_code == 1
@@ -721,7 +721,7 @@ def test_cli_invite_by_segment_expression(cli_env, settings, clock):
         "--tz",
         "Europe/London",
         "--join-url",
-        "https://meet.example/s",
+        "https://meet.backinmotion-physio.co.uk/s",
     )
     assert r.exit_code == 0, r.output
     r = invoke("webinar", "register", "spine-health", "p0@example.com")
