@@ -17,6 +17,7 @@ loopback and plain-http base URLs and the built-in secret key):
   ``trusted_proxies`` > 0 while the base URL is on loopback;
 * every series step in the content folders compiled as a send would compile
   it: an unknown CTA kind, a CTA whose URL setting is empty, a template error;
+* each broadcast not yet finished (scheduled, sending, paused), compiled the same way;
 * an upcoming webinar whose follow-up offer has no URL, and a bundled webinar
   (``content/webinars/*.toml``, loaded into the database) whose date has passed;
 * no secret key (outside dev mode); a database that cannot be written;
@@ -238,6 +239,21 @@ def stored_problems(db, settings: Settings, now: datetime) -> list[str]:
                     f"{local:%Y-%m-%d %H:%M} ({w.timezone}), which has passed; move it with "
                     f"`funnel webinar edit {w.slug} --start \"YYYY-MM-DD HH:MM\"`"
                 )
+    if "campaigns" in tables:
+        from .broadcasts import get
+        from .render import compile_email
+
+        for (cid,) in db.execute(
+            "SELECT id FROM campaigns WHERE status IN ('scheduled', 'sending', 'paused') ORDER BY id"
+        ).fetchall():
+            c = get(db, cid)
+            try:
+                compile_email(
+                    settings, "broadcast", subject=c.subject, preheader=c.preheader,
+                    body_md=c.body_md, ctas=c.ctas,
+                )  # fmt: skip
+            except FunnelError as exc:
+                out.append(f"campaign {cid}: {exc}")
     if "outbox" in tables and "held_config" in {
         r[1] for r in db.execute("PRAGMA table_info(outbox)")
     }:

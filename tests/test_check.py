@@ -304,3 +304,44 @@ def test_settings_without_a_secret_never_fall_back_to_the_dev_key(bare_env):
     assert lenient.secret_keys == ()
     with pytest.raises(SettingsError, match="^FUNNEL_SECRET_KEYS: no secret key is set"):
         load_settings()
+
+
+def test_held_broadcast_shows_in_campaign_status_and_check(tmp_path, smtp_server, clock, db, cli_env,
+                                                           monkeypatch):
+    from test_broadcasts import add_active
+
+    from campaigns import broadcasts
+
+    good = test_settings(tmp_path, smtp_urls=(smtp_server.url,))
+    add_active(db, "q@example.com")
+    cid = broadcasts.create(db, good, clock(), subject="Winter hours", body_md="Open late.",
+                            ctas=[{"kind": "programme", "text": "Start"}])  # fmt: skip
+    broadcasts.schedule_campaign(db, good, cid, clock(), send_now=True)
+    broadcasts.queue(db, good, cid, clock())
+    broken = good.replace(programme_url="")  # e.g. the setting was dropped after scheduling
+    reason = ("CTA 'programme' has no URL: set FUNNEL_PROGRAMME_URL (programme_url in "
+              "funnel.toml) or remove the CTA")  # fmt: skip
+
+    assert sender.send_due(db, broken, clock).held == 1 and smtp_server.messages == []
+    assert check.problems(broken, clock(), network=False) == [
+        f"campaign {cid}: {reason}",
+        f"1 message(s) held: {reason}",
+    ]
+    monkeypatch.setattr(cli.App, "now", lambda self: clock())
+    r = invoke("campaign", "status", str(cid))
+    assert f"  held       1  {reason}" in r.stdout.splitlines(), r.output
+    assert "  queued     1" in r.stdout.splitlines()
+    assert sender.send_due(db, good, clock).sent == 1
+    assert smtp_server.messages[0].message["Subject"] == "Winter hours"
+
+
+def test_unknown_cta_kind_in_loaded_content_names_the_file(tmp_path, settings, clock):
+    folder = tmp_path / "content" / "series" / "odd"
+    folder.mkdir(parents=True)
+    (folder / "series.toml").write_text('title = "Odd"\ncadence = "weekly"\nsteps = ["01-a.md"]\n')
+    (folder / "01-a.md").write_text(
+        "---\ntitle: A\npart: 1\nsubject: A\nctas:\n  - kind: coupon\n    text: Save\n---\nHello.\n"
+    )
+    found = check.content_problems(settings.replace(content_dir=str(tmp_path / "content")))
+    assert found[0].startswith(f"{folder / '01-a.md'}:")
+    assert "unknown kind 'coupon'" in found[0]
