@@ -194,7 +194,7 @@ def database_problems(settings: Settings) -> list[str]:
         what = path if not os.access(path, os.W_OK) else f"the folder {folder}"
         return [f"FUNNEL_DB: {what} is not writable (SQLite needs the file and its folder)"]
     try:  # a read-only file system or mount
-        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=0.5)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=0.5)
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("ROLLBACK")

@@ -345,3 +345,15 @@ def test_unknown_cta_kind_in_loaded_content_names_the_file(tmp_path, settings, c
     found = check.content_problems(settings.replace(content_dir=str(tmp_path / "content")))
     assert found[0].startswith(f"{folder / '01-a.md'}:")
     assert "unknown kind 'coupon'" in found[0]
+
+
+def test_database_check_changes_nothing_and_copes_with_odd_paths(tmp_path, smtp_server, clock):
+    odd = tmp_path / "a dir?#%"
+    odd.mkdir()
+    s = test_settings(odd, smtp_urls=(smtp_server.url,))
+    db = connect(s.db, migrate=True)
+    db.execute("CREATE TABLE marker (x)")
+    before = Path(s.db).read_bytes()
+    assert check.problems(s, clock()) == []
+    assert db.execute("SELECT COUNT(*) FROM marker").fetchone() == (0,)
+    assert Path(s.db).read_bytes() == before
