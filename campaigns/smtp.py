@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import re
 import smtplib
-import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -547,14 +546,27 @@ class RelayPool:
         self.close()
 
 
+
 def probe(config: RelayConfig, timeout: float = 3.0) -> str | None:
-    """Open and close a TCP connection to a relay; the reason it failed, or None.
+    """Connect to a relay, read its greeting and say QUIT; the reason it failed, or None.
 
     Used by ``funnel check`` and the preflight: a relay that refuses
-    connections is found before anything is queued, not at send time.
+    connections (or is not an SMTP server) is found before anything is
+    queued, not at send time.  QUIT lets the server close the session itself.
     """
     try:
-        with socket.create_connection((config.host, config.port), timeout=timeout):
-            return None
-    except OSError as exc:
-        return exc.strerror or str(exc) or type(exc).__name__
+        if config.tls:
+            conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                config.host, config.port, timeout=timeout, context=ssl.create_default_context()
+            )
+        else:
+            conn = smtplib.SMTP(config.host, config.port, timeout=timeout)
+    except smtplib.SMTPConnectError as exc:
+        return f"it answered {exc.smtp_code} {_text(exc.smtp_error)}"
+    except (smtplib.SMTPException, OSError) as exc:
+        return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    try:
+        conn.quit()
+    except (smtplib.SMTPException, OSError):
+        _quietly_close(conn)
+    return None
