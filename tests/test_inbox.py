@@ -16,7 +16,14 @@ from click.testing import CliRunner
 
 import cli
 from campaigns import sender
+from funnel.settings import test_settings
 from subscribers import lifecycle, tokens
+
+
+@pytest.fixture
+def settings(tmp_path, smtp_server):
+    """The hand-written reports below are addressed to @clinic.example: our sender domain here."""
+    return test_settings(tmp_path, smtp_urls=(smtp_server.url,), from_addr="news@clinic.example")
 
 
 @pytest.fixture
