@@ -56,7 +56,7 @@ def test_pending_signups_are_purged_after_the_retention_period(db, settings, clo
     webinars.create_webinar(db, settings, {
         "slug": "spine-health", "title": "Spine Health Webinar",
         "start": (start + timedelta(days=60)).strftime("%Y-%m-%d %H:%M"),
-        "timezone": "Europe/London", "join_url": "https://meet.clinic.example/spine",
+        "timezone": "Europe/London", "join_url": "https://meet.backinmotion-physio.co.uk/spine",
     }, start)  # fmt: skip
     webinars.register(db, settings, "spine-health", start, email="guest@example.com",
                       ip="198.51.100.10", user_agent="GuestAgent/1")
