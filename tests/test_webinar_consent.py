@@ -30,7 +30,7 @@ def create(db, settings, clock, **extra):
         "title": "Spine Health Webinar",
         "start": start.strftime("%Y-%m-%d %H:%M"),
         "timezone": "Europe/London",
-        "join_url": "https://meet.clinic.example/spine",
+        "join_url": "https://meet.backinmotion-physio.co.uk/spine",
         **extra,
     }
     return webinars.create_webinar(db, settings, values, clock())

@@ -155,7 +155,7 @@ def _error(result) -> str:
     return line
 
 
-JOIN = "https://meet.example/s"
+JOIN = "https://meet.backinmotion-physio.co.uk/s"
 
 
 def test_webinar_create_edit_and_invite_take_relative_times(run, settings, clock):
