@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 
 from campaigns.schedule import WHEN_FORMS as WHEN_HELP
-from funnel.db import connect, utcnow
+from funnel import clock
+from funnel.db import connect
 from funnel.errors import FunnelError
 from funnel.settings import Settings, load_settings
 
@@ -43,7 +44,8 @@ class App:
         return self._db
 
     def now(self) -> datetime:
-        return utcnow()
+        """The injected clock (funnel.clock): every command takes "now" from here."""
+        return clock.now()
 
     def check_settings(self) -> Settings:
         """Settings for `init`, `check` and the preflight: a missing secret key is
@@ -1321,7 +1323,7 @@ def up_cmd(app: App, port: int, smtp_port: int | None, no_devmail: bool) -> None
         if summary is not None and (summary.sent or summary.failed or summary.retry):
             click.echo(f"worker: {summary.line()}")
 
-    stack = start_stack(s, port=port, smtp_port=smtp_port, on_summary=report)
+    stack = start_stack(s, port=port, smtp_port=smtp_port, clock=app.now, on_summary=report)
     try:
         site = stack.url
         click.echo(f"\nfunnel is up:\n  site        {site}/")

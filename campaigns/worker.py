@@ -19,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
+from funnel import clock as clocks
 from funnel import health
-from funnel.db import connect, utcnow
+from funnel.db import connect
 from funnel.errors import FunnelError
 from funnel.settings import Settings
 from subscribers import retention
@@ -111,7 +112,7 @@ def tick(
 def run_worker(
     settings: Settings,
     stop: threading.Event,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] = clocks.now,
     interval: float = 5.0,
     on_summary: Callable[[dict, sender.Summary | None], None] | None = None,
     *,

@@ -23,6 +23,7 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from . import clock
 from .errors import DatabaseError
 
 BUSY_TIMEOUT_MS = 10_000
@@ -72,8 +73,8 @@ def _check(column: str, values: tuple[str, ...]) -> str:
 
 
 def utcnow() -> datetime:
-    """The real clock; only the doors call it and pass ``now`` down."""
-    return datetime.now(UTC)
+    """The injected clock (:func:`funnel.clock.now`); only the doors call it and pass ``now`` down."""
+    return clock.now()
 
 
 def iso(dt: datetime | None) -> str | None:

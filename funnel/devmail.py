@@ -27,7 +27,8 @@ from functools import cached_property
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 
-from .db import connect, iso, transaction, utcnow
+from . import clock as clocks
+from .db import connect, iso, transaction
 from .errors import FunnelError, NotFound
 
 #: The inbox lists at most this many messages (newest first).
@@ -204,7 +205,7 @@ class DevMailServer:
         db_path: str,
         host: str = "127.0.0.1",
         port: int = 8025,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] = clocks.now,
     ):
         self.host = host
         self.port = port or _free_port(host)

@@ -74,8 +74,9 @@ from werkzeug.exceptions import HTTPException
 from campaigns import views
 from subscribers import optin, preferences, tokens
 
+from . import clock as clocks
 from . import devmail, health
-from .db import connect, transaction, utcnow
+from .db import connect, transaction
 from .errors import DatabaseError, FunnelError, InputError, NotFound, TokenError
 from .settings import Settings
 
@@ -360,7 +361,7 @@ def _origin(url: str) -> str:
 
 
 # ----------------------------------------------------------------- the app
-def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> Flask:
+def create_app(settings: Settings, *, clock: Callable[[], datetime] = clocks.now) -> Flask:
     """The public web app.  Migrates the database once, then one connection per thread."""
     connect(settings.db, migrate=True).close()
 
@@ -1138,7 +1139,7 @@ def start_stack(
     worker: bool = True,
     worker_interval: float = 1.0,
     threads: int = 8,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] = clocks.now,
     on_summary: Callable | None = None,
 ) -> Stack:
     """Start the dev stack: dev SMTP on ``smtp_port`` (None = no dev SMTP), worker, site.
