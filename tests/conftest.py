@@ -21,6 +21,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 
+from funnel import clock as clocks
 from funnel.db import connect
 from funnel.settings import test_settings
 
@@ -35,11 +36,35 @@ def seeds_dir() -> Path:
 
 
 # ----------------------------------------------------------------- clock
+#: The instant every test starts at.  ``FUNNEL_TEST_NOW=2031-07-01T12:00:00Z`` moves
+#: the whole run (tests/test_clock_shift.py does), real clock included.
+DEFAULT_TEST_NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+
+
+def _start_from_env() -> datetime:
+    """The fake clock's start: ``FUNNEL_TEST_NOW`` (ISO, UTC) or the fixed default."""
+    text = os.environ.get("FUNNEL_TEST_NOW", "").strip()
+    if not text:
+        return DEFAULT_TEST_NOW
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise pytest.UsageError(f"FUNNEL_TEST_NOW: {text!r} is not an ISO date-time") from exc
+    if when.tzinfo is None:
+        raise pytest.UsageError(f"FUNNEL_TEST_NOW: {text!r} needs a zone, e.g. {text}Z")
+    return when.astimezone(UTC)
+
+
+#: Read once: ``cli_env`` clears FUNNEL_* from the environment during a test.
+TEST_START = _start_from_env()
+SHIFTED = bool(os.environ.get("FUNNEL_TEST_NOW", "").strip())
+
+
 class FakeClock:
     """A settable clock; call it to read the time."""
 
     def __init__(self, start: datetime | None = None):
-        self.now = start or datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+        self.now = start or TEST_START
 
     def __call__(self) -> datetime:
         return self.now
@@ -53,9 +78,47 @@ class FakeClock:
         return self.now
 
 
+def pytest_configure(config):
+    """With ``FUNNEL_TEST_NOW`` set, the real clock travels there too (and keeps ticking).
+
+    The fake clock starts at the same instant, so code that still read the real
+    clock would agree at first and then drift away as a test advances the fake
+    one: such a read shows up as a failure instead of passing by luck of the date.
+    Child processes (``funnel send``, ``funnel worker``, ``funnel up``) travel by
+    the same offset through tests/travel/sitecustomize.py.
+    """
+    if not SHIFTED:
+        return
+    import time
+
+    import time_machine
+
+    offset = TEST_START.timestamp() - time.time()
+    traveller = time_machine.travel(TEST_START, tick=True)
+    traveller.start()
+    config._funnel_time_travel = traveller
+    os.environ["TIME_TRAVEL_OFFSET"] = repr(offset)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO / "tests" / "travel"), os.environ.get("PYTHONPATH")) if p
+    )
+
+
+def pytest_unconfigure(config):
+    traveller = getattr(config, "_funnel_time_travel", None)
+    if traveller is not None:
+        traveller.stop()
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(autouse=True)
+def _one_clock(clock):
+    """Every door (CliRunner commands, create_app, the worker) reads this test's fake clock."""
+    with clocks.use(clock):
+        yield clock
 
 
 # ----------------------------------------------------------------- SMTP server
