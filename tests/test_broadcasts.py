@@ -56,6 +56,16 @@ def run(cli_env, clock, monkeypatch):
     return invoke
 
 
+def ahead(clock, days: int, hm: str = "09:00") -> str:
+    """The wall-clock time ``days`` after the clock's date, as ``--at`` takes it."""
+    return f"{clock() + timedelta(days=days):%Y-%m-%d} {hm}"
+
+
+def in_zone(text: str, zone: str) -> datetime:
+    """``ahead()``'s text read in ``zone``, as an aware datetime."""
+    return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=ZoneInfo(zone))
+
+
 def one_line_error(result) -> str:
     assert result.exit_code == 1, result.output
     (line,) = [x for x in result.output.splitlines() if x.startswith("Error:")]
@@ -106,15 +116,17 @@ def test_create_bad_front_matter(db, settings, clock, tmp_path):
 
 
 # ----------------------------------------------------------------- schedule
-def test_schedule_at_in_the_clinic_zone_or_tz(run, db, body, clock):
+def test_schedule_at_in_the_clinic_zone_or_tz(run, db, body, clock, settings):
     cid = int(run("campaign", "create", "--body", body).output)
-    r = run("campaign", "schedule", cid, "--at", "2026-12-01 09:00")
+    at = ahead(clock, 10)
+    r = run("campaign", "schedule", cid, "--at", at)
     assert r.exit_code == 0, r.output
     c = broadcasts.get(db, cid)
-    assert c.status == "scheduled" and parse_iso(c.send_at) == datetime(2026, 12, 1, 9, tzinfo=UTC)
-    r = run("campaign", "schedule", cid, "--at", "2026-12-01 09:00", "--tz", "America/New_York")
-    assert "2026-12-01 09:00 EST" in r.output
-    assert parse_iso(broadcasts.get(db, cid).send_at) == datetime(2026, 12, 1, 14, tzinfo=UTC)
+    assert c.status == "scheduled" and parse_iso(c.send_at) == in_zone(at, settings.timezone)
+    r = run("campaign", "schedule", cid, "--at", at, "--tz", "America/New_York")
+    new_york = in_zone(at, "America/New_York")
+    assert f"{at} {new_york:%Z}" in r.output  # EST or EDT, whichever holds on that day
+    assert parse_iso(broadcasts.get(db, cid).send_at) == new_york
 
 
 def test_schedule_accepts_relative_times(run, db, body, clock):
@@ -179,10 +191,11 @@ def test_schedule_local_time_per_reader(db, settings, clock):
     tokyo = add_active(db, "tk@example.com", tz="Asia/Tokyo")
     default = add_active(db, "nozone@example.com")
     cid = broadcasts.create(db, settings, clock(), subject="Hi", body_md="Hello.")
-    c = broadcasts.schedule_campaign(db, settings, cid, clock(), at="2026-12-01 09:00", local=True)
-    assert c.local_time == 1 and c.local_at == "2026-12-01 09:00"
+    at = ahead(clock, 10)
+    c = broadcasts.schedule_campaign(db, settings, cid, clock(), at=at, local=True)
+    assert c.local_time == 1 and c.local_at == at
     start = parse_iso(c.send_at)
-    assert start == datetime(2026, 11, 30, 19, tzinfo=UTC)  # 09:00 in UTC+14
+    assert start == in_zone(at, "Pacific/Kiritimati")  # 09:00 in UTC+14, the earliest zone
     assert broadcasts.queue_due(db, settings, start - timedelta(minutes=1)) == (0, 0)
     assert broadcasts.queue_due(db, settings, start) == (1, 4)
     due = dict(db.execute("SELECT subscriber_id, due_at FROM outbox").fetchall())
@@ -193,7 +206,7 @@ def test_schedule_local_time_per_reader(db, settings, clock):
         (default, settings.timezone),
     ):
         local = parse_iso(due[sid]).astimezone(ZoneInfo(zone))
-        assert (local.day, local.hour, local.minute) == (1, 9, 0)
+        assert (f"{local:%Y-%m-%d %H:%M}", local.second) == (at, 0)
 
 
 # ----------------------------------------------------------------- queue
@@ -307,12 +320,13 @@ def test_pause_resume_ten_times_sends_each_exactly_once(db, settings, clock, smt
 def test_pause_before_start_and_cancel(db, settings, clock, run):
     ids = [add_active(db, f"r{i}@example.com") for i in range(3)]
     cid = broadcasts.create(db, settings, clock(), subject="Hi", body_md="Hello.")
-    broadcasts.schedule_campaign(db, settings, cid, clock(), at="2026-11-22 09:00")
+    t0 = clock()
+    broadcasts.schedule_campaign(db, settings, cid, t0, at=ahead(clock, 1))
     broadcasts.pause(db, cid, clock())
-    assert broadcasts.queue_due(db, settings, T0 + timedelta(days=2)) == (0, 0)
+    assert broadcasts.queue_due(db, settings, t0 + timedelta(days=2)) == (0, 0)
     assert broadcasts.resume(db, cid, clock()).status == "scheduled"  # not started yet
-    assert broadcasts.queue_due(db, settings, T0 + timedelta(days=2)) == (1, 3)
-    clock.set(T0 + timedelta(days=2))
+    assert broadcasts.queue_due(db, settings, t0 + timedelta(days=2)) == (1, 3)
+    clock.set(t0 + timedelta(days=2))
     r = run("campaign", "status", cid)
     assert "queued     3" in r.output and "finished: no" in r.output
     r = run("campaign", "cancel", cid)

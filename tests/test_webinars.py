@@ -7,12 +7,14 @@ clock.  Every email is parsed back; calendar files are parsed with icalendar.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import icalendar
 import pytest
 from click.testing import CliRunner
+from conftest import TEST_START
 
 import cli
 from campaigns import webinars
@@ -21,8 +23,36 @@ from funnel.db import connect
 from funnel.errors import InputError, NotFound, TokenError
 from subscribers import lifecycle, optin
 
-START = "2026-12-10 18:00"  # London, GMT in December: 18:00 UTC
-START_UTC = datetime(2026, 12, 10, 18, 0, tzinfo=UTC)
+LONDON = ZoneInfo("Europe/London")
+
+
+def local(day: date, hm: str, tz: ZoneInfo = LONDON) -> datetime:
+    hour, minute = map(int, hm.split(":"))
+    return datetime.combine(day, time(hour, minute), tzinfo=tz)
+
+
+def wall(dt: datetime) -> str:
+    """Wall-clock text as the CLI and the webinar files take it."""
+    return f"{dt:%Y-%m-%d %H:%M}"
+
+
+def spoken(dt: datetime, zone: str | ZoneInfo) -> str:
+    """How emails and pages say a time: "Thursday 10 December 2026, 1:00 pm EST"."""
+    d = dt.astimezone(ZoneInfo(zone) if isinstance(zone, str) else zone)
+    hour, ampm = d.hour % 12 or 12, "am" if d.hour < 12 else "pm"
+    return f"{d:%A} {d.day} {d:%B %Y}, {hour}:{d:%M} {ampm} {d:%Z}"
+
+
+def stored(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+
+
+# The webinar starts 19 days after the tests' clock starts, at 18:00 in London
+# (with the default clock: Thursday 10 December 2026, 18:00 GMT = 18:00 UTC).
+DAY = (TEST_START + timedelta(days=19)).astimezone(LONDON).date()
+START_LOCAL = local(DAY, "18:00")
+START = wall(START_LOCAL)
+START_UTC = START_LOCAL.astimezone(UTC)
 
 
 # ----------------------------------------------------------------- helpers
@@ -101,7 +131,7 @@ def test_webinar_lifecycle(db, settings, smtp_server, clock):
     assert inv.message["List-Unsubscribe"]
     link = next(u for u in inv.links() if "/w/spine-health?t=" in u)
     token = parse_qs(urlsplit(link).query)["t"][0]
-    assert "Thursday 10 December 2026, 1:00 pm EST" in inv.part("plain")  # Alex's own zone
+    assert spoken(START_UTC, "America/New_York") in inv.part("plain")  # Alex's own zone
 
     # ---- registration 1: early, one click from the invite
     r = webinars.register_with_token(db, settings, "spine-health", token, now)
@@ -119,10 +149,11 @@ def test_webinar_lifecycle(db, settings, smtp_server, clock):
     send(db, settings, clock)
     (conf,) = webinar_mail(smtp_server, "alex@example.com", "registered")
     assert "https://meet.clinic.example/spine" in conf.part("plain")
-    assert "1:00 pm EST" in conf.part("plain")
+    assert spoken(START_UTC, "America/New_York").split(", ")[1] in conf.part("plain")
     links = conf.links()
     google = next(u for u in links if u.startswith("https://calendar.google.com/"))
-    assert "dates=20261210T180000Z%2F20261210T190000Z" in google
+    end = START_UTC + timedelta(hours=1)
+    assert f"dates={START_UTC:%Y%m%dT%H%M%SZ}%2F{end:%Y%m%dT%H%M%SZ}" in google
     assert any(u.startswith("https://outlook.live.com/calendar/0/deeplink/compose?") for u in links)
     cal, part = calendar(conf)
     assert part.get_content_type() == "text/calendar" and part.get_param("method") == "REQUEST"
@@ -132,19 +163,19 @@ def test_webinar_lifecycle(db, settings, smtp_server, clock):
     assert uid == f"webinar-spine-health-{alex}@{settings.sender_domain}"
     assert int(ev["SEQUENCE"]) == 0
     assert ev["DTSTART"].params["TZID"] == "Europe/London"
-    assert ev.decoded("DTSTART") == datetime(2026, 12, 10, 18, 0, tzinfo=w.zone)
+    assert ev.decoded("DTSTART") == local(DAY, "18:00", w.zone)
     assert cal.walk("VTIMEZONE") and ev.walk("VALARM")
     assert str(ev["ATTENDEE"]) == "mailto:alex@example.com"
 
     # ---- reschedule: same UID, SEQUENCE 1, reminders recomputed
     smtp_server.clear()
-    edit = webinars.edit_webinar(db, settings, "spine-health", {"start": "2026-12-11 18:00"}, now)
+    new_start = local(DAY + timedelta(days=1), "18:00").astimezone(UTC)
+    edit = webinars.edit_webinar(db, settings, "spine-health", {"start": wall(new_start.astimezone(LONDON))}, now)
     assert edit.rescheduled and edit.webinar.sequence == 1 and edit.updates_queued == 1
-    new_start = datetime(2026, 12, 11, 18, 0, tzinfo=UTC)
     assert reminders(db, "alex@example.com") == [
-        (1440, "2026-12-10T18:00:00.000000Z"),
-        (60, "2026-12-11T17:00:00.000000Z"),
-        (10, "2026-12-11T17:50:00.000000Z"),
+        (1440, stored(new_start - timedelta(days=1))),
+        (60, stored(new_start - timedelta(minutes=60))),
+        (10, stored(new_start - timedelta(minutes=10))),
     ]
     assert len(reminders(db, "alex@example.com", "cancelled")) == 3
     send(db, settings, clock)
@@ -153,13 +184,13 @@ def test_webinar_lifecycle(db, settings, smtp_server, clock):
     assert str(ev["UID"]) == uid and int(ev["SEQUENCE"]) == 1
     assert ev.decoded("DTSTART") == new_start.astimezone(w.zone)
     assert ev["DTSTART"].params["TZID"] == "Europe/London"
-    assert "Friday 11 December 2026, 1:00 pm EST" in upd.part("plain")
+    assert spoken(new_start, "America/New_York") in upd.part("plain")
 
     # ---- reminders go out at their times
     smtp_server.clear()
-    clock.set(datetime(2026, 12, 10, 18, 0, tzinfo=UTC))
+    clock.set(new_start - timedelta(days=1))
     send(db, settings, clock)
-    clock.set(datetime(2026, 12, 11, 17, 0, tzinfo=UTC))
+    clock.set(new_start - timedelta(hours=1))
     send(db, settings, clock)
     subjects = [
         m.message["Subject"] for m in webinar_mail(smtp_server, "alex@example.com", "starting")
@@ -196,7 +227,7 @@ def test_webinar_lifecycle(db, settings, smtp_server, clock):
     send(db, settings, clock)
     (cc,) = webinar_mail(smtp_server, "cole@example.com", "registered")
     assert "https://meet.clinic.example/spine" in cc.part("plain")
-    assert "Friday 11 December 2026, 7:00 pm CET" in cc.part("plain")
+    assert spoken(new_start, "Europe/Berlin") in cc.part("plain")
 
     clock.set(new_start - timedelta(minutes=10))
     send(db, settings, clock)
@@ -205,7 +236,7 @@ def test_webinar_lifecycle(db, settings, smtp_server, clock):
 
     # ---- registration 3: after the start, refused
     clock.set(new_start + timedelta(minutes=5))
-    with pytest.raises(InputError, match="Registration is closed: .* started at 18:00 GMT"):
+    with pytest.raises(InputError, match=f"Registration is closed: .* started at 18:00 {new_start.astimezone(LONDON):%Z}"):
         webinars.register(db, settings, "spine-health", clock(), email="late@example.com")
     assert lifecycle.find(db, "late@example.com") is None
     # Nothing about the webinar goes out after the start (except follow-ups).
@@ -215,13 +246,14 @@ def test_webinar_lifecycle(db, settings, smtp_server, clock):
 
     # ---- attendance: Alex attended, Cole missed it; an unknown address is reported
     csv_path = db_dir(settings) / "zoom.csv"
+    d, us = f"{DAY + timedelta(days=1):%Y-%m-%d}", f"{DAY + timedelta(days=1):%m/%d/%Y}"
     csv_path.write_text(
         "Attendee Report\n"
         "Topic,Webinar ID\nSpine Health Webinar,123\n\n"
         "User Name (Original Name),User Email,Join Time,Leave Time,Duration (Minutes)\n"
-        "Alex Ng,ALEX@example.com,2026-12-11 18:01:00,2026-12-11 18:40:00,39\n"
-        "Alex Ng,alex@example.com,12/11/2026 06:45:00 PM,12/11/2026 06:58:00 PM,13\n"
-        "Stranger,stranger@example.com,2026-12-11 18:02:00,2026-12-11 18:10:00,8\n",
+        f"Alex Ng,ALEX@example.com,{d} 18:01:00,{d} 18:40:00,39\n"
+        f"Alex Ng,alex@example.com,{us} 06:45:00 PM,{us} 06:58:00 PM,13\n"
+        f"Stranger,stranger@example.com,{d} 18:02:00,{d} 18:10:00,8\n",
         encoding="utf-8",
     )
     clock.set(new_start + timedelta(minutes=70))
@@ -273,14 +305,15 @@ def test_webinar_lifecycle(db, settings, smtp_server, clock):
         webinars.offer_target(db, settings, token, clock())
 
     # ---- cancel another webinar: METHOD:CANCEL, same UID, nothing left queued
-    clock.set(datetime(2026, 12, 12, 9, 0, tzinfo=UTC))
+    clock.set(local(DAY + timedelta(days=2), "09:00").astimezone(UTC))
+    posture_day = DAY + timedelta(days=10)
     other = create(
         db,
         settings,
         clock(),
         slug="posture",
         title="Posture Clinic",
-        start="2026-12-20 10:00",
+        start=f"{posture_day:%Y-%m-%d} 10:00",
         timezone="America/New_York",
     )
     r = webinars.register(
@@ -306,7 +339,7 @@ def test_webinar_lifecycle(db, settings, smtp_server, clock):
     ev = vevent(cal)
     assert str(ev["UID"]) == duid and int(ev["SEQUENCE"]) == 1 and str(ev["STATUS"]) == "CANCELLED"
     assert ev["DTSTART"].params["TZID"] == "America/New_York"
-    assert ev.decoded("DTSTART") == datetime(2026, 12, 20, 10, 0, tzinfo=other.zone)
+    assert ev.decoded("DTSTART") == local(posture_day, "10:00", other.zone)
     assert (
         db.execute(
             "SELECT status FROM registrations WHERE subscriber_id = ?", (r.subscriber_id,)
@@ -386,7 +419,7 @@ def test_last_minute_registration_gets_the_confirmation_only(db, settings, clock
     kinds = db.execute(
         "SELECT kind, expires_at FROM outbox WHERE to_addr = 'z@example.com'"
     ).fetchall()
-    assert kinds == [("webinar_confirm", "2026-12-10T18:00:00.000000Z")]
+    assert kinds == [("webinar_confirm", stored(START_UTC))]
 
 
 def test_newsletter_box_runs_double_opt_in(db, settings, clock):
@@ -462,9 +495,9 @@ def test_bad_input(db, settings, clock, tmp_path):
     later = START_UTC + timedelta(hours=2)
     path = tmp_path / "att.csv"
     path.write_text(
-        "email,join time,duration (minutes)\nnot-an-email,2026-12-10 18:00,5\n"
-        "a@example.com,yesterday-ish,5\nb@example.com,2026-12-10 18:00,lots\n"
-        "ghost@example.com,2026-12-10 18:00,5\n",
+        f"email,join time,duration (minutes)\nnot-an-email,{START},5\n"
+        f"a@example.com,yesterday-ish,5\nb@example.com,{START},lots\n"
+        f"ghost@example.com,{START},5\n",
         encoding="utf-8",
     )
     with pytest.raises(webinars.AttendanceRejected) as exc:
@@ -506,7 +539,7 @@ def test_cli_round_trip(cli_env, settings, tmp_path):
         "--title",
         "Spine Health Webinar",
         "--start",
-        "2030-12-10 18:00",
+        START,
         "--tz",
         "Europe/London",
         "--join-url",
@@ -515,10 +548,10 @@ def test_cli_round_trip(cli_env, settings, tmp_path):
         "30",
     )
     assert r.exit_code == 0, r.output
-    assert "spine-health" in r.output and "2030-12-10 18:00 GMT" in r.output
+    assert "spine-health" in r.output and f"{START} {START_LOCAL:%Z}" in r.output
     r = invoke("webinar", "register", "spine-health", "pat@example.com", "--name", "Pat")
     assert r.exit_code == 0 and "registered" in r.output, r.output
-    r = invoke("webinar", "edit", "spine-health", "--start", "2030-12-11 18:00")
+    r = invoke("webinar", "edit", "spine-health", "--start", wall(local(DAY + timedelta(days=1), "18:00")))
     assert r.exit_code == 0 and "SEQUENCE 1" in r.output and "1 update" in r.output, r.output
     r = invoke("webinar", "list")
     assert "spine-health" in r.output and "1 registered" in r.output
@@ -585,8 +618,8 @@ def test_registration_pages(db, settings, clock):
     assert r.status_code == 200
     page = r.get_data(as_text=True)
     assert "Reserving a place for <strong>alex@example.com</strong>" in page
-    assert 'data-utc="2026-12-10T18:00:00Z"' in page
-    assert "Thursday 10 December 2026, 6:00 pm GMT" in page  # no-JS fallback: the webinar's zone
+    assert f'data-utc="{START_UTC:%Y-%m-%dT%H:%M:%SZ}"' in page
+    assert spoken(START_UTC, LONDON) in page  # no-JS fallback: the webinar's zone
     assert "webinar-time.js" in page and "<script>" not in page
     assert db.execute("SELECT COUNT(*) FROM registrations").fetchone()[0] == 0
     assert "script-src 'self'" in r.headers["Content-Security-Policy"]
@@ -706,7 +739,7 @@ def test_series_mail_waits_in_the_24h_before_a_registered_webinar(db, settings, 
 
 def test_cli_invite_by_segment_expression(cli_env, settings, clock):
     db = connect(settings.db, migrate=True)
-    now = datetime.now(UTC)
+    now = clock()
     for i in range(3):
         active(db, settings, f"p{i}@example.com", now)
     start = (now + timedelta(days=10)).strftime("%Y-%m-%d 18:00")
@@ -750,8 +783,8 @@ def test_webinar_load_creates_a_webinar_once(cli_env, tmp_path):
 
     bundled = (REPO_ROOT / "content" / "webinars" / "spine-health.toml").read_text()
     path = tmp_path / "spine-health.toml"
-    path.write_text(re.sub(r'(?m)^start = ".*"$', 'start = "2030-12-10 18:00"', bundled))
+    path.write_text(re.sub(r'(?m)^start = ".*"$', f'start = "{START}"', bundled))
     first = CliRunner().invoke(cli.main, ["webinar", "load", str(path)], catch_exceptions=False)
-    assert first.exit_code == 0 and "created spine-health (2030-12-10 18:00" in first.output, first.output
+    assert first.exit_code == 0 and f"created spine-health ({START}" in first.output, first.output
     again = CliRunner().invoke(cli.main, ["webinar", "load", str(path)], catch_exceptions=False)
     assert "spine-health already exists; left as it is" in again.output

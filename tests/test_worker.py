@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from campaigns import broadcasts, outbox
@@ -40,9 +40,10 @@ def test_tick_queues_due_campaigns_and_finishes_them(db, settings, clock, smtp_s
     for i in range(3):
         add_active(db, f"r{i}@example.com")
     cid = broadcasts.create(db, settings, clock(), subject="News", body_md="Hello.")
-    broadcasts.schedule_campaign(db, settings, cid, clock(), at="2026-11-21 12:00")
+    at = (clock() + timedelta(hours=2)).astimezone(settings.zone)  # in the clinic's zone
+    broadcasts.schedule_campaign(db, settings, cid, clock(), at=f"{at:%Y-%m-%d %H:%M}")
     assert tick(db, settings, clock())["campaigns_queued"] == 0
-    clock.set(datetime(2026, 11, 21, 12, 0, tzinfo=UTC))
+    clock.set(at)
     t = tick(db, settings, clock())
     assert (t["campaigns_queued"], t["broadcast_rows"]) == (1, 3)
     assert broadcasts.get(db, cid).status == "sending"
