@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import free_port
 
+from funnel import clock as clocks
 from funnel import devmail
 from funnel.db import connect
 from funnel.settings import test_settings
@@ -116,13 +117,19 @@ def live(tmp_path):
         min_form_seconds=0.3,
         smtp_urls=(f"smtp://127.0.0.1:{free_port()}",),
     )
-    stack = start_stack(settings, port=port, smtp_port=settings.relays[0].port, worker_interval=0.2)
-    live = LiveStack(stack, stack.settings)
-    try:
-        yield live
-    finally:
-        live.db.close()
-        stack.stop()
+    # A real browser takes real time: the stack and the test both run on the real
+    # clock (installed over the test's fake one for the length of the test).
+    with clocks.use(clocks.real):
+        stack = start_stack(
+            settings, port=port, smtp_port=settings.relays[0].port, worker_interval=0.2,
+            clock=clocks.real,
+        )  # fmt: skip
+        live = LiveStack(stack, stack.settings)
+        try:
+            yield live
+        finally:
+            live.db.close()
+            stack.stop()
 
 
 @pytest.fixture(scope="module")
