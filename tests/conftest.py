@@ -121,6 +121,14 @@ def _one_clock(clock):
         yield clock
 
 
+@pytest.fixture
+def real_clock():
+    """For tests against a real ``funnel serve`` process, which runs on the real clock:
+    the test's own "now" (``funnel.clock.now``, ``utcnow``) is the real clock too."""
+    with clocks.use(clocks.real):
+        yield clocks.real
+
+
 # ----------------------------------------------------------------- SMTP server
 @dataclass
 class Received:

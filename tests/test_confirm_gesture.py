@@ -50,7 +50,7 @@ def consent_actions(db, sid: int) -> list[str]:
 
 
 @pytest.fixture
-def served(tmp_path, smtp_server):
+def served(tmp_path, smtp_server, real_clock):
     """`funnel serve` on a free port, as a subprocess, with dev settings and a temp database."""
     port = free_port()
     settings = test_settings(

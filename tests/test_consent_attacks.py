@@ -86,7 +86,7 @@ class Client:
 
 
 @pytest.fixture
-def live(tmp_path, smtp_server):
+def live(tmp_path, smtp_server, real_clock):
     """A real ``funnel serve`` on a free port; yields (settings, db, client)."""
     port = free_port()
     s = test_settings(

@@ -242,16 +242,17 @@ def test_anonymous_forms_never_change_a_known_persons_details(db, settings, smtp
     )
 
 
-def test_cli_register_of_an_unsubscribed_address_only_queues_the_verification(cli_env, settings):
+def test_cli_register_of_an_unsubscribed_address_only_queues_the_verification(
+    cli_env, settings, clock
+):
     from click.testing import CliRunner
 
     import cli
-    from funnel.db import connect, utcnow
+    from funnel.db import connect
 
     db = connect(settings.db, migrate=True)
-    real = utcnow  # the CLI reads the real clock, so the set-up does too
-    create(db, settings, real)
-    sid = person_in(db, settings, real, "unsubscribed", "gone@example.com")
+    create(db, settings, clock)  # the CLI reads the same injected clock
+    sid = person_in(db, settings, clock, "unsubscribed", "gone@example.com")
     result = CliRunner().invoke(
         cli.main, ["webinar", "register", "spine-health", "gone@example.com", "--name", "Other"]
     )
