@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
+from conftest import TEST_START
 
 import cli
 from campaigns import broadcasts, outbox
@@ -169,7 +170,10 @@ def test_schedule_accepts_relative_times(run, db, body, clock):
             ["--at", "2020-01-01 09:00"],
             "--at 2020-01-01 09:00 is in the past (2020-01-01 09:00 Europe/London); use --now",
         ),
-        (["--at", "today 09:00"], "--at today 09:00 is in the past (2026-11-21 09:00"),
+        (
+            ["--at", "today 09:00"],
+            f"--at today 09:00 is in the past ({TEST_START.astimezone(ZoneInfo('Europe/London')):%Y-%m-%d} 09:00",
+        ),
         (["--in", "2 fortnights"], "--in: '2 fortnights' is not a duration; use a number and a unit"),
         (["--in", "2h", "--local"], "--in: --local needs a wall-clock time"),
         (["--in", "2h", "--now"], "--at: give one of --at TIME, --in DELAY or --now"),

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import html as htmllib
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import TEST_START
 from test_web import Site, dump, text  # the Flask client that reads form tokens, like a browser
 
 from campaigns import broadcasts, messages, webinars
@@ -24,7 +26,10 @@ from campaigns.worker import tick
 from funnel import web
 from subscribers import lifecycle, optin
 
-START_UTC = datetime(2026, 12, 10, 18, 0, tzinfo=UTC)
+LONDON = ZoneInfo("Europe/London")
+#: The webinar day: 19 days after the clock's start (10 December 2026 with the default clock).
+DAY = (TEST_START + timedelta(days=19)).astimezone(LONDON).date()
+START_UTC = datetime.combine(DAY, time(18, 0), tzinfo=LONDON).astimezone(UTC)
 
 
 @pytest.fixture
@@ -102,7 +107,7 @@ def test_every_kind_is_viewable_as_sent_before_and_after_the_reader_acts(
     # webinar: invite, then registration from the invite (the reader acts)
     w = webinars.create_webinar(db, settings, {
         "slug": "spine-health", "title": "Spine Health Webinar",
-        "description": "Live answers about recurring low back pain.", "start": "2026-12-10 18:00",
+        "description": "Live answers about recurring low back pain.", "start": f"{DAY} 18:00",
         "timezone": "Europe/London", "join_url": "https://meet.clinic.example/spine",
         "reminder_offsets": [1440, 60],
     }, clock())  # fmt: skip
@@ -116,14 +121,14 @@ def test_every_kind_is_viewable_as_sent_before_and_after_the_reader_acts(
     webinars.register(db, settings, w.slug, clock(), email="bo@example.com", name="Bo")
     for m in reader.send():  # two registration confirmations
         reader.check(m)
-    webinars.edit_webinar(db, settings, w.slug, {"start": "2026-12-10 18:30"}, clock())
+    webinars.edit_webinar(db, settings, w.slug, {"start": f"{DAY} 18:30"}, clock())
     for m in reader.send():  # updates with the new time
         reader.check(m)
 
     # a second webinar that is cancelled
     webinars.create_webinar(db, settings, {
         "slug": "posture", "title": "Posture at the Desk", "description": "Short and practical.",
-        "start": "2026-12-17 18:00", "timezone": "Europe/London",
+        "start": f"{DAY + timedelta(days=7)} 18:00", "timezone": "Europe/London",
         "join_url": "https://meet.clinic.example/posture", "capacity": 1,
     }, clock())  # fmt: skip
     webinars.register(db, settings, "posture", clock(), subscriber_id=sid)
