@@ -39,7 +39,8 @@ from funnel.errors import InputError, NotFound, TransitionError
 from funnel.settings import Settings
 from subscribers import segments
 
-from . import messages, outbox, schedule
+from . import outbox, schedule, webinars
+from .content import Content, SkipMessage
 
 TEMPLATES = ("broadcast",)
 FRONT_MATTER_KEYS = {"subject", "preheader", "ctas", "title"}
@@ -461,28 +462,27 @@ def listing(db, *, limit: int = 50) -> list[dict]:
 
 
 # ----------------------------------------------------------------- builder
-@messages.builder("broadcast")
-def _build_broadcast(db, settings: Settings, row, sub, now: datetime) -> messages.Content:
+def build_broadcast(db, settings: Settings, row, sub, now: datetime) -> Content:
     c = get(db, row.campaign_id)
     if c.status == "cancelled":
-        raise messages.SkipMessage("cancelled", f"campaign {c.id} was cancelled")
+        raise SkipMessage("cancelled", f"campaign {c.id} was cancelled")
     if sub.status != "active":
-        raise messages.SkipMessage("cancelled", f"the subscriber is {sub.status}")
+        raise SkipMessage("cancelled", f"the subscriber is {sub.status}")
     stream = db.execute(
         "SELECT status, paused_until FROM subscriptions WHERE subscriber_id = ? AND stream = ?",
         (sub.id, c.stream),
     ).fetchone()
     if stream is None or stream[0] == "unsubscribed":
-        raise messages.SkipMessage("cancelled", f"not subscribed to {c.stream}")
+        raise SkipMessage("cancelled", f"not subscribed to {c.stream}")
     if stream[0] == "paused" and (stream[1] is None or parse_iso(stream[1]) > now):
-        raise messages.SkipMessage("cancelled", f"{c.stream} is paused for this subscriber")
-    return messages.Content(
+        raise SkipMessage("cancelled", f"{c.stream} is paused for this subscriber")
+    return Content(
         kind="broadcast",
         subject=c.subject,
         preheader=c.preheader,
         body_md=c.body_md,
         ctas=tuple(c.ctas),
-        recipient=messages.webinar_cta(db, settings, c.ctas, sub, now),
+        recipient=webinars.webinar_cta(db, settings, c.ctas, sub, now),
         extra={
             "reason": (
                 f"You are getting this because you subscribed to {settings.site_name}'s newsletter."

@@ -54,7 +54,8 @@ from funnel.errors import FunnelError, InputError, NotFound
 from funnel.settings import Settings
 from subscribers import segments
 
-from . import messages, outbox, schedule
+from . import outbox, schedule, webinars
+from .content import Content, SkipMessage
 from .series import Series, check_gaps, find_series, series_folder
 
 # ----------------------------------------------------------------- loading
@@ -764,31 +765,30 @@ def diff(db, settings: Settings, slug: str) -> SeriesDiff:
 
 
 # ----------------------------------------------------------------- builder
-@messages.builder("series")
-def _build_series(db, settings: Settings, row, sub, now: datetime) -> messages.Content:
+def build_series_step(db, settings: Settings, row, sub, now: datetime) -> Content:
     """Render the step named by the row (``data`` or ``ref``) from the current content."""
     slug = row.data.get("series")
     key = row.data.get("step")
     if not (slug and key) and row.ref and row.ref.count(":") >= 2:
         _, slug, key = row.ref.split(":", 2)
     if sub.status != "active":
-        raise messages.SkipMessage("cancelled", f"the subscriber is {sub.status}")
+        raise SkipMessage("cancelled", f"the subscriber is {sub.status}")
     try:
         series = load(settings, slug)
     except NotFound as exc:
-        raise messages.SkipMessage("cancelled", f"series {slug} no longer exists") from exc
+        raise SkipMessage("cancelled", f"series {slug} no longer exists") from exc
     step = next((s for s in series.steps if s.key == key), None)
     if step is None:
-        raise messages.SkipMessage(
+        raise SkipMessage(
             "cancelled", f"step {key} was removed from series {slug} after it was queued"
         )
-    return messages.Content(
+    return Content(
         kind="series",
         subject=step.subject,
         preheader=step.preheader,
         body_md=step.body_md,
         ctas=tuple(step.ctas),
-        recipient=messages.webinar_cta(db, settings, step.ctas, sub, now),
+        recipient=webinars.webinar_cta(db, settings, step.ctas, sub, now),
         extra={
             "part": step.part,
             "series_title": series.title,

@@ -1,7 +1,8 @@
 """Turn an outbox row into the bytes that go on the wire.
 
-Each row kind has a builder that returns the template content for that row
-(kind, subject, body...) plus the per-recipient values; this module then
+Each row kind has a builder (the table in :mod:`campaigns.kinds`) that
+returns the template content for that row (kind, subject, body...) plus the
+per-recipient values (:mod:`campaigns.content`); this module then
 renders it (MJML compiled once per content, Jinja per recipient), assembles
 the MIME message with the fast path, and signs it with DKIM when configured.
 
@@ -10,15 +11,15 @@ Building is pure apart from reading the database: no network, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 
 from funnel.settings import Settings
 from subscribers import lifecycle, tokens
 
-from . import mime, render
+from . import kinds, mime, render
+from .content import Content, SkipMessage, list_id
 from .outbox import OutboxRow
 
 
@@ -32,43 +33,6 @@ class Outgoing:
     #: the content with the recipient's first name folded in, and the build time.
     view: Content | None = None
     built_at: datetime | None = None
-
-
-@dataclass
-class Content:
-    """What a builder decides for one row."""
-
-    kind: str
-    subject: str
-    preheader: str = ""
-    body_md: str = ""
-    ctas: tuple = ()
-    extra: dict = field(default_factory=dict)
-    recipient: dict = field(default_factory=dict)  # per-recipient values beyond the standard ones
-    bulk: bool = True  # bulk mail carries List-Unsubscribe and List-Id
-    list_id: str = ""
-    attachments: tuple = ()
-
-
-class SkipMessage(Exception):
-    """The row must not be sent (e.g. its subscriber was erased); carries the reason."""
-
-    def __init__(self, status: str, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-Builder = Callable[[object, Settings, OutboxRow, lifecycle.Subscriber, datetime], Content]
-BUILDERS: dict[str, Builder] = {}
-
-
-def builder(kind: str):
-    def deco(fn: Builder) -> Builder:
-        BUILDERS[kind] = fn
-        return fn
-
-    return deco
 
 
 def verp_sender(settings: Settings, row_id: int) -> str:
@@ -112,7 +76,7 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
         raise SkipMessage("cancelled", "the recipient was erased")
     sub = lifecycle.get(db, row.subscriber_id)
     try:
-        make = BUILDERS[row.kind]
+        make = kinds.BUILDERS[row.kind]
     except KeyError as exc:
         raise SkipMessage("failed", f"no message builder for kind {row.kind!r}") from exc
     content = make(db, settings, row, sub, now)
@@ -167,46 +131,3 @@ def render_for(settings: Settings, content: Content, sub: lifecycle.Subscriber,
         **content.recipient,
     }
     return compiled.render(recipient)
-
-
-def webinar_cta(db, settings: Settings, ctas, sub: lifecycle.Subscriber, now: datetime) -> dict:
-    """Per-recipient values for content whose CTAs include a ``webinar`` one.
-
-    The webinar is chosen when the message is built (send time, or view in
-    browser), never when the content was written: see
-    :func:`campaigns.webinars.cta_recipient`.
-    """
-    if not any(c.get("kind") == "webinar" for c in ctas):
-        return {}
-    return webinars.cta_recipient(db, settings, sub, now)
-
-
-def list_id(settings: Settings, stream: str | None) -> str:
-    name = (stream or "newsletter").replace(":", ".")
-    return f"{settings.site_name} <{name}.{settings.sender_domain}>"
-
-
-# ----------------------------------------------------------------- confirm
-@builder("confirm")
-def _confirm(db, settings: Settings, row: OutboxRow, sub: lifecycle.Subscriber, now: datetime) -> Content:
-    if sub.status not in ("pending", "unsubscribed") or not sub.confirm_nonce:
-        raise SkipMessage("cancelled", f"no confirmation needed: the subscriber is {sub.status}")
-    token = tokens.confirm_token(settings, sub.id, sub.confirm_nonce, now)
-    return Content(
-        kind="confirm",
-        subject=f"Please confirm your subscription to {settings.site_name}",
-        preheader="One click and the weekly back-care series is on its way.",
-        bulk=False,
-        extra={
-            "reason": (
-                f"You are getting this one email because this address was entered on "
-                f"{settings.site_name}'s signup form. If that wasn't you, ignore it and "
-                "nothing more will be sent."
-            )
-        },
-        recipient={"confirm_url": settings.url(f"/confirm/{token}")},
-    )
-
-
-# Builders for other kinds register themselves on import (kept last: they import this module).
-from . import broadcasts, enrollment, webinars  # noqa: E402,F401  (register builders)

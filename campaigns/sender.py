@@ -31,6 +31,7 @@ from funnel.errors import ConfigurationError, FunnelError
 from funnel.settings import Settings
 
 from . import messages, outbox, views
+from .content import SkipMessage
 from .smtp import Relay, RelayPool, SendResult
 
 #: Retry backoff: base * 2**(attempt-1), capped, plus up to 20% jitter.  With
@@ -353,7 +354,7 @@ def _build(
     """
     try:
         return messages.build(db, settings, row, now, signer=signer)
-    except messages.SkipMessage as skip:
+    except SkipMessage as skip:
         return outbox.Outcome(row.id, skip.status, None, skip.reason)
     except ConfigurationError as exc:
         reason = str(exc)[:500]

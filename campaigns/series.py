@@ -783,7 +783,7 @@ def preview_steps(
     """
     # Imported here: rendering pulls in MJML and Jinja, which loading a series
     # (done on every CLI call and send) does not need.
-    from campaigns.messages import list_id
+    from campaigns.content import list_id
     from campaigns.mime import compose, make_message_id
     from campaigns.render import compile_email, sample_recipient
 

@@ -36,7 +36,8 @@ from funnel.errors import NotFound
 from funnel.settings import Settings
 from subscribers import lifecycle, optin
 
-from . import messages, render
+from . import kinds, messages, render
+from .content import Content, SkipMessage
 from .outbox import _ROW_COLUMNS, _row
 
 _CONTENT_FIELDS = ("kind", "subject", "preheader", "body_md", "ctas", "extra", "bulk", "list_id")
@@ -89,7 +90,7 @@ def store(db, sent: Iterable[messages.Outgoing]) -> int:
     return n
 
 
-def _stored(db, row_id: int) -> tuple[messages.Content, datetime] | None:
+def _stored(db, row_id: int) -> tuple[Content, datetime] | None:
     found = db.execute(
         "SELECT c.content, v.recipient, v.built_at FROM views v "
         "JOIN view_contents c ON c.id = v.content_id WHERE v.outbox_id = ?",
@@ -98,7 +99,7 @@ def _stored(db, row_id: int) -> tuple[messages.Content, datetime] | None:
     if found is None:
         return None
     data = json.loads(found[0])
-    content = messages.Content(
+    content = Content(
         **{k: data[k] for k in _CONTENT_FIELDS if k in data},
         recipient=json.loads(found[1]),
     )
@@ -145,12 +146,12 @@ def _rebuilt(db, settings: Settings, row, sub, status: str, sent_at: datetime | 
     if status != "sent" or sent_at is None:
         raise NotFound("view: this message was never sent")
     built_at = sent_at  # a moment after the build: tokens as old as the email's, to the second
-    make = messages.BUILDERS.get(row.kind)
+    make = kinds.BUILDERS.get(row.kind)
     if make is None:
         raise NotFound(f"view: messages of kind {row.kind!r} cannot be shown in the browser")
     try:
         return make(db, settings, row, sub, built_at), built_at
-    except messages.SkipMessage as skip:
+    except SkipMessage as skip:
         raise NotFound(f"view: this message is no longer available ({skip.reason})") from skip
 
 

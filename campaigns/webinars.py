@@ -60,8 +60,8 @@ from funnel.settings import Settings
 from funnel.spreadsheet import SafeDictWriter
 from subscribers import lifecycle, optin, tokens
 
-from . import ics, messages, mime, outbox
-from .messages import Content, SkipMessage
+from . import ics, mime, outbox
+from .content import Content, SkipMessage
 from .schedule import (
     WHEN_FORMS,
     is_relative,
@@ -1121,6 +1121,18 @@ def next_open_webinar(db, now: datetime, subscriber_id: int | None = None) -> We
     return _webinar(found) if found else None
 
 
+def webinar_cta(db, settings: Settings, ctas, sub: lifecycle.Subscriber, now: datetime) -> dict:
+    """Per-recipient values for content whose CTAs include a ``webinar`` one.
+
+    The webinar is chosen when the message is built (send time, or view in
+    browser), never when the content was written: see
+    :func:`cta_recipient`.
+    """
+    if not any(c.get("kind") == "webinar" for c in ctas):
+        return {}
+    return cta_recipient(db, settings, sub, now)
+
+
 def cta_recipient(db, settings: Settings, sub: lifecycle.Subscriber, now: datetime) -> dict:
     """Recipient values for a ``webinar`` CTA, resolved when the email is built.
 
@@ -1732,8 +1744,7 @@ def _require_registered(db, w: Webinar, sub: lifecycle.Subscriber) -> None:
         raise SkipMessage("cancelled", f"the registration is {status or 'missing'}")
 
 
-@messages.builder("webinar_invite")
-def _build_invite(db, settings: Settings, row, sub, now: datetime) -> Content:
+def build_invite(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load(db, row, sub)
     if w.status == "cancelled":
         raise SkipMessage("cancelled", "the webinar was cancelled")
@@ -1754,8 +1765,7 @@ def _build_invite(db, settings: Settings, row, sub, now: datetime) -> Content:
     )
 
 
-@messages.builder("webinar_verify")
-def _build_verify(db, settings: Settings, row, sub, now: datetime) -> Content:
+def build_verify(db, settings: Settings, row, sub, now: datetime) -> Content:
     slug = row.data.get("webinar")
     w = find_webinar(db, slug) if slug else None
     if w is None or w.status == "cancelled" or w.starts_at <= now:
@@ -1787,8 +1797,7 @@ def _build_verify(db, settings: Settings, row, sub, now: datetime) -> Content:
     )
 
 
-@messages.builder("webinar_waitlist")
-def _build_waitlist(db, settings: Settings, row, sub, now: datetime) -> Content:
+def build_waitlist(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load(db, row, sub)
     if w.status == "cancelled":
         raise SkipMessage("cancelled", "the webinar was cancelled")
@@ -1805,8 +1814,7 @@ def _build_waitlist(db, settings: Settings, row, sub, now: datetime) -> Content:
     )
 
 
-@messages.builder("webinar_confirm")
-def _build_confirm(db, settings: Settings, row, sub, now: datetime) -> Content:
+def build_confirm(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load(db, row, sub)
     _require_registered(db, w, sub)
     return Content(
@@ -1830,8 +1838,7 @@ def _in_words(minutes: int) -> str:
     return f"in {minutes} minute{'s' if minutes != 1 else ''}"
 
 
-@messages.builder("webinar_reminder")
-def _build_reminder(db, settings: Settings, row, sub, now: datetime) -> Content:
+def build_reminder(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load(db, row, sub)
     _require_registered(db, w, sub)
     offset = int(row.data.get("offset", 60))
@@ -1845,8 +1852,7 @@ def _build_reminder(db, settings: Settings, row, sub, now: datetime) -> Content:
     )
 
 
-@messages.builder("webinar_update")
-def _build_update(db, settings: Settings, row, sub, now: datetime) -> Content:
+def build_update(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load(db, row, sub)
     _require_registered(db, w, sub)
     return Content(
@@ -1860,8 +1866,7 @@ def _build_update(db, settings: Settings, row, sub, now: datetime) -> Content:
     )
 
 
-@messages.builder("webinar_cancel")
-def _build_cancel(db, settings: Settings, row, sub, now: datetime) -> Content:
+def build_cancel(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load(db, row, sub)
     if w.status != "cancelled":
         raise SkipMessage("cancelled", "the webinar is no longer cancelled")
@@ -1876,8 +1881,7 @@ def _build_cancel(db, settings: Settings, row, sub, now: datetime) -> Content:
     )
 
 
-@messages.builder("webinar_followup")
-def _build_followup(db, settings: Settings, row, sub, now: datetime) -> Content:
+def build_followup(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load(db, row, sub)
     status = _registration(db, w, sub.id)
     if status not in ("attended", "no_show"):

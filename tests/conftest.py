@@ -313,16 +313,17 @@ class Mailings:
 @pytest.fixture
 def mailings(db, settings, clock):
     """Registers a bulk 'test_bulk' message kind (a broadcast-like email) for the test."""
-    from campaigns import messages
+    from campaigns import kinds
+    from campaigns.content import Content
 
     def build(db, settings, row, sub, now):
-        return messages.Content(
+        return Content(
             kind="broadcast", subject="News from the clinic",
             body_md="Hello reader.\n\n.A line that starts with a dot.\n\n.\n\nBye.",
         )
 
-    messages.BUILDERS[TEST_BULK_KIND] = build
+    kinds.BUILDERS[TEST_BULK_KIND] = build
     try:
         yield Mailings(db, settings, clock)
     finally:
-        messages.BUILDERS.pop(TEST_BULK_KIND, None)
+        kinds.BUILDERS.pop(TEST_BULK_KIND, None)

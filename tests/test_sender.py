@@ -329,7 +329,7 @@ def test_rows_of_a_dead_local_worker_are_recovered_at_once(db, settings, clock, 
 
 
 def test_a_message_that_keeps_crashing_is_parked(db, settings, clock, smtp_server, mailings):
-    from campaigns import messages
+    from campaigns import kinds
 
     good = mailings.many(2)
     poison = mailings.queue(
@@ -339,13 +339,13 @@ def test_a_message_that_keeps_crashing_is_parked(db, settings, clock, smtp_serve
     def explode(*args):
         raise RuntimeError("template bug")
 
-    messages.BUILDERS["poison"] = explode
+    kinds.BUILDERS["poison"] = explode
     try:
         for _ in range(settings.crash_limit):
             summary = sender.send_due(db, settings, clock)
             clock.advance(hours=5)
     finally:
-        messages.BUILDERS.pop("poison")
+        kinds.BUILDERS.pop("poison")
     row = mailings.row(poison)
     assert row["status"] == "failed" and row["crashes"] == settings.crash_limit
     assert row["last_error"].startswith("parked:") and "template bug" in row["last_error"]

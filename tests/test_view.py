@@ -20,7 +20,8 @@ import pytest
 from conftest import TEST_START
 from test_web import Site, dump, text  # the Flask client that reads form tokens, like a browser
 
-from campaigns import broadcasts, messages, webinars
+from campaigns import broadcasts, webinars
+from campaigns.kinds import BUILDERS
 from campaigns.sender import send_due
 from campaigns.worker import tick
 from funnel import web
@@ -164,7 +165,7 @@ def test_every_kind_is_viewable_as_sent_before_and_after_the_reader_acts(
 
     # Every kind in the builder table was sent and checked.
     kinds = {k for k, _ in reader.seen}
-    assert kinds == set(messages.BUILDERS) - {"test_bulk"}, set(messages.BUILDERS) ^ kinds
+    assert kinds == set(BUILDERS) - {"test_bulk"}, set(BUILDERS) ^ kinds
 
     # The readers act on everything: Ana unsubscribes from everything, the
     # registrations end (attended / no-show / cancelled), a year goes by.

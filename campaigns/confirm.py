@@ -1,0 +1,31 @@
+"""The builder of the double opt-in confirmation email (kind ``confirm``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from funnel.settings import Settings
+from subscribers import lifecycle, tokens
+
+from .content import Content, SkipMessage
+from .outbox import OutboxRow
+
+
+def build_confirm(db, settings: Settings, row: OutboxRow, sub: lifecycle.Subscriber, now: datetime) -> Content:
+    if sub.status not in ("pending", "unsubscribed") or not sub.confirm_nonce:
+        raise SkipMessage("cancelled", f"no confirmation needed: the subscriber is {sub.status}")
+    token = tokens.confirm_token(settings, sub.id, sub.confirm_nonce, now)
+    return Content(
+        kind="confirm",
+        subject=f"Please confirm your subscription to {settings.site_name}",
+        preheader="One click and the weekly back-care series is on its way.",
+        bulk=False,
+        extra={
+            "reason": (
+                f"You are getting this one email because this address was entered on "
+                f"{settings.site_name}'s signup form. If that wasn't you, ignore it and "
+                "nothing more will be sent."
+            )
+        },
+        recipient={"confirm_url": settings.url(f"/confirm/{token}")},
+    )
