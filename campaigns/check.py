@@ -148,12 +148,14 @@ def settings_problems(settings: Settings) -> list[str]:
 # ----------------------------------------------------------------- content
 def content_problems(settings: Settings) -> list[str]:
     """Each series step compiled exactly as a send compiles it."""
+    from subscribers.streams import series_roots
+
     from .render import compile_email
-    from .series import _roots, load_series
+    from .series import load_series
 
     out: list[str] = []
     seen: set[str] = set()
-    for root in _roots(settings.content_paths):
+    for root in series_roots(settings.content_paths):
         if not root.is_dir():
             continue
         for toml in sorted(root.glob("*/series.toml")):

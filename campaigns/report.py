@@ -25,9 +25,8 @@ from datetime import date, datetime, timedelta
 
 from funnel.db import iso
 from funnel.errors import InputError
+from funnel.localtime import local_to_utc
 from funnel.settings import Settings
-
-from .schedule import local_to_utc
 
 
 @dataclass(frozen=True)

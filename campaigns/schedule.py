@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from funnel.errors import InputError
+from funnel.localtime import local_to_utc
 
 if TYPE_CHECKING:  # pragma: no cover
     from campaigns.series import Series
@@ -35,30 +36,6 @@ _TINY = timedelta(microseconds=1)
 def _require_aware(value: datetime, name: str) -> None:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be a timezone-aware datetime, got {value!r}")
-
-
-def local_to_utc(day: date, hour: int, tz: ZoneInfo, minute: int = 0) -> datetime:
-    """The UTC instant of wall-clock ``day hour:minute`` in ``tz``, DST-safe.
-
-    Gap -> the instant the clocks jump (first valid instant after the missing
-    wall time); overlap -> the first occurrence.  See the module docstring.
-    """
-    wall = datetime.combine(day, time(hour, minute), tzinfo=tz)  # fold=0: first occurrence
-    first = wall.astimezone(UTC)
-    if first.astimezone(tz).replace(tzinfo=None) == wall.replace(tzinfo=None):
-        return first  # the wall time exists (possibly twice; fold=0 picked the first)
-    # The wall time falls in a gap.  fold=0 and fold=1 map it to two UTC instants
-    # that straddle the transition; bisect for the instant the offset changes.
-    other = wall.replace(fold=1).astimezone(UTC)
-    lo, hi = sorted((first, other))
-    offset_lo = lo.astimezone(tz).utcoffset()
-    while hi - lo > timedelta(seconds=1):
-        mid = lo + (hi - lo) / 2
-        if mid.astimezone(tz).utcoffset() == offset_lo:
-            lo = mid
-        else:
-            hi = mid
-    return hi.replace(microsecond=0)
 
 
 def next_slot(after_utc: datetime, tz: ZoneInfo, send_day: int | None, send_hour: int) -> datetime:

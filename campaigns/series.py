@@ -41,9 +41,9 @@ import yaml
 
 from campaigns.articles import CTA_KINDS  # one list of CTA kinds for articles and steps
 from funnel.errors import FunnelError, InputError, NotFound
+from subscribers.streams import SLUG_RE, ContentDirs, series_folder, series_folders, series_roots
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 #: Articles longer than this are split into several emails by :func:`build_series`.
 MAX_STEP_WORDS = 1200
 
@@ -410,50 +410,20 @@ def load_series(path_or_dir: Path) -> Series:
     )
 
 
-def _series_root(content_dir: Path) -> Path:
-    """Accept either the content root (``content/``) or ``content/series`` itself."""
-    content_dir = Path(content_dir)
-    sub = content_dir / "series"
-    return sub if sub.is_dir() else content_dir
-
-
-ContentDirs = Path | str | Sequence[Path]
-
-
-def _roots(content_dir: ContentDirs) -> list[Path]:
-    dirs = [content_dir] if isinstance(content_dir, Path | str) else list(content_dir)
-    return [_series_root(Path(d)) for d in dirs]
-
-
-def series_folder(content_dir: ContentDirs, slug: str) -> Path | None:
-    """The folder of series ``slug``: the first content folder that has it."""
-    if not SLUG_RE.match(slug):
-        return None
-    for root in _roots(content_dir):
-        if (root / slug / "series.toml").is_file():
-            return root / slug
-    return None
-
-
 def list_series(content_dir: ContentDirs) -> list[Series]:
     """Every series under the content folder(s) (``content/`` or ``content/series``), by slug.
 
     With several folders, the first one holding a slug wins.
     """
-    folders: dict[str, Path] = {}
-    for root in _roots(content_dir):
-        if root.is_dir():
-            for p in sorted(root.glob("*/series.toml")):
-                folders.setdefault(p.parent.name, p.parent)
-    return [load_series(folders[slug]) for slug in sorted(folders)]
+    return [load_series(folder) for folder in series_folders(content_dir).values()]
 
 
 def find_series(content_dir: ContentDirs, slug: str) -> Series:
     """The series ``slug``; NotFound names the folders searched and the known slugs."""
     folder = series_folder(content_dir, slug)
     if folder is None:
-        roots = _roots(content_dir)
-        known = sorted({p.parent.name for r in roots if r.is_dir() for p in r.glob("*/series.toml")})
+        roots = series_roots(content_dir)
+        known = sorted(series_folders(content_dir))
         hint = f"; known series: {', '.join(known)}" if known else ""
         raise NotFound(f"series {slug!r} not found in {' or '.join(map(str, roots))}{hint}")
     return load_series(folder)

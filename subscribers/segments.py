@@ -40,7 +40,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from funnel.db import REGISTRATION_STATES, SUBSCRIBER_STATES, iso
 from funnel.errors import InputError, NotFound
+from funnel.localtime import local_to_utc
 from funnel.settings import Settings
+
+from .streams import series_folder, series_folders
 
 KEYS_HELP = "status, stream, source, signed_up, series:<slug>, tz, webinar:<slug>"
 BUILTIN = {"all": ("status=active", "stream=broadcasts")}
@@ -239,8 +242,6 @@ class _Compiler:
             day = date.fromisoformat(value)
         except ValueError as exc:
             raise InputError(f"{where}: {value!r} is not a date like 2026-01-31") from exc
-        from campaigns.schedule import local_to_utc  # pure time math, no cycle
-
         start = iso(local_to_utc(day, 0, self.settings.zone))
         end = iso(local_to_utc(day + timedelta(days=1), 0, self.settings.zone))
         sql = {
@@ -268,10 +269,8 @@ class _Compiler:
             raise InputError(
                 f"{where}: series progress must be a part number, e.g. series:{slug}>=3"
             ) from exc
-        from campaigns.series import list_series, series_folder
-
         if series_folder(self.settings.content_paths, slug) is None:
-            known = ", ".join(s.slug for s in list_series(self.settings.content_paths)) or "none"
+            known = ", ".join(series_folders(self.settings.content_paths)) or "none"
             raise InputError(f"{where}: unknown series {slug!r} (known: {known})")
         return (
             "COALESCE((SELECT MAX(sd.part) FROM series_deliveries sd "
