@@ -41,6 +41,7 @@ from subscribers import segments
 
 from . import outbox, schedule, webinars
 from .content import Content, SkipMessage
+from .frontmatter import split_front_matter, validate_ctas
 
 TEMPLATES = ("broadcast",)
 FRONT_MATTER_KEYS = {"subject", "preheader", "ctas", "title"}
@@ -96,8 +97,6 @@ def get(db, campaign_id: int) -> Campaign:
 # ----------------------------------------------------------------- create
 def read_body(path: Path) -> tuple[dict, str]:
     """A Markdown body, optionally with front matter (subject, preheader, ctas)."""
-    from .series import split_front_matter, validate_ctas
-
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as exc:

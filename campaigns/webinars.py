@@ -62,6 +62,7 @@ from subscribers import lifecycle, optin, tokens
 
 from . import ics, mime, outbox
 from .content import Content, SkipMessage
+from .frontmatter import toml_line
 from .schedule import (
     WHEN_FORMS,
     is_relative,
@@ -70,7 +71,6 @@ from .schedule import (
     parse_when,
     require_future,
 )
-from .series import toml_line
 
 OFFERS = {
     "appointment": ("appointment_url", "Book an appointment"),
