@@ -15,7 +15,7 @@ crash, or two workers queueing at once, never makes a second row for anyone;
 ``queued_at`` is set only when the whole segment has been walked.
 
 Pausing only flips the campaign row: the sender's claim filter
-(:func:`campaigns.schedule.claim_filter`) skips rows of paused campaigns.
+(:func:`campaigns.holds.claim_filter`) skips rows of paused campaigns.
 Nothing is rewritten row by row, so a crash mid-pause leaves nothing to
 repair, and pausing and resuming any number of times sends exactly what an
 uninterrupted run would.

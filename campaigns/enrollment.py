@@ -54,7 +54,7 @@ from funnel.errors import FunnelError, InputError, NotFound
 from funnel.settings import Settings
 from subscribers import segments
 
-from . import outbox, schedule, webinars
+from . import holds, outbox, schedule, webinars
 from .content import Content, SkipMessage
 from .series import Series, check_gaps, find_series, series_folder
 
@@ -487,7 +487,7 @@ def _process(db, settings: Settings, series: Series, sid: int, now: datetime) ->
     if due > now:
         _set(db, sid, slug, now, next_due_at=iso(due), next_step=index)
         return "waiting"
-    hold = schedule.hold_until(db, settings, sid, now)
+    hold = holds.hold_until(db, settings, sid, now)
     if hold is not None:
         later = schedule.postponed_due(
             hold[0],
@@ -639,7 +639,7 @@ def defer_held(db, settings: Settings, now: datetime, *, limit: int = 1000) -> i
     fresh expiry, so a postponed step is never dropped and isn't re-examined
     on every claim.
     """
-    held, params = schedule.held_sql(settings.frequency_cap, now, row="o")
+    held, params = holds.held_sql(settings.frequency_cap, now, row="o")
     moved = 0
     with transaction(db):
         rows = db.execute(
@@ -650,7 +650,7 @@ def defer_held(db, settings: Settings, now: datetime, *, limit: int = 1000) -> i
             (iso(now), *params, limit),
         ).fetchall()
         for row_id, sid, priority, data, tz_name in rows:
-            hold = schedule.hold_until(db, settings, sid, now, row_id=row_id, priority=priority)
+            hold = holds.hold_until(db, settings, sid, now, row_id=row_id, priority=priority)
             if hold is None:
                 continue
             send_hour = settings.quiet_end_hour

@@ -30,7 +30,7 @@ from funnel.db import parse_iso, transaction
 from funnel.errors import ConfigurationError, FunnelError
 from funnel.settings import Settings
 
-from . import messages, outbox, views
+from . import holds, messages, outbox, views
 from .content import SkipMessage
 from .smtp import Relay, RelayPool, SendResult
 
@@ -167,14 +167,6 @@ def config_fingerprint(settings: Settings) -> str:
     return h.hexdigest()[:32]
 
 
-def claim_filter(settings: Settings, now: datetime) -> tuple[str, tuple]:
-    """Extra claim conditions: paused campaigns, frequency cap, webinar hold (schedule.py)."""
-    from . import schedule
-
-    make = getattr(schedule, "claim_filter", None)
-    return make(settings, now) if make else ("", ())
-
-
 #: How often a long :func:`send_due` stamps the worker heartbeat (/healthz
 #: wants one within ``healthz_worker_seconds``); rarely, so it adds no write
 #: between most batches.
@@ -233,7 +225,7 @@ def send_due(
             if blocked:
                 summary.blocked = blocked
                 break
-            where, params = claim_filter(settings, now)
+            where, params = holds.claim_filter(settings, now)
             where, params = where + " AND (held_config IS NULL OR held_config != ?)", (
                 *params, fingerprint,
             )

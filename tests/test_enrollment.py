@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from campaigns import enrollment, outbox, schedule
+from campaigns import enrollment, holds, outbox, schedule
 from campaigns.enrollment import next_step_index, schedule_series
 from campaigns.sender import send_due
 from campaigns.series import find_series
@@ -355,7 +355,7 @@ def test_cap_is_enforced_at_send_time_broadcast_goes_series_waits(db, demo, cloc
         stream="broadcasts",
         priority=outbox.PRIORITY_BROADCAST,
     )
-    where, params = schedule.claim_filter(demo, clock())
+    where, params = holds.claim_filter(demo, clock())
     token, rows = outbox.claim(db, clock(), 10, where=where, params=params)
     assert [r.kind for r in rows] == ["broadcast"]  # the series step waits
     outbox.release(db, token, [r.id for r in rows], clock())
@@ -385,7 +385,7 @@ def test_series_held_in_the_24_hours_before_a_webinar(db, demo, clock):
         (wid, sid, iso(clock()), iso(clock())),
     )
     clock.set(tuesday)
-    assert schedule.hold_until(db, demo, sid, clock())[0] == "webinar"
+    assert holds.hold_until(db, demo, sid, clock())[0] == "webinar"
     assert schedule_series(db, demo, clock()) == 0
     after = parse_iso(enrollment_row(db, sid)["next_due_at"])
     assert after == utc(2026, 12, 2, 9, 0)  # the next 09:00 after the webinar ends

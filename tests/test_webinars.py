@@ -710,7 +710,7 @@ def test_registration_pages(db, settings, clock):
 
 def test_series_mail_waits_in_the_24h_before_a_registered_webinar(db, settings, clock):
     """Delivery's claim filter holds series steps for registrants (uses our registrations)."""
-    from campaigns import outbox, schedule
+    from campaigns import holds, outbox
 
     create(db, settings, clock())
     reg = webinars.register(
@@ -731,10 +731,10 @@ def test_series_mail_waits_in_the_24h_before_a_registered_webinar(db, settings, 
             stream="series:x",
             ref="series:x:1",
         )
-    where, params = schedule.claim_filter(settings, clock())
+    where, params = holds.claim_filter(settings, clock())
     _lease, rows = outbox.claim(db, clock(), 100, where=where, params=params)
     assert [r.to_addr for r in rows if r.kind == "series"] == ["o@example.com"]
-    assert schedule.hold_until(db, settings, reg, clock())[0] == "webinar"
+    assert holds.hold_until(db, settings, reg, clock())[0] == "webinar"
 
 
 def test_cli_invite_by_segment_expression(cli_env, settings, clock):

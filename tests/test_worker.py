@@ -163,9 +163,9 @@ def test_cap_holds_at_send_time_when_two_senders_race(settings, clock, smtp_serv
         priority=outbox.PRIORITY_BROADCAST,
         campaign_id=None,
     )
-    from campaigns import schedule
+    from campaigns import holds
 
-    where, params = schedule.claim_filter(s, now)
+    where, params = holds.claim_filter(s, now)
     _, first = outbox.claim(db, now, 1, where=where, params=params)
     _, second = outbox.claim(db, now, 1, where=where, params=params)
     assert [r.kind for r in first] == ["broadcast"] and second == []  # in flight counts too
