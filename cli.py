@@ -751,7 +751,8 @@ def preview(
     """
     from pathlib import Path
 
-    from campaigns.series import find_series, list_series, preview_steps, resolve_step
+    from campaigns.preview import preview_steps
+    from campaigns.series import find_series, list_series, resolve_step
 
     content = app.settings.content_paths
     if all_steps:

@@ -82,23 +82,15 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
     content = make(db, settings, row, sub, now)
     links = standard_links(settings, sub, now, row.stream)
     rendered = render_for(settings, content, sub, row, now, links)
-    data = mime.compose(
-        from_name=settings.from_name or settings.site_name,
-        from_addr=settings.from_addr,
-        to_name=sub.name,
-        to_addr=row.to_addr,
-        subject=rendered.subject,
-        date=now,
+    data = assemble(
+        settings, rendered, to_name=sub.name, to_addr=row.to_addr, date=now,
         message_id=row.message_id,
-        text=rendered.text,
-        html=rendered.html,
         list_id=content.list_id or (list_id(settings, row.stream) if content.bulk else None),
         unsubscribe_url=links["unsubscribe_url"] if content.bulk else None,
         unsubscribe_mailto=(
             f"mailto:{tokens.signed_address(settings, 'unsubscribe', row.id)}?subject=unsubscribe"
             if content.bulk else None
         ),
-        reply_to=settings.reply_to or None,
         extra_headers=[("X-Funnel-Row", str(row.id))],
         attachments=content.attachments,
     )
@@ -106,6 +98,30 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
         data = signer.sign(data)
     view = replace(content, attachments=(), recipient={**content.recipient, "first_name": sub.first_name})
     return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data, view, now)
+
+
+def assemble(settings: Settings, rendered: render.Rendered, *, to_name: str, to_addr: str,
+             date: datetime, message_id: str, list_id: str | None,
+             unsubscribe_url: str | None, unsubscribe_mailto: str | None,
+             extra_headers=(), attachments=()) -> bytes:
+    """The wire bytes of a rendered email from this site's sender (sends and previews)."""
+    return mime.compose(
+        from_name=settings.from_name or settings.site_name,
+        from_addr=settings.from_addr,
+        to_name=to_name,
+        to_addr=to_addr,
+        subject=rendered.subject,
+        date=date,
+        message_id=message_id,
+        text=rendered.text,
+        html=rendered.html,
+        list_id=list_id,
+        unsubscribe_url=unsubscribe_url,
+        unsubscribe_mailto=unsubscribe_mailto,
+        reply_to=settings.reply_to or None,
+        extra_headers=extra_headers,
+        attachments=attachments,
+    )
 
 
 def render_for(settings: Settings, content: Content, sub: lifecycle.Subscriber,

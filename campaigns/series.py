@@ -16,14 +16,13 @@ otherwise discovered when thousands of emails are already out: an unknown key,
 a wrong type, a missing file or a duplicate part is an InputError naming the
 file (and line) and the field.
 
-The module also holds the content-side operations on a series: building one
-from imported articles (:func:`build_series`, splitting long articles into
-weekly parts) and writing previews (:func:`preview_steps`).
+The module also builds a series from imported articles (:func:`build_series`,
+splitting long articles into weekly parts); previews are
+:mod:`campaigns.preview`.
 """
 
 from __future__ import annotations
 
-import html as html_lib
 import json
 import math
 import os
@@ -33,7 +32,6 @@ import tempfile
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -638,121 +636,10 @@ def build_series(
 # --------------------------------------------------------------------------- preview
 
 
-@dataclass
-class PreviewResult:
-    series: str
-    step: Step
-    subject: str
-    preheader: str
-    html_bytes: int
-    words: int
-    files: list[Path]
-
-    @property
-    def html_kb(self) -> float:
-        return self.html_bytes / 1024
-
-
-def _width_preview_page(title: str, html: str) -> str:
-    """One page showing the email at phone (375 px) and desktop (800 px) widths."""
-    doc = html_lib.escape(html, quote=True)
-    safe_title = html_lib.escape(title)
-    frames = "\n".join(
-        f"<figure><figcaption>{label} · {width}px</figcaption>"
-        f'<iframe width="{width}" height="900" srcdoc="{doc}"></iframe></figure>'
-        for label, width in (("Mobile", 375), ("Desktop", 800))
-    )
-    return (
-        '<!doctype html>\n<html><head><meta charset="utf-8">'
-        f"<title>Preview: {safe_title}</title>"
-        "<style>body{font-family:sans-serif;background:#eee;margin:16px}"
-        "main{display:flex;gap:24px;align-items:flex-start;flex-wrap:wrap}"
-        "figure{margin:0}iframe{border:1px solid #999;background:#fff}</style>"
-        f"</head><body><h1>{safe_title}</h1><main>\n{frames}\n</main></body></html>\n"
-    )
-
-
-def preview_steps(
-    settings: Any,
-    series: Series,
-    steps: Sequence[Step],
-    out_dir: Path,
-    now: datetime,
-) -> list[PreviewResult]:
-    """Render ``steps`` for a sample reader and write, per step, into ``out_dir``:
-
-    ``<series>-<key>.html``, ``.txt``, ``.eml`` (a complete message, exactly as
-    the worker would build it, with List-Unsubscribe etc.) and ``.preview.html``
-    (mobile and desktop widths side by side).  Rendering is strict, so an
-    unknown template variable or a CTA without a URL fails here, not in a send.
-    """
-    # Imported here: rendering pulls in MJML and Jinja, which loading a series
-    # (done on every CLI call and send) does not need.
-    from campaigns.content import list_id
-    from campaigns.mime import compose, make_message_id
-    from campaigns.render import compile_email, sample_recipient
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    recipient = sample_recipient(settings, "series")
-    domain = settings.sender_domain
-    results = []
-    for step in steps:
-        compiled = compile_email(
-            settings,
-            "series",
-            subject=step.subject,
-            preheader=step.preheader,
-            body_md=step.body_md,
-            ctas=step.ctas,
-            strict=True,
-        )
-        rendered = compiled.render(recipient)
-        message = compose(
-            from_name=settings.from_name or settings.site_name,
-            from_addr=settings.from_addr,
-            to_name=str(recipient.get("first_name") or ""),
-            to_addr=str(recipient["email"]),
-            subject=rendered.subject,
-            date=now,
-            message_id=make_message_id(step.part, domain, salt=f"preview:{series.slug}:{step.key}"),
-            text=rendered.text,
-            html=rendered.html,
-            list_id=list_id(settings, series.stream),
-            unsubscribe_url=str(recipient["unsubscribe_url"]),
-            unsubscribe_mailto=f"mailto:unsubscribe@{domain}?subject=unsubscribe",
-            reply_to=settings.reply_to or None,
-        )
-        stem = out_dir / f"{series.slug}-{step.key}"
-        paths = [
-            stem.with_name(stem.name + ".html"),
-            stem.with_name(stem.name + ".txt"),
-            stem.with_name(stem.name + ".eml"),
-            stem.with_name(stem.name + ".preview.html"),
-        ]
-        paths[0].write_text(rendered.html, encoding="utf-8")
-        paths[1].write_text(rendered.text, encoding="utf-8")
-        paths[2].write_bytes(message)
-        paths[3].write_text(_width_preview_page(rendered.subject, rendered.html), encoding="utf-8")
-        results.append(
-            PreviewResult(
-                series=series.slug,
-                step=step,
-                subject=rendered.subject,
-                preheader=rendered.preheader,
-                html_bytes=len(rendered.html.encode("utf-8")),
-                words=step.words,
-                files=paths,
-            )
-        )
-    return results
-
-
 __all__ = [
     "BuildResult",
     "CTA_KINDS",
     "MAX_STEP_WORDS",
-    "PreviewResult",
     "Series",
     "Step",
     "build_series",
@@ -765,7 +652,6 @@ __all__ = [
     "load_step",
     "missing_parts_text",
     "paragraphs",
-    "preview_steps",
     "resolve_step",
     "split_body",
 ]

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaigns.articles import Article, dump_article
+from campaigns.preview import preview_steps
 from campaigns.series import (
     BuildResult,
     build_series,
@@ -24,7 +25,6 @@ from campaigns.series import (
     list_series,
     load_series,
     paragraphs,
-    preview_steps,
     resolve_step,
     split_body,
 )
