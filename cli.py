@@ -1713,7 +1713,7 @@ def webinar_attendance(app: App, slug: str, file: Path, skip_invalid: bool) -> N
     Example:
       funnel webinar attendance spine-health zoom-attendees.csv
     """
-    from campaigns.webinars import AttendanceRejected, import_attendance
+    from campaigns.attendance import AttendanceRejected, import_attendance
 
     try:
         report = import_attendance(app.db, app.settings, slug, file, app.now(),

@@ -20,7 +20,7 @@ import pytest
 from conftest import TEST_START
 from test_web import Site, dump, text  # the Flask client that reads form tokens, like a browser
 
-from campaigns import broadcasts, webinars
+from campaigns import attendance, broadcasts, webinars
 from campaigns.kinds import BUILDERS
 from campaigns.sender import send_due
 from campaigns.worker import tick
@@ -156,7 +156,7 @@ def test_every_kind_is_viewable_as_sent_before_and_after_the_reader_acts(
     # after it: Ana attended (offer), Bo missed it (replay)
     clock.set(START_UTC + timedelta(hours=3))
     webinars.edit_webinar(db, settings, w.slug, {"replay_url": "https://video.clinic.example/r"}, clock())
-    webinars.import_attendance(db, settings, w.slug, None, clock(), text="Email,Duration\nana@example.com,50\n")
+    attendance.import_attendance(db, settings, w.slug, None, clock(), text="Email,Duration\nana@example.com,50\n")
     clock.advance(hours=3)
     followups = reader.send()
     assert {str(m.message["Subject"]).split(" ")[0] for m in followups} == {"Thank", "The"}

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import TEST_START
 
 import cli
-from campaigns import webinars
+from campaigns import attendance, webinars
 from campaigns.sender import send_due
 from funnel.db import connect
 from funnel.errors import InputError, NotFound, TokenError
@@ -257,7 +257,7 @@ def test_webinar_lifecycle(db, settings, smtp_server, clock):
         encoding="utf-8",
     )
     clock.set(new_start + timedelta(minutes=70))
-    report = webinars.import_attendance(db, settings, "spine-health", csv_path, clock())
+    report = attendance.import_attendance(db, settings, "spine-health", csv_path, clock())
     assert (report.attended, report.no_show, report.followups_queued) == (1, 1, 2)
     assert report.unknown == [
         f"{csv_path}:8: stranger@example.com is not registered for spine-health"
@@ -390,7 +390,7 @@ def test_replay_branch_capacity_and_waitlist(db, settings, smtp_server, clock):
     webinars.edit_webinar(
         db, settings, "spine-health", {"replay_url": "https://video.clinic.example/replay"}, clock()
     )
-    report = webinars.import_attendance(
+    report = attendance.import_attendance(
         db, settings, "spine-health", None, clock(), text="Email,Duration\na@example.com,55\n"
     )
     assert (report.attended, report.no_show) == (1, 1)
@@ -400,7 +400,7 @@ def test_replay_branch_capacity_and_waitlist(db, settings, smtp_server, clock):
     (replay,) = webinar_mail(smtp_server, "b@example.com", "replay")
     assert "https://video.clinic.example/replay" in replay.links()
     # Re-importing a corrected file recomputes; follow-ups are not queued twice.
-    again = webinars.import_attendance(
+    again = attendance.import_attendance(
         db,
         settings,
         "spine-health",
@@ -489,7 +489,7 @@ def test_bad_input(db, settings, clock, tmp_path):
     # Attendance: unknown emails are reported, bad rows reject the file and change nothing.
     webinars.register(db, settings, "spine-health", now, email="a@example.com")
     with pytest.raises(InputError, match="has not started yet"):
-        webinars.import_attendance(
+        attendance.import_attendance(
             db, settings, "spine-health", None, now, text="Email\na@example.com\n"
         )
     later = START_UTC + timedelta(hours=2)
@@ -500,19 +500,19 @@ def test_bad_input(db, settings, clock, tmp_path):
         f"ghost@example.com,{START},5\n",
         encoding="utf-8",
     )
-    with pytest.raises(webinars.AttendanceRejected) as exc:
-        webinars.import_attendance(db, settings, "spine-health", path, later)
+    with pytest.raises(attendance.AttendanceRejected) as exc:
+        attendance.import_attendance(db, settings, "spine-health", path, later)
     problems = exc.value.report.problems
     assert problems[0].startswith(f"{path}:2: email") and f"{path}:3: join time" in problems[1]
     assert problems[2] == f"{path}:4: duration 'lots' is not a number of minutes"
     assert db.execute("SELECT status FROM registrations").fetchone()[0] == "registered"
-    report = webinars.import_attendance(
+    report = attendance.import_attendance(
         db, settings, "spine-health", path, later, skip_invalid=True
     )
     assert report.unknown == [f"{path}:5: ghost@example.com is not registered for spine-health"]
     assert (report.attended, report.no_show) == (0, 1)
     with pytest.raises(InputError, match="no header row with an email column"):
-        webinars.import_attendance(db, settings, "spine-health", None, later, text="a,b\n1,2\n")
+        attendance.import_attendance(db, settings, "spine-health", None, later, text="a,b\n1,2\n")
 
 
 def test_demo_webinar_moves_to_next_thursday(db, settings, clock, tmp_path):
