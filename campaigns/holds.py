@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from funnel.db import iso, parse_iso
 
+from .policy import policy
 from .schedule import require_aware
 
 #: Mail the reader asked for (the opt-in) or needs for an event they registered
@@ -34,9 +35,9 @@ TRANSACTIONAL_KINDS = (
 #: invitations, follow-ups) goes before them and only waits, in the queue,
 #: while the reader already has N emails from us in the last 24 h.
 DEFERRABLE_KINDS = ("series",)
-CAP_WINDOW = timedelta(hours=24)
+CAP_WINDOW = policy().cap_window  # [holds] in policy.toml
 #: Series mail pauses this long before a webinar the reader registered for.
-WEBINAR_HOLD = timedelta(hours=24)
+WEBINAR_HOLD = policy().webinar_hold
 
 
 def _in(values: tuple[str, ...]) -> str:

@@ -56,6 +56,8 @@ from datetime import datetime, timedelta
 
 from funnel.settings import RelayConfig
 
+from .policy import policy
+
 _MAXLINE = 8192
 _CRLF = b"\r\n"
 _BARE_EOL = re.compile(rb"\r\n|\n|\r(?!\n)")
@@ -75,22 +77,11 @@ class SendResult:
 
 
 def classify(code: int | None, stage: str) -> str:
-    """'sent', 'retry', 'failed', 'slowdown' (retry + throttle) or 'relay' (retry + rest relay)."""
-    if code is None:
-        return "retry"
-    if 200 <= code < 300:
-        return "sent"
-    if code == 421:
-        return "slowdown"
-    if 400 <= code < 500:
-        return "retry"
-    if code == 552 and stage == "rcpt":
-        return "retry"
-    if 500 <= code < 600 and stage in ("connect", "mail"):
-        return "relay"
-    if 500 <= code < 600:
-        return "failed"
-    return "retry"
+    """'sent', 'retry', 'failed', 'slowdown' (retry + throttle) or 'relay' (retry + rest relay).
+
+    The rules are data: ``[reply_codes]`` in ``campaigns/policy.toml``.
+    """
+    return policy().verdict(code, stage)
 
 
 def stuff(data: bytes) -> bytes:

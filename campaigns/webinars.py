@@ -63,6 +63,7 @@ from subscribers import lifecycle, optin, tokens
 from . import ics, mime, outbox
 from .content import Content, SkipMessage
 from .frontmatter import toml_line
+from .policy import policy
 from .schedule import (
     WHEN_FORMS,
     is_relative,
@@ -75,7 +76,7 @@ OFFERS = {
     "appointment": ("appointment_url", "Book an appointment"),
     "programme": ("programme_url", "Start the 28-day programme"),
 }
-DEFAULT_REMINDERS = (1440, 60, 10)
+DEFAULT_REMINDERS = policy().reminder_offsets  # [webinars] in policy.toml
 DEFAULT_DURATION = 60
 DEFAULT_FOLLOWUP_DELAY = 120
 #: Follow-ups older than this are not worth sending any more.
