@@ -505,6 +505,117 @@ def _strip_part_suffix(title: str) -> str:
     return re.sub(r"[\s:(,-]*\bpart\s+\d+\)?\s*$", "", title, flags=re.I).strip() or title
 
 
+def _order_articles(articles: Sequence[Any]) -> tuple[list[Any], list[int]]:
+    """The articles in part order, and the missing part numbers (gaps)."""
+    by_part: dict[int, Any] = {}
+    for article in articles:
+        part = getattr(article, "part", None)
+        if part is None and len(articles) == 1:
+            part = 1  # one stand-alone article (often a long one to split) is the whole series
+        if part is None:
+            raise InputError(
+                f"{article.path}: front matter 'part' is missing; series build orders "
+                "articles by part number"
+            )
+        if part in by_part:
+            raise InputError(
+                f"{article.path}: front matter 'part' {part} is also used by {by_part[part].path}"
+            )
+        by_part[part] = article
+    ordered = [by_part[p] for p in sorted(by_part)]
+    gaps = [p for p in range(1, max(by_part) + 1) if p not in by_part]
+    return ordered, gaps
+
+
+def _step_file(article: Any, body: str, index: int, count: int, number: int,
+               keep_parts: bool) -> tuple[str, str]:
+    """``(file name, text)`` of step ``number``: part ``index`` of ``count`` of ``article``."""
+    suffix = f" ({index}/{count})" if count > 1 else ""
+    # An article may carry its own subject/preheader (set by hand after
+    # import); they apply to its first email, the rest get derived ones.
+    own_subject = getattr(article, "subject", None) if index == 1 else None
+    own_preheader = getattr(article, "preheader", None) if index == 1 else None
+    front: dict[str, Any] = {
+        "title": article.title + suffix,
+        "part": article.part if keep_parts and article.part is not None else number,
+        "subject": (own_subject or article.title) + suffix,
+        "preheader": own_preheader or _preheader_from(body),
+    }
+    if article.ctas and index == count:
+        front["ctas"] = [{"kind": c["kind"], "text": c["text"]} for c in article.ctas]
+    if getattr(article, "source", None):
+        front["source"] = str(article.source)
+    short = article.slug if len(article.slug) <= 48 else article.slug[:49].rsplit("-", 1)[0]
+    stem = f"{number:02d}-{short.strip('-')}"
+    name = f"{stem}-{index}.md" if count > 1 else f"{stem}.md"
+    text = "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000)
+    return name, text + "---\n\n" + body
+
+
+def _step_files(ordered: Sequence[Any], max_words: int, label: str,
+                ) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """Every step file in send order, and how many steps each split article became."""
+    files: list[tuple[str, str]] = []
+    split: dict[str, int] = {}
+    chunks = [split_body(article.body_md, max_words, label) for article in ordered]
+    # Steps keep the articles' own part numbers ("received part >= 4" then means
+    # the clinic's part 4, and a missing part added later slots in).  A split
+    # article needs more numbers than it has, so then steps are numbered in
+    # send order; the gaps still name the articles' missing parts.
+    keep_parts = all(len(b) == 1 for b in chunks)
+    for article, bodies in zip(ordered, chunks, strict=True):
+        if len(bodies) > 1:
+            split[str(article.path)] = len(bodies)
+        for index, body in enumerate(bodies, start=1):
+            files.append(_step_file(article, body, index, len(bodies), len(files) + 1, keep_parts))
+    return files, split
+
+
+def _series_toml(slug: str, title: str, description: str, cadence: str, send_day: str | None,
+                 send_hour: int, gaps: Sequence[int], names: Sequence[str]) -> str:
+    toml = [
+        f"title = {_toml_str(title)}",
+        f"description = {_toml_str(description)}",
+        f"cadence = {_toml_str(cadence)}",
+    ]
+    if send_day:
+        toml.append(f"send_day = {_toml_str(send_day.lower())}")
+    toml.append(f"send_hour = {send_hour}")
+    toml.append(f"stream = {_toml_str('series:' + slug)}")
+    if gaps:
+        toml.append(f"gaps = [{', '.join(map(str, gaps))}]")
+    toml.append("steps = [")
+    toml.extend(f"  {_toml_str(name)}," for name in names)
+    toml.append("]")
+    return "\n".join(toml) + "\n"
+
+
+def _write_series(out_dir: Path, slug: str, toml: str, files: Sequence[tuple[str, str]],
+                  force: bool) -> Path:
+    """Write the folder beside ``out_dir/slug``, check it loads, then rename it into place."""
+    target = out_dir / slug
+    if target.exists() and not force:
+        raise InputError(f"{target} already exists; pass --force to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=out_dir))
+    try:
+        (staging / "series.toml").write_text(toml, encoding="utf-8")
+        for name, text in files:
+            (staging / name).write_text(text, encoding="utf-8")
+        final = staging / slug  # validate under the real slug before it goes live
+        final.mkdir()
+        for item in list(staging.iterdir()):
+            if item != final:
+                item.rename(final / item.name)
+        load_series(final)
+        if target.exists():  # ".previous" can't clash with a slug (no leading dot)
+            target.rename(staging / ".previous")
+        os.replace(final, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def build_series(
     slug: str,
     articles: Sequence[Any],
@@ -539,97 +650,13 @@ def build_series(
     cadence_days = parse_cadence(cadence, "--cadence")
     parse_send_day(send_day, "--send-day")
     parse_send_hour(send_hour, "--send-hour")
-    by_part: dict[int, Any] = {}
-    for article in articles:
-        part = getattr(article, "part", None)
-        if part is None and len(articles) == 1:
-            part = 1  # one stand-alone article (often a long one to split) is the whole series
-        if part is None:
-            raise InputError(
-                f"{article.path}: front matter 'part' is missing; series build orders "
-                "articles by part number"
-            )
-        if part in by_part:
-            raise InputError(
-                f"{article.path}: front matter 'part' {part} is also used by {by_part[part].path}"
-            )
-        by_part[part] = article
-    ordered = [by_part[p] for p in sorted(by_part)]
-    gaps = [p for p in range(1, max(by_part) + 1) if p not in by_part]
+    ordered, gaps = _order_articles(articles)
     # Article.series is a slug ("importance-of-exercise"), not a display title.
     series_title = title or _strip_part_suffix(ordered[0].title)
-    label = teaser_label(cadence_days)
-
-    files: list[tuple[str, str]] = []
-    split: dict[str, int] = {}
-    number = 0
-    chunks = [split_body(article.body_md, max_words, label) for article in ordered]
-    # Steps keep the articles' own part numbers ("received part >= 4" then means
-    # the clinic's part 4, and a missing part added later slots in).  A split
-    # article needs more numbers than it has, so then steps are numbered in
-    # send order; the gaps still name the articles' missing parts.
-    keep_parts = all(len(b) == 1 for b in chunks)
-    for article, bodies in zip(ordered, chunks, strict=True):
-        if len(bodies) > 1:
-            split[str(article.path)] = len(bodies)
-        for index, body in enumerate(bodies, start=1):
-            number += 1
-            suffix = f" ({index}/{len(bodies)})" if len(bodies) > 1 else ""
-            # An article may carry its own subject/preheader (set by hand after
-            # import); they apply to its first email, the rest get derived ones.
-            own_subject = getattr(article, "subject", None) if index == 1 else None
-            own_preheader = getattr(article, "preheader", None) if index == 1 else None
-            front: dict[str, Any] = {
-                "title": article.title + suffix,
-                "part": article.part if keep_parts and article.part is not None else number,
-                "subject": (own_subject or article.title) + suffix,
-                "preheader": own_preheader or _preheader_from(body),
-            }
-            if article.ctas and index == len(bodies):
-                front["ctas"] = [{"kind": c["kind"], "text": c["text"]} for c in article.ctas]
-            if getattr(article, "source", None):
-                front["source"] = str(article.source)
-            short = article.slug if len(article.slug) <= 48 else article.slug[:49].rsplit("-", 1)[0]
-            stem = f"{number:02d}-{short.strip('-')}"
-            name = f"{stem}-{index}.md" if len(bodies) > 1 else f"{stem}.md"
-            text = "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000)
-            files.append((name, text + "---\n\n" + body))
-
-    toml = [
-        f"title = {_toml_str(series_title)}",
-        f"description = {_toml_str(description)}",
-        f"cadence = {_toml_str(cadence)}",
-    ]
-    if send_day:
-        toml.append(f"send_day = {_toml_str(send_day.lower())}")
-    toml.append(f"send_hour = {send_hour}")
-    toml.append(f"stream = {_toml_str('series:' + slug)}")
-    if gaps:
-        toml.append(f"gaps = [{', '.join(map(str, gaps))}]")
-    toml.append("steps = [")
-    toml.extend(f"  {_toml_str(name)}," for name, _ in files)
-    toml.append("]")
-
-    target = out_dir / slug
-    if target.exists() and not force:
-        raise InputError(f"{target} already exists; pass --force to replace it")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=out_dir))
-    try:
-        (staging / "series.toml").write_text("\n".join(toml) + "\n", encoding="utf-8")
-        for name, text in files:
-            (staging / name).write_text(text, encoding="utf-8")
-        final = staging / slug  # validate under the real slug before it goes live
-        final.mkdir()
-        for item in list(staging.iterdir()):
-            if item != final:
-                item.rename(final / item.name)
-        load_series(final)
-        if target.exists():  # ".previous" can't clash with a slug (no leading dot)
-            target.rename(staging / ".previous")
-        os.replace(final, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    files, split = _step_files(ordered, max_words, teaser_label(cadence_days))
+    toml = _series_toml(slug, series_title, description, cadence, send_day, send_hour, gaps,
+                        [name for name, _ in files])
+    target = _write_series(out_dir, slug, toml, files, force)
     return BuildResult(series=load_series(target), gaps=gaps, split=split)
 
 
