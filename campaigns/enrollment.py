@@ -425,12 +425,9 @@ def _set(db, sid: int, slug: str, now: datetime, **fields) -> None:
     )
 
 
-def _process(db, settings: Settings, series: Series, sid: int, now: datetime) -> str:
-    """Advance one enrollment (inside the caller's transaction); returns what happened.
-
-    ``queued`` | ``waiting`` (re-timed, not due yet) | ``postponed`` (cap or
-    webinar) | ``paused`` | ``stopped`` | ``completed``.
-    """
+def _gate(db, settings: Settings, series: Series, sid: int, now: datetime):
+    """``(outcome, enrollment, subscriber, tz)``: outcome is ``stopped`` or ``paused``
+    when this enrollment cannot advance now, else None."""
     slug = series.slug
     e = db.execute(
         "SELECT enrolled_at, last_due_at FROM enrollments WHERE subscriber_id = ? AND series = ?",
@@ -440,17 +437,17 @@ def _process(db, settings: Settings, series: Series, sid: int, now: datetime) ->
         "SELECT status, email, timezone FROM subscribers WHERE id = ?", (sid,)
     ).fetchone()
     if e is None or sub is None:
-        return "stopped"
+        return "stopped", e, sub, None
     if sub[0] != "active" or not sub[1]:
         _set(db, sid, slug, now, status="stopped", next_due_at=None)
-        return "stopped"
+        return "stopped", e, sub, None
     stream = db.execute(
         "SELECT status, paused_until FROM subscriptions WHERE subscriber_id = ? AND stream = ?",
         (sid, series.stream),
     ).fetchone()
     if stream is None or stream[0] == "unsubscribed":
         _set(db, sid, slug, now, status="stopped", next_due_at=None)
-        return "stopped"
+        return "stopped", e, sub, None
     tz = settings.zone_for(sub[2])
     if stream[0] == "paused":
         until = parse_iso(stream[1])
@@ -462,28 +459,83 @@ def _process(db, settings: Settings, series: Series, sid: int, now: datetime) ->
                 else schedule.next_slot(until, tz, series.send_day, series.send_hour)
             )
             _set(db, sid, slug, now, next_due_at=iso(resume))
-            return "paused"
+            return "paused", e, sub, tz
+    return None, e, sub, tz
+
+
+def _step_due(settings: Settings, series: Series, e, received_rows, index: int, tz,
+              now: datetime) -> datetime:
+    """When step ``index`` is due: its nominal slot, or the next slot if that is long past."""
+    if received_rows:
+        previous = parse_iso(e[1]) or parse_iso(received_rows[-1][1])
+    else:
+        previous = parse_iso(e[0])
+    due = _nominal_due(settings, series, index, previous, tz, first=not received_rows)
+    if now - due > _late_after(series):
+        # The next regular slot at or after now.
+        due = schedule.next_slot(
+            now - timedelta(microseconds=1), tz, series.send_day, series.send_hour
+        )
+    return due
+
+
+def _queue_step(db, settings: Settings, series: Series, sid: int, addr: str, index: int,
+                received: list[str], due: datetime, tz, now: datetime) -> None:
+    """Queue step ``index``, record its delivery, and time the step after it."""
+    slug = series.slug
+    keys = [s.key for s in series.steps]
+    step = series.steps[index]
+    ref = f"series:{slug}:{step.key}"
+    row_id = outbox.enqueue(
+        db,
+        settings,
+        dedupe_key=f"{ref}:{sid}",
+        kind="series",
+        subscriber_id=sid,
+        to_addr=addr,
+        due_at=now,
+        now=now,
+        stream=series.stream,
+        ref=ref,
+        priority=outbox.PRIORITY_SERIES,
+        expires_at=now + timedelta(hours=settings.newsletter_expiry_hours),
+        data={"series": slug, "step": step.key, "part": step.part},
+    )
+    db.execute(
+        "INSERT OR IGNORE INTO series_deliveries (subscriber_id, series, step_key, part, "
+        "outbox_id, at) VALUES (?, ?, ?, ?, ?, ?)",
+        (sid, slug, step.key, step.part, row_id, iso(now)),
+    )
+    following = next_step_index(keys, [*received, step.key])
+    last = {"last_due_at": iso(due), "last_step_key": step.key}
+    if following is None:
+        _set(db, sid, slug, now, status="completed", next_due_at=None, next_step=len(keys), **last)
+    else:
+        next_due = _nominal_due(settings, series, following, due, tz, first=False)
+        _set(db, sid, slug, now, next_due_at=iso(next_due), next_step=following, **last)
+
+
+def _process(db, settings: Settings, series: Series, sid: int, now: datetime) -> str:
+    """Advance one enrollment (inside the caller's transaction); returns what happened.
+
+    ``queued`` | ``waiting`` (re-timed, not due yet) | ``postponed`` (cap or
+    webinar) | ``paused`` | ``stopped`` | ``completed``.
+    """
+    slug = series.slug
+    outcome, e, sub, tz = _gate(db, settings, series, sid, now)
+    if outcome is not None:
+        return outcome
     received_rows = db.execute(
         "SELECT step_key, at FROM series_deliveries WHERE subscriber_id = ? AND series = ? "
         "ORDER BY at, rowid",
         (sid, slug),
     ).fetchall()
     received = [r[0] for r in received_rows]
-    keys = [s.key for s in series.steps]
-    index = next_step_index(keys, received)
+    index = next_step_index([s.key for s in series.steps], received)
     if index is None:
         _set(db, sid, slug, now, status="completed", next_due_at=None)
         return "completed"
-    if received:
-        previous = parse_iso(e[1]) or parse_iso(received_rows[-1][1])
-    else:
-        previous = parse_iso(e[0])
-    due = _nominal_due(settings, series, index, previous, tz, first=not received)
-    if now - due > _late_after(series):
-        # The next regular slot at or after now.
-        due = schedule.next_slot(
-            now - timedelta(microseconds=1), tz, series.send_day, series.send_hour
-        )
+    due = _step_due(settings, series, e, received_rows, index, tz, now)
     if due > now:
         _set(db, sid, slug, now, next_due_at=iso(due), next_step=index)
         return "waiting"
@@ -500,53 +552,7 @@ def _process(db, settings: Settings, series: Series, sid: int, now: datetime) ->
         )
         _set(db, sid, slug, now, next_due_at=iso(later), next_step=index)
         return "postponed"
-    step = series.steps[index]
-    ref = f"series:{slug}:{step.key}"
-    row_id = outbox.enqueue(
-        db,
-        settings,
-        dedupe_key=f"{ref}:{sid}",
-        kind="series",
-        subscriber_id=sid,
-        to_addr=sub[1],
-        due_at=now,
-        now=now,
-        stream=series.stream,
-        ref=ref,
-        priority=outbox.PRIORITY_SERIES,
-        expires_at=now + timedelta(hours=settings.newsletter_expiry_hours),
-        data={"series": slug, "step": step.key, "part": step.part},
-    )
-    db.execute(
-        "INSERT OR IGNORE INTO series_deliveries (subscriber_id, series, step_key, part, "
-        "outbox_id, at) VALUES (?, ?, ?, ?, ?, ?)",
-        (sid, slug, step.key, step.part, row_id, iso(now)),
-    )
-    following = next_step_index(keys, [*received, step.key])
-    if following is None:
-        _set(
-            db,
-            sid,
-            slug,
-            now,
-            status="completed",
-            next_due_at=None,
-            next_step=len(keys),
-            last_due_at=iso(due),
-            last_step_key=step.key,
-        )
-    else:
-        next_due = _nominal_due(settings, series, following, due, tz, first=False)
-        _set(
-            db,
-            sid,
-            slug,
-            now,
-            next_due_at=iso(next_due),
-            next_step=following,
-            last_due_at=iso(due),
-            last_step_key=step.key,
-        )
+    _queue_step(db, settings, series, sid, sub[1], index, received, due, tz, now)
     return "queued"
 
 
