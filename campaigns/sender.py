@@ -173,6 +173,35 @@ def config_fingerprint(settings: Settings) -> str:
 HEARTBEAT_EVERY = timedelta(seconds=15)
 
 
+def _pool_for(settings: Settings, relay: Relay | RelayPool | None) -> tuple[RelayPool, bool]:
+    """The pool to send through, and whether this run opened it (and must close it)."""
+    if isinstance(relay, RelayPool):
+        return relay, False
+    if isinstance(relay, Relay):
+        return RelayPool([relay]), False
+    return RelayPool.from_configs(settings.relays), True
+
+
+def _claim_next(db, settings: Settings, now: datetime, isolate: list[int], n: int, lease,
+                fingerprint: str, owner: str):
+    """Claim the next rows: a recovered row alone while any remain, else up to ``n``.
+
+    Rows held for the current configuration (``fingerprint``) and rows the
+    holds keep back are left alone.  Returns ``(token, rows)``.
+    """
+    where, params = holds.claim_filter(settings, now)
+    where, params = where + " AND (held_config IS NULL OR held_config != ?)", (
+        *params, fingerprint,
+    )
+    if isolate:
+        rid = isolate.pop(0)
+        return outbox.claim(
+            db, now, 1, lease=lease, where=" AND id = ?" + where, params=(rid, *params),
+            owner=owner,
+        )  # fmt: skip
+    return outbox.claim(db, now, n, lease=lease, where=where, params=params, owner=owner)
+
+
 def send_due(
     db,
     settings: Settings,
@@ -191,12 +220,7 @@ def send_due(
     for a pool of ``settings.relays`` opened and closed here.
     """
     summary = Summary()
-    if isinstance(relay, RelayPool):
-        pool, own_pool = relay, False
-    elif isinstance(relay, Relay):
-        pool, own_pool = RelayPool([relay]), False
-    else:
-        pool, own_pool = RelayPool.from_configs(settings.relays), True
+    pool, own_pool = _pool_for(settings, relay)
     if signer is None:
         signer = signer_for(settings)
     owner = owner or outbox.this_owner()
@@ -225,25 +249,13 @@ def send_due(
             if blocked:
                 summary.blocked = blocked
                 break
-            where, params = holds.claim_filter(settings, now)
-            where, params = where + " AND (held_config IS NULL OR held_config != ?)", (
-                *params, fingerprint,
-            )
-            if isolate:
-                rid = isolate.pop(0)
-                token, rows = outbox.claim(
-                    db, now, 1, lease=lease, where=" AND id = ?" + where, params=(rid, *params),
-                    owner=owner,
-                )  # fmt: skip
-                if not rows:
-                    continue
-            else:
-                n = batch_size if limit is None else min(batch_size, limit - summary.claimed)
-                token, rows = outbox.claim(
-                    db, now, n, lease=lease, where=where, params=params, owner=owner
-                )
-                if not rows:
-                    break
+            n = batch_size if limit is None else min(batch_size, limit - summary.claimed)
+            isolated = bool(isolate)
+            token, rows = _claim_next(db, settings, now, isolate, n, lease, fingerprint, owner)
+            if not rows:
+                if isolated:
+                    continue  # that recovered row is no longer claimable; try the next one
+                break
             summary.claimed += len(rows)
             if _send_batch(db, settings, clock, pool, signer, token, rows, summary, fingerprint):
                 break
