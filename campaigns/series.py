@@ -238,6 +238,40 @@ def load_step(path: Path) -> Step:
     )
 
 
+def _load_steps(folder: Path, names: list[str], where_steps: str) -> list[Step]:
+    """The step files ``names`` (series.toml's ``steps``) in order, each checked and loaded."""
+    steps: list[Step] = []
+    seen_files: set[str] = set()
+    by_part: dict[int, Step] = {}
+    for name in names:
+        if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".md"):
+            raise InputError(
+                f"{where_steps}: 'steps' entry {name!r} must be a .md file name in {folder}"
+            )
+        if name in seen_files:
+            raise InputError(f"{where_steps}: 'steps' lists {name!r} twice")
+        seen_files.add(name)
+        step_path = folder / name
+        if not step_path.is_file():
+            raise InputError(
+                f"{where_steps}: 'steps' lists {name!r} but {step_path} does not exist"
+            )
+        step = load_step(step_path)
+        if step.part in by_part:
+            raise InputError(
+                f"{step_path}: front matter 'part' {step.part} is also used by "
+                f"{by_part[step.part].path.name}; each step needs its own part number"
+            )
+        if steps and step.part < steps[-1].part:
+            raise InputError(
+                f"{where_steps}: 'steps' lists {name!r} (part {step.part}) after "
+                f"{steps[-1].path.name} (part {steps[-1].part}); list steps in part order"
+            )
+        by_part[step.part] = step
+        steps.append(step)
+    return steps
+
+
 def load_series(path_or_dir: Path) -> Series:
     """Load ``<dir>/series.toml`` and its steps; errors name file(:line) and field."""
     path_or_dir = Path(path_or_dir)
@@ -299,36 +333,9 @@ def load_series(path_or_dir: Path) -> Series:
         raise InputError(f"{toml_path}: 'steps' is missing; list the step files in send order")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise InputError(f"{where('steps')}: 'steps' must be a non-empty list of file names")
-    steps: list[Step] = []
-    seen_files: set[str] = set()
-    by_part: dict[int, Step] = {}
-    for name in names:
-        if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".md"):
-            raise InputError(
-                f"{where('steps')}: 'steps' entry {name!r} must be a .md file name in {folder}"
-            )
-        if name in seen_files:
-            raise InputError(f"{where('steps')}: 'steps' lists {name!r} twice")
-        seen_files.add(name)
-        step_path = folder / name
-        if not step_path.is_file():
-            raise InputError(
-                f"{where('steps')}: 'steps' lists {name!r} but {step_path} does not exist"
-            )
-        step = load_step(step_path)
-        if step.part in by_part:
-            raise InputError(
-                f"{step_path}: front matter 'part' {step.part} is also used by "
-                f"{by_part[step.part].path.name}; each step needs its own part number"
-            )
-        if steps and step.part < steps[-1].part:
-            raise InputError(
-                f"{where('steps')}: 'steps' lists {name!r} (part {step.part}) after "
-                f"{steps[-1].path.name} (part {steps[-1].part}); list steps in part order"
-            )
-        by_part[step.part] = step
-        steps.append(step)
-    implied = [p for p in range(1, steps[-1].part + 1) if p not in by_part]
+    steps = _load_steps(folder, names, where("steps"))
+    parts = {step.part for step in steps}
+    implied = [p for p in range(1, steps[-1].part + 1) if p not in parts]
     return Series(
         slug=slug,
         title=title,
