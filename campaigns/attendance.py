@@ -236,30 +236,15 @@ def import_attendance(
                 (new, minutes.get(key), iso(now), w.id, sid),
             )
             if new != status:
-                log_event(
-                    db,
-                    new,
-                    now,
-                    sid,
-                    w.ref,
-                    json.dumps({"minutes": minutes[key]}) if key in minutes else None,
-                )
+                detail = json.dumps({"minutes": minutes[key]}) if key in minutes else None
+                log_event(db, new, now, sid, w.ref, detail)
             if new == "attended":
                 report.attended += 1
             else:
                 report.no_show += 1
             if addr and queue_row(
-                db,
-                settings,
-                w,
-                "webinar_followup",
-                sid,
-                addr,
-                due,
-                now,
-                f"webinar_followup:{slug}:{sid}",
-                outbox.PRIORITY_WEBINAR,
-                due + FOLLOWUP_VALID,
-            ):
+                db, settings, w, "webinar_followup", sid, addr, due, now,
+                f"webinar_followup:{slug}:{sid}", outbox.PRIORITY_WEBINAR, due + FOLLOWUP_VALID,
+            ):  # fmt: skip
                 report.followups_queued += 1
     return report

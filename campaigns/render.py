@@ -616,16 +616,8 @@ def _default_body(kind: str, extra: Mapping) -> str:
         raise RenderError(f"{path}: cannot read the default body ({exc.strerror})") from exc
 
 
-def _compile(
-    settings: Settings,
-    kind: str,
-    subject: str,
-    preheader: str,
-    body_md: str,
-    ctas: Sequence[Mapping],
-    extra: Mapping,
-    strict: bool,
-) -> CompiledEmail:
+def _check_kind(kind: str, extra: Mapping) -> None:
+    """A known kind, no reserved names in ``extra``, and what the kind itself requires."""
     if kind not in EMAIL_KINDS:
         raise RenderError(f"unknown email kind {kind!r}; expected one of {', '.join(EMAIL_KINDS)}")
     clash = sorted(_RESERVED & set(extra))
@@ -636,6 +628,42 @@ def _compile(
             "webinar_followup email: extra['attended'] must be True (thank-you and offer) "
             "or False (replay for those who missed it)"
         )
+
+
+def _stage2_templates(kind: str, sources: Mapping[str, str], strict: bool,
+                      constants: Mapping) -> dict:
+    """Each compiled part parsed as a per-recipient Jinja template; only recipient values allowed."""
+    allowed = set(recipient_keys(kind) + OPTIONAL_KEYS) | set(constants)
+    templates = {}
+    for part, source in sources.items():
+        env = _STAGE2[(strict, {"html": "html", "text": "text"}.get(part, "line"))]
+        try:
+            parsed = env.parse(source)
+            unknown = sorted(meta.find_undeclared_variables(parsed) - allowed)
+            templates[part] = env.from_string(parsed)  # reuse the AST
+        except jinja2.TemplateSyntaxError as exc:
+            raise RenderError(
+                f"{kind}.mjml.j2: the compiled {part} is not valid Jinja ({exc})"
+            ) from exc
+        if unknown:
+            raise RenderError(
+                f"{kind} email: the {part} uses {unknown[0]!r}, which is not a recipient value "
+                f"of {kind} emails"
+            )
+    return templates
+
+
+def _compile(
+    settings: Settings,
+    kind: str,
+    subject: str,
+    preheader: str,
+    body_md: str,
+    ctas: Sequence[Mapping],
+    extra: Mapping,
+    strict: bool,
+) -> CompiledEmail:
+    _check_kind(kind, extra)
     r = _Stage2(kind)
     if not body_md.strip():
         body_md = _default_body(kind, extra)
@@ -683,23 +711,7 @@ def _compile(
         "preheader": r.to_jinja(preheader_s),
     }
     constants: dict = {}
-    allowed = set(recipient_keys(kind) + OPTIONAL_KEYS) | set(constants)
-    templates = {}
-    for part, source in sources.items():
-        env = _STAGE2[(strict, {"html": "html", "text": "text"}.get(part, "line"))]
-        try:
-            parsed = env.parse(source)
-            unknown = sorted(meta.find_undeclared_variables(parsed) - allowed)
-            templates[part] = env.from_string(parsed)  # reuse the AST
-        except jinja2.TemplateSyntaxError as exc:
-            raise RenderError(
-                f"{kind}.mjml.j2: the compiled {part} is not valid Jinja ({exc})"
-            ) from exc
-        if unknown:
-            raise RenderError(
-                f"{kind} email: the {part} uses {unknown[0]!r}, which is not a recipient value "
-                f"of {kind} emails"
-            )
+    templates = _stage2_templates(kind, sources, strict, constants)
     compiled = CompiledEmail(
         kind,
         templates["subject"],

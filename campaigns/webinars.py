@@ -281,6 +281,50 @@ def _reminders(value: object, where: Where) -> tuple[int, ...]:
     return tuple(sorted(offsets, reverse=True))
 
 
+def _clean_start(values: dict, given: set, partial: bool, tz_name: str | None,
+                 current: Webinar | None, now: datetime, where: Where) -> datetime | None:
+    """The webinar's start in UTC from ``starts_at``, a wall-clock ``start``, or a new zone."""
+    start = None
+    if "starts_at" in given:
+        start = values["starts_at"]
+        if not isinstance(start, datetime) or start.tzinfo is None:
+            raise InputError(f"{where('start')}: expected an aware datetime")
+    elif "start" in given or not partial:
+        raw = values.get("start")
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            raise InputError(f"{where('start')}: a start time is required; use {WHEN_FORMS}")
+        if isinstance(raw, datetime):  # a TOML datetime without offset
+            raw = raw.strftime("%Y-%m-%d %H:%M")
+        start = parse_when(str(raw), ZoneInfo(tz_name), now, where("start"))
+    elif "timezone" in given and current is not None:
+        # A new zone for the same wall-clock time moves the webinar.
+        local = current.local_start
+        start = local_to_utc(local.date(), local.hour, ZoneInfo(tz_name), local.minute)
+    if start is not None and start <= now:
+        local = start.astimezone(ZoneInfo(tz_name))
+        raise InputError(
+            f"{where('start')}: {local:%Y-%m-%d %H:%M} {tz_name} is in the past; "
+            "a webinar must start in the future"
+        )
+    return start
+
+
+def _capacity(cap: object, where: Where) -> int | None:
+    """Seats: a number of at least 1, or None for "unlimited" (or empty)."""
+    if isinstance(cap, str) and cap.strip().lower() in ("", "none", "unlimited"):
+        return None
+    try:
+        number = int(cap) if not isinstance(cap, bool) else None
+    except ValueError:
+        number = None
+    if number is None or number < 1:
+        raise InputError(
+            f"{where('capacity')}: {cap!r} is not a valid capacity; use a number of "
+            "seats of at least 1, or 'unlimited'"
+        )
+    return number
+
+
 def clean_values(
     values: dict,
     now: datetime,
@@ -319,37 +363,13 @@ def clean_values(
     if want("timezone"):
         out["timezone"] = _zone(values.get("timezone"), where)
     tz_name = out.get("timezone") or (current.timezone if current else None)
-    if "starts_at" in given:
-        start = values["starts_at"]
-        if not isinstance(start, datetime) or start.tzinfo is None:
-            raise InputError(f"{where('start')}: expected an aware datetime")
+    start = _clean_start(values, given, partial, tz_name, current, now, where)
+    if start is not None:
         out["starts_at"] = start
-    elif want("start"):
-        raw = values.get("start")
-        if raw is None or (isinstance(raw, str) and not raw.strip()):
-            raise InputError(f"{where('start')}: a start time is required; use {WHEN_FORMS}")
-        if isinstance(raw, datetime):  # a TOML datetime without offset
-            raw = raw.strftime("%Y-%m-%d %H:%M")
-        out["starts_at"] = parse_when(str(raw), ZoneInfo(tz_name), now, where("start"))
-    elif "timezone" in given and current is not None:
-        # A new zone for the same wall-clock time moves the webinar.
-        local = current.local_start
-        out["starts_at"] = local_to_utc(local.date(), local.hour, ZoneInfo(tz_name), local.minute)
-    if "starts_at" in out and out["starts_at"] <= now:
-        local = out["starts_at"].astimezone(ZoneInfo(tz_name))
-        raise InputError(
-            f"{where('start')}: {local:%Y-%m-%d %H:%M} {tz_name} is in the past; "
-            "a webinar must start in the future"
-        )
     if want("duration_minutes"):
         raw = values.get("duration_minutes")
         out["duration_minutes"] = _int(
-            DEFAULT_DURATION if raw is None else raw,
-            "duration_minutes",
-            where,
-            1,
-            24 * 60,
-            "minutes",
+            DEFAULT_DURATION if raw is None else raw, "duration_minutes", where, 1, 24 * 60, "minutes"
         )
     if want("join_url"):
         out["join_url"] = _https(values.get("join_url"), "join_url", where, required=True)
@@ -358,20 +378,7 @@ def clean_values(
     elif not partial:
         out["replay_url"] = None
     if "capacity" in given:
-        cap = values["capacity"]
-        if isinstance(cap, str) and cap.strip().lower() in ("", "none", "unlimited"):
-            out["capacity"] = None
-        else:
-            try:
-                number = int(cap) if not isinstance(cap, bool) else None
-            except ValueError:
-                number = None
-            if number is None or number < 1:
-                raise InputError(
-                    f"{where('capacity')}: {cap!r} is not a valid capacity; use a number of "
-                    "seats of at least 1, or 'unlimited'"
-                )
-            out["capacity"] = number
+        out["capacity"] = _capacity(values["capacity"], where)
     elif not partial:
         out["capacity"] = None
     if want("host_name"):
@@ -390,12 +397,8 @@ def clean_values(
         raw = values.get("followup_delay_minutes")
         out["followup_delay_minutes"] = _int(
             DEFAULT_FOLLOWUP_DELAY if raw is None else raw,
-            "followup_delay_minutes",
-            where,
-            0,
-            60 * 24 * 14,
-            "minutes",
-        )
+            "followup_delay_minutes", where, 0, 60 * 24 * 14, "minutes",
+        )  # fmt: skip
     return out
 
 
