@@ -1505,6 +1505,22 @@ def _require_registered(db, w: Webinar, sub: lifecycle.Subscriber) -> None:
         raise SkipMessage("cancelled", f"the registration is {status or 'missing'}")
 
 
+def _registrant_mail(settings: Settings, w: Webinar, sub, now: datetime, kind: str,
+                     subject: str, preheader: str, *, bulk: bool = False,
+                     ics_row=None) -> Content:
+    """A registrant's mail about ``w``: the registrant footer, the webinar's recipient
+    values, and with ``ics_row`` the calendar file for that outbox row."""
+    return Content(
+        kind=kind,
+        subject=subject,
+        preheader=preheader,
+        bulk=bulk,
+        extra={"reason": _registrant_reason(settings, w)},
+        recipient=_recipient(settings, w, sub, now),
+        attachments=(_ics(settings, w, ics_row, sub, now),) if ics_row is not None else (),
+    )
+
+
 def build_invite(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load(db, row, sub)
     if w.status == "cancelled":
@@ -1565,27 +1581,21 @@ def build_waitlist(db, settings: Settings, row, sub, now: datetime) -> Content:
     status = _registration(db, w, sub.id)
     if status != "waitlisted":
         raise SkipMessage("cancelled", f"the registration is {status or 'missing'}")
-    return Content(
-        kind="webinar_waitlist",
-        subject=f"You're on the waitlist: {w.title}",
-        preheader="The session is full; we will email you if a seat frees up.",
-        bulk=False,
-        extra={"reason": _registrant_reason(settings, w)},
-        recipient=_recipient(settings, w, sub, now),
+    return _registrant_mail(
+        settings, w, sub, now, "webinar_waitlist",
+        f"You're on the waitlist: {w.title}",
+        "The session is full; we will email you if a seat frees up.",
     )
 
 
 def build_confirm(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load(db, row, sub)
     _require_registered(db, w, sub)
-    return Content(
-        kind="webinar_confirm",
-        subject=f"You're registered: {w.title}",
-        preheader="Your join link and a calendar invite are inside.",
-        bulk=False,
-        extra={"reason": _registrant_reason(settings, w)},
-        recipient=_recipient(settings, w, sub, now),
-        attachments=(_ics(settings, w, row, sub, now),),
+    return _registrant_mail(
+        settings, w, sub, now, "webinar_confirm",
+        f"You're registered: {w.title}",
+        "Your join link and a calendar invite are inside.",
+        ics_row=row,
     )
 
 
@@ -1604,26 +1614,22 @@ def build_reminder(db, settings: Settings, row, sub, now: datetime) -> Content:
     _require_registered(db, w, sub)
     offset = int(row.data.get("offset", 60))
     when = _in_words(offset)
-    return Content(
-        kind="webinar_reminder",
-        subject=f"Starting {when}: {w.title}",
-        preheader="Your join link is inside.",
-        extra={"reason": _registrant_reason(settings, w)},
-        recipient=_recipient(settings, w, sub, now),
+    return _registrant_mail(
+        settings, w, sub, now, "webinar_reminder",
+        f"Starting {when}: {w.title}",
+        "Your join link is inside.",
+        bulk=True,
     )
 
 
 def build_update(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load(db, row, sub)
     _require_registered(db, w, sub)
-    return Content(
-        kind="webinar_update",
-        subject=f"New time: {w.title}",
-        preheader="Your place is kept; the attached calendar file updates your entry.",
-        bulk=False,
-        extra={"reason": _registrant_reason(settings, w)},
-        recipient=_recipient(settings, w, sub, now),
-        attachments=(_ics(settings, w, row, sub, now),),
+    return _registrant_mail(
+        settings, w, sub, now, "webinar_update",
+        f"New time: {w.title}",
+        "Your place is kept; the attached calendar file updates your entry.",
+        ics_row=row,
     )
 
 
@@ -1631,14 +1637,11 @@ def build_cancel(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load(db, row, sub)
     if w.status != "cancelled":
         raise SkipMessage("cancelled", "the webinar is no longer cancelled")
-    return Content(
-        kind="webinar_cancel",
-        subject=f"Cancelled: {w.title}",
-        preheader="We are sorry: this session will not go ahead.",
-        bulk=False,
-        extra={"reason": _registrant_reason(settings, w)},
-        recipient=_recipient(settings, w, sub, now),
-        attachments=(_ics(settings, w, row, sub, now),),
+    return _registrant_mail(
+        settings, w, sub, now, "webinar_cancel",
+        f"Cancelled: {w.title}",
+        "We are sorry: this session will not go ahead.",
+        ics_row=row,
     )
 
 
