@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from funnel.db import OUTBOX_UNFINISHED, iso, parse_iso, transaction
 from funnel.errors import InputError, NotFound, TransitionError
+from funnel.localtime import local_to_utc
 from funnel.settings import Settings
 from subscribers import segments
 
@@ -238,7 +239,7 @@ def schedule_campaign(
         if local:
             wall = when.astimezone(zone).replace(tzinfo=None)
             data_update["local_at"] = wall.strftime("%Y-%m-%d %H:%M")
-            earliest = schedule.local_to_utc(wall.date(), wall.hour, EARLIEST_ZONE, wall.minute)
+            earliest = local_to_utc(wall.date(), wall.hour, EARLIEST_ZONE, wall.minute)
             send_at, local_flag = max(earliest, now), 1
         else:
             send_at, local_flag = when, 0
@@ -297,7 +298,7 @@ def queue(
         for sid, email, tz_name in rows:
             if wall is not None:
                 tz = settings.zone_for(tz_name)
-                due = schedule.local_to_utc(wall.date(), wall.hour, tz, wall.minute)
+                due = local_to_utc(wall.date(), wall.hour, tz, wall.minute)
             else:
                 due = due_default
             batch_rows.append(
