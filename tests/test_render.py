@@ -441,15 +441,26 @@ def test_webinar_invite_has_personal_reserve_button(settings):
     assert "Spine Health Webinar" in out.html and recipient["webinar_when"] in out.text
 
 
-@pytest.mark.parametrize("kind", ["webinar_confirm", "webinar_update"])
-def test_webinar_confirm_and_update_have_join_and_calendar_links(settings, kind):
-    recipient = sample_recipient(settings, kind)
-    out = compile_kind(settings, kind, strict=True).render(recipient)
+def test_webinar_confirm_has_join_and_calendar_links(settings):
+    recipient = sample_recipient(settings, "webinar_confirm")
+    out = compile_kind(settings, "webinar_confirm", strict=True).render(recipient)
     assert "Join the webinar" in out.html and recipient["join_url"] in out.text
     assert "Add to Google Calendar" in out.html and "Add to Outlook" in out.html
     assert recipient["google_calendar_url"].replace("&", "&amp;") in out.html
     assert recipient["outlook_url"] in out.text and recipient["google_calendar_url"] in out.text
     assert recipient["webinar_when"] in out.html and recipient["webinar_when"] in out.text
+
+
+def test_webinar_update_has_join_link_but_no_add_to_calendar_links(settings):
+    """Google/Outlook "add" links would create a second event; the attached .ics moves the first."""
+    recipient = sample_recipient(settings, "webinar_update")
+    out = compile_kind(settings, "webinar_update", strict=True).render(recipient)
+    assert "Join the webinar" in out.html and recipient["join_url"] in out.text
+    assert recipient["webinar_when"] in out.html and recipient["webinar_when"] in out.text
+    for text in (out.html, out.text):
+        assert "calendar.google.com" not in text and "outlook.live.com" not in text
+        assert "Add to Google Calendar" not in text and "Add to Outlook" not in text
+        assert "moves your existing calendar entry" in " ".join(text.split())
 
 
 def test_webinar_update_says_new_time_and_cancel_has_no_join(settings):
