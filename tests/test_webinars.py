@@ -185,6 +185,10 @@ def test_webinar_lifecycle(db, settings, smtp_server, clock):
     assert ev.decoded("DTSTART") == new_start.astimezone(w.zone)
     assert ev["DTSTART"].params["TZID"] == "Europe/London"
     assert spoken(new_start, "America/New_York") in upd.part("plain")
+    # No "add to calendar" links in an update: they would create a second event.
+    assert not [u for u in upd.links() if "calendar.google.com" in u or "outlook.live.com" in u]
+    assert "Add to Google Calendar" not in upd.part("html") + upd.part("plain")
+    assert "moves your existing calendar entry" in " ".join(upd.part("plain").split())
 
     # ---- reminders go out at their times
     smtp_server.clear()
