@@ -21,6 +21,7 @@ from funnel import clock
 from funnel.db import connect
 from funnel.errors import FunnelError
 from funnel.settings import Settings, load_settings
+from funnel.validate import zone_name
 
 
 @dataclass
@@ -596,7 +597,7 @@ def series_show(
       funnel series show importance-of-exercise --timeline --tz America/New_York \\
           --start "friday 19:00"
     """
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    from zoneinfo import ZoneInfo
 
     from campaigns.schedule import parse_when, step_due_times
     from campaigns.series import find_series, missing_parts_text
@@ -618,10 +619,7 @@ def series_show(
         click.echo(_table(rows))
         return
     tz_name = tz_name or app.settings.timezone
-    try:
-        tz = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise click.BadParameter(f"unknown time zone {tz_name!r}", param_hint="--tz") from exc
+    tz = ZoneInfo(zone_name(tz_name, "--tz"))
     anchor = parse_when(start, tz, app.now(), "--start") if start else app.now()
     s = app.settings
     due = step_due_times(series, anchor, tz, s.quiet_start_hour, s.quiet_end_hour)

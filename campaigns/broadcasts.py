@@ -32,12 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from funnel.db import OUTBOX_UNFINISHED, iso, parse_iso, transaction
 from funnel.errors import InputError, NotFound, TransitionError
 from funnel.localtime import local_to_utc
 from funnel.settings import Settings
+from funnel.validate import zone_name
 from subscribers import segments
 
 from . import outbox, schedule, webinars
@@ -189,12 +190,7 @@ def create(
 def _zone(name: str | None, settings: Settings) -> ZoneInfo:
     if not name:
         return settings.zone
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InputError(
-            f"--tz: unknown time zone {name!r} (use an IANA name like Europe/London)"
-        ) from exc
+    return ZoneInfo(zone_name(name, "--tz"))
 
 
 def schedule_campaign(

@@ -53,6 +53,7 @@ from urllib.parse import quote
 from email_validator import EmailNotValidError, validate_email
 
 from funnel.errors import InputError
+from funnel.validate import check_header_text
 
 __all__ = [
     "Attachment",
@@ -72,90 +73,13 @@ MAX_ENCODED_WORD = 75
 #: this long (len("List-Unsubscribe-Post: ") == 23) for the first line.
 DEFAULT_OFFSET = 25
 
-# Characters that never reach a header.  CR, LF and NUL are the injection
-# vectors; the other C0 controls and DEL are not allowed in RFC 5322 text
-# either.  TAB is allowed: it is ordinary folding whitespace.  U+0085, U+2028
-# and U+2029 are not controls in the header grammar, but Python's
-# str.splitlines() treats them (and \x0b, \x0c, \x1c-\x1e) as line breaks, and
-# the email package has split headers on them before; rejecting them costs
-# nothing a real name or subject needs.
-_FORBIDDEN = "".join(chr(c) for c in range(32) if c != 9) + "\x7f\x85\u2028\u2029"
-_FORBIDDEN_RE = re.compile("[" + re.escape(_FORBIDDEN) + "]")
-_FORBIDDEN_BYTES_RE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
-
-# Anything a liberal decoder might take for an RFC 2047 encoded word: any
-# charset (with or without *language), B or Q in either case, and a payload
-# that may contain spaces (the stdlib's own email.header.ecre accepts those).
-_ENCODED_WORD_RE = re.compile(r"=\?([^?]*)\?([bBqQ])\?(.*?)\?=", re.DOTALL)
-_Q_HEX_RE = re.compile(rb"=([0-9a-fA-F]{2})")
-_B64_JUNK_RE = re.compile(rb"[^A-Za-z0-9+/]")
-
 # Characters that may appear literally inside a Q encoded word in *any*
 # context, including a display name (RFC 2047 section 5 rule 3).
 _Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
 
-_LINE_BREAK_MESSAGE = "contains a line break, which is not allowed in an email header"
-_CONTROL_MESSAGE = "contains a control character, which is not allowed in an email header"
-
 
 # --------------------------------------------------------------------------
 # Header values
-
-
-def _reject_controls(text: str, field: str) -> None:
-    m = _FORBIDDEN_RE.search(text)
-    if m:
-        message = _LINE_BREAK_MESSAGE if m.group() in "\r\n\x0b\x0c\x85\u2028\u2029" else None
-        raise InputError(f"{field}: {message or _CONTROL_MESSAGE}")
-
-
-def _decode_liberally(encoding: str, payload: str) -> bytes:
-    """Decode an encoded word's payload the way the most forgiving client would."""
-    raw = payload.encode("latin-1", "replace")
-    if encoding in "qQ":
-        return _Q_HEX_RE.sub(lambda m: bytes.fromhex(m.group(1).decode()), raw.replace(b"_", b" "))
-    data = _B64_JUNK_RE.sub(b"", raw)
-    if len(data) % 4 == 1:  # a lone trailing character carries no whole byte
-        data = data[:-1]
-    try:
-        return base64.b64decode(data + b"=" * (-len(data) % 4))
-    except binascii.Error:  # pragma: no cover - cleaned input always decodes
-        return b""
-
-
-def _check_encoded_words(text: str, field: str, depth: int = 0) -> None:
-    """Reject controls hidden in anything that a client could decode as RFC 2047.
-
-    Matches are tried at every "=?" so overlapping candidates are covered, and
-    decoded text is checked again (a client might decode twice).
-    """
-    start = text.find("=?")
-    while start != -1:
-        m = _ENCODED_WORD_RE.match(text, start)
-        if m:
-            charset, encoding, payload = m.groups()
-            decoded = _decode_liberally(encoding, payload)
-            if _FORBIDDEN_BYTES_RE.search(decoded):
-                hit = _FORBIDDEN_BYTES_RE.search(decoded).group()
-                kind = _LINE_BREAK_MESSAGE if hit in b"\r\n\x0b\x0c" else _CONTROL_MESSAGE
-                raise InputError(f"{field}: {kind} (inside the encoded word {m.group()[:40]!r})")
-            try:
-                as_text = decoded.decode(charset.split("*")[0] or "ascii", "replace")
-            except LookupError:
-                as_text = decoded.decode("latin-1")
-            _reject_controls(as_text, field)
-            if depth < 2 and "=?" in as_text:
-                _check_encoded_words(as_text, field, depth + 1)
-        start = text.find("=?", start + 1)
-
-
-def check_header_text(value: str, field: str) -> None:
-    """Raise InputError naming *field* if *value* must never reach a header."""
-    if not isinstance(value, str):
-        raise InputError(f"{field}: expected text, got {type(value).__name__}")
-    _reject_controls(value, field)
-    if "=?" in value:
-        _check_encoded_words(value, field)
 
 
 def _q_char(ch: str) -> str:

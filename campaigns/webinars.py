@@ -51,13 +51,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import FunnelError, InputError, NotFound, TokenError
 from funnel.localtime import local_to_utc
 from funnel.settings import Settings
 from funnel.spreadsheet import SafeDictWriter
+from funnel.validate import check_header_text, zone_name
 from subscribers import lifecycle, optin, tokens
 
 from . import ics, mime, outbox
@@ -227,8 +228,13 @@ def _text(value: object, key: str, where: Where, *, required: bool, limit: int) 
         raise InputError(f"{where(key)}: must not be empty")
     if len(text) > limit:
         raise InputError(f"{where(key)}: longer than {limit} characters")
-    if any(c in text for c in "\x00\r") or (key != "description" and "\n" in text):
-        raise InputError(f"{where(key)}: contains a line break or control character")
+    if key == "description":
+        if "\x00" in text or "\r" in text:
+            raise InputError(f"{where(key)}: contains a line break or control character")
+    else:
+        # The same check as at send time: a title that reaches a Subject header
+        # (or a host name in From) must be sendable, encoded words included.
+        check_header_text(text, where(key))
     return text
 
 
@@ -255,14 +261,7 @@ def _int(value: object, key: str, where: Where, lo: int, hi: int, what: str) -> 
 
 
 def _zone(value: object, where: Where) -> str:
-    name = _text(value, "timezone", where, required=True, limit=64)
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InputError(
-            f"{where('timezone')}: unknown time zone {name!r} (use an IANA name like Europe/London)"
-        ) from exc
-    return name
+    return zone_name(_text(value, "timezone", where, required=True, limit=64), where("timezone"))
 
 
 def _reminders(value: object, where: Where) -> tuple[int, ...]:

@@ -22,7 +22,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 
-from .errors import SettingsError
+from .errors import InputError, SettingsError
+from .validate import zone_name
 
 #: The key used when ``dev = true`` and no secret keys are configured.  It is
 #: public, so :func:`load_settings` refuses it outside dev mode.
@@ -337,9 +338,9 @@ def _validate(s: Settings, require_secret: bool = True) -> Settings:
     for url in s.smtp_urls:
         parse_smtp_url(url)
     try:
-        ZoneInfo(s.timezone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise SettingsError(f"FUNNEL_TIMEZONE: unknown time zone {s.timezone!r}") from exc
+        zone_name(s.timezone, "FUNNEL_TIMEZONE")
+    except InputError as exc:
+        raise SettingsError(str(exc)) from exc
     for name in ("frequency_cap", "confirm_max_age_days", "batch_size", "max_attempts", "crash_limit"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"{env(name)}: must be greater than zero")

@@ -29,15 +29,14 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 
 from campaigns import outbox
-from campaigns.mime import check_header_text
 from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import InputError, TokenError
 from funnel.settings import Settings
+from funnel.validate import check_header_text, check_visible, zone_name
 
 from . import lifecycle, tokens
 
@@ -117,6 +116,7 @@ def clean_name(raw: str | None, field: str = "name") -> str:
         check_header_text(name, field)
     except InputError as exc:
         raise InputError(f"{field}: the name contains an encoded line break or control character") from exc
+    check_visible(name, field)
     return " ".join(name.split())
 
 
@@ -124,11 +124,7 @@ def clean_timezone(raw: str | None, field: str = "timezone") -> str | None:
     tz = (raw or "").strip()
     if not tz:
         return None
-    try:
-        ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InputError(f"{field}: unknown time zone {tz!r} (use an IANA name like Europe/London)") from exc
-    return tz
+    return zone_name(tz, field)
 
 
 def clean_source(raw: str | None, field: str = "source") -> str:

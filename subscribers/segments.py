@@ -36,12 +36,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from funnel.db import REGISTRATION_STATES, SUBSCRIBER_STATES, iso
 from funnel.errors import InputError, NotFound
 from funnel.localtime import local_to_utc
 from funnel.settings import Settings
+from funnel.validate import zone_name
 
 from .streams import series_folder, series_folders
 
@@ -279,10 +279,7 @@ class _Compiler:
         )
 
     def k_tz(self, _arg, op, value, where):
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise InputError(f"{where}: unknown time zone {value!r}") from exc
+        zone_name(value, where)
         return f"COALESCE(s.timezone, ?) {_SQL_OPS[op]} ?", [self.settings.timezone, value]
 
     def k_webinar(self, slug, op, value, where):

@@ -162,6 +162,8 @@ def _cookie(site):
         ({"email": "a@b@example.com"}, "is not a valid email address"),
         ({"name": "x" * 10_000}, "longer than 100 characters"),
         ({"name": "Sam\r\nBcc: victim@example.com"}, "line break"),
+        ({"name": "Sam\u202egnp.exe"}, "The name contains a bidi control (U+202E)"),
+        ({"name": "Sa\u200bm"}, "The name contains a zero-width character (U+200B)"),
         ({"consent": None}, "tick the box"),
     ],
 )
@@ -576,6 +578,9 @@ def test_preferences_change_streams_pause_zone_and_name(site, settings, clock):
     ("values", "message"),
     [
         ({"timezone": "Nowhere/Land"}, "unknown time zone"),
+        ({"timezone": "localtime"}, "unknown time zone"),
+        ({"timezone": "right/UTC"}, "unknown time zone"),
+        ({"name": "Ana\u2066x"}, "bidi control (U+2066)"),
         ({"streams": ["series:not-a-thing"]}, "not a list you can subscribe to"),
         ({"pause_weeks": "many"}, "not a number of weeks"),
         ({"pause_weeks": "99"}, "choose from 0 to 52"),
