@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sqlite3
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +19,7 @@ import click
 
 from campaigns.schedule import WHEN_FORMS as WHEN_HELP
 from funnel import clock
-from funnel.db import connect
+from funnel.db import connect, explain_failure
 from funnel.errors import FunnelError
 from funnel.settings import Settings, load_settings
 from funnel.validate import zone_name
@@ -93,10 +94,44 @@ def preflight(fn):
 
 
 class FunnelGroup(click.Group):
-    """Lists commands in the order they were added (the order of the tour)."""
+    """Lists commands in the order they were added (the order of the tour).
+
+    Every failure ends as one line on stderr and exit status 1, never a
+    traceback: FunnelError as it is, and failures of the machine (disk full,
+    read-only database or file system, text that is not UTF-8) as the sentence
+    funnel.db.explain_failure gives them.
+    """
 
     def list_commands(self, ctx):
         return list(self.commands)
+
+    def parse_args(self, ctx, args):
+        for position, arg in enumerate(args, 1):
+            if _not_utf8(arg) and not Path(arg).exists():  # a real file's name may be any bytes
+                shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                raise click.ClickException(f"argument {position} is not valid UTF-8: {shown}")
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.ClickException:
+            raise
+        except (FunnelError, sqlite3.Error, OSError, UnicodeError) as exc:
+            app = ctx.obj
+            path = app.settings.db if isinstance(app, App) and app._settings else "the database"
+            problem = explain_failure(exc, path)
+            if problem is None:
+                raise
+            raise click.ClickException(str(problem)) from exc
+
+
+def _not_utf8(arg: str) -> bool:
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 @click.group(cls=FunnelGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -15,6 +15,8 @@ plain ``BEGIN``, which upgrades to a write lock too late).
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,7 +26,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from . import clock
-from .errors import DatabaseError
+from .errors import DatabaseError, FunnelError, InputError
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -354,9 +356,52 @@ def _db_error(path: str, exc: sqlite3.Error) -> DatabaseError:
         )
     if "readonly" in text or "read-only" in text:
         return DatabaseError(f"{path}: the database file is read-only; nothing was changed")
-    if "unable to open" in text:
-        return DatabaseError(f"{path}: cannot open the database file (does the folder exist?)")
+    if "unable to open" in text or "disk is full" in text or "disk I/O error" in text:
+        folder = Path(path).parent
+        try:
+            fs = os.statvfs(folder)
+        except OSError:
+            return DatabaseError(f"{path}: cannot open the database file (does the folder exist?)")
+        if fs.f_flag & os.ST_RDONLY:
+            return DatabaseError(f"{path}: the file system holding the database is read-only; nothing was changed")
+        if fs.f_bavail == 0 or "disk is full" in text:
+            return DatabaseError(f"{path}: the disk holding the database is full; nothing was changed")
+        if "unable to open" in text:
+            return DatabaseError(f"{path}: cannot open the database file (check its folder and permissions)")
+        return DatabaseError(f"{path}: the disk failed ({text}); nothing was changed")
     return DatabaseError(f"{path}: {text}")
+
+
+def explain_failure(exc: BaseException, path: str) -> FunnelError | None:
+    """One sentence for a failure of the machine rather than of the input, or None.
+
+    The CLI turns these into one line instead of a traceback: SQLite errors
+    that escaped a transaction (disk full, read-only file), a file that cannot
+    be written (no space, read-only file system, no permission) and text that
+    cannot be encoded (an argument that is not valid UTF-8).
+    """
+    if isinstance(exc, FunnelError):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        return _db_error(path, exc)
+    if isinstance(exc, UnicodeError):
+        return InputError(
+            f"text that is not valid UTF-8 cannot be stored or shown ({exc.reason}); nothing was changed"
+        )
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        where = exc.filename or path
+        return DatabaseError(f"{where}: {_STORAGE_ERRNOS[exc.errno]}; nothing was changed")
+    return None
+
+
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EIO: "input/output error from the disk",
+}
 
 
 def init_db(db: sqlite_utils.Database) -> list[str]:
