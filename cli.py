@@ -21,7 +21,7 @@ from campaigns.schedule import WHEN_FORMS as WHEN_HELP
 from funnel import clock
 from funnel.db import connect, explain_failure
 from funnel.errors import FunnelError
-from funnel.settings import Settings, load_settings
+from funnel.settings import Settings, load_settings, redact
 from funnel.validate import zone_name
 
 
@@ -66,7 +66,7 @@ def run(fn):
         try:
             return fn(app, *args, **kwargs)
         except FunnelError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(redact(str(exc))) from exc
 
     return wrapper
 
@@ -123,7 +123,7 @@ class FunnelGroup(click.Group):
             problem = explain_failure(exc, path)
             if problem is None:
                 raise
-            raise click.ClickException(str(problem)) from exc
+            raise click.ClickException(redact(str(problem))) from exc
 
 
 def _not_utf8(arg: str) -> bool:
@@ -154,7 +154,7 @@ def main(ctx: click.Context) -> None:
 
 
 def echo_err(message: str) -> None:
-    click.echo(message, err=True)
+    click.echo(redact(message), err=True)
 
 
 class _NoBar:

@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from funnel.settings import RelayConfig
+from funnel.settings import RelayConfig, redact
 
 from .policy import policy
 
@@ -185,7 +185,7 @@ class Relay:
             except smtplib.SMTPResponseException as exc:
                 return SendResult(exc.smtp_code, _text(exc.smtp_error), "connect")
             except (TimeoutError, smtplib.SMTPException, OSError) as exc:
-                return SendResult(None, f"cannot connect to {self.label}: {exc}", "connect")
+                return SendResult(None, redact(f"cannot connect to {self.label}: {exc}"), "connect")
             reused = self._used > 0
             result = (self._send_raw if self.raw else self._send_smtplib)(
                 conn, envelope_from, recipient, data
@@ -253,7 +253,7 @@ class Relay:
                 return SendResult(code, msg, "data")
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             self._drop()
-            return SendResult(None, f"connection to {self.label} failed: {exc}", stage)
+            return SendResult(None, redact(f"connection to {self.label} failed: {exc}"), stage)
         return SendResult(code, msg, "ok")
 
     def _pipelined_envelope(self, sock, read, mail: bytes, rcpt: bytes) -> SendResult | None:
@@ -307,7 +307,7 @@ class Relay:
             return SendResult(exc.smtp_code, _text(exc.smtp_error), stage)
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             self._drop()
-            return SendResult(None, f"connection to {self.label} failed: {exc}", stage)
+            return SendResult(None, redact(f"connection to {self.label} failed: {exc}"), stage)
         return SendResult(250, _text(msg), "ok")
 
     def _reset(self, code: int | None) -> None:

@@ -13,8 +13,9 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -37,17 +38,32 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_CONTENT = REPO_ROOT / "content"
 
 
+# userinfo "user:password@" after a scheme; greedy up to the last "@" of the
+# authority, so a password with a raw "@" in it is hidden whole.
+_URL_PASSWORD_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/@:'\"?#]*:)[^\s/'\"?#]*@")
+
+
+def redact(text: str) -> str:
+    """Hide the password in every URL inside *text*: ``smtp://apikey:***@host``.
+
+    The one function used wherever a relay URL (or an error or log line that
+    may hold one) is shown: settings errors, SMTP transport errors, the CLI's
+    error lines and the worker's log.
+    """
+    return _URL_PASSWORD_RE.sub(r"\1***@", text)
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     """One SMTP relay parsed from an ``smtp://`` or ``smtps://`` URL."""
 
-    url: str
+    url: str = field(repr=False)
     host: str
     port: int
     tls: bool = False  # implicit TLS (smtps://)
     starttls: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     rate_per_second: float = 0.0  # 0 = unlimited
     max_per_hour: int = 0
     max_per_day: int = 0
@@ -63,20 +79,20 @@ def parse_smtp_url(url: str, setting: str = "FUNNEL_SMTP_URL") -> RelayConfig:
     parts = urlsplit(url.strip())
     if parts.scheme not in ("smtp", "smtps"):
         raise SettingsError(
-            f"{setting}: unknown scheme {parts.scheme!r} in {url!r}; use smtp:// or smtps://"
+            f"{setting}: unknown scheme {parts.scheme!r} in {redact(url)!r}; use smtp:// or smtps://"
         )
     if not parts.hostname:
-        raise SettingsError(f"{setting}: {url!r} has no host name")
+        raise SettingsError(f"{setting}: {redact(url)!r} has no host name")
     try:
         port = parts.port or (465 if parts.scheme == "smtps" else 25)
     except ValueError as exc:
-        raise SettingsError(f"{setting}: {url!r} has an invalid port") from exc
+        raise SettingsError(f"{setting}: {redact(url)!r} has an invalid port") from exc
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     known = {"starttls", "rate", "hourly", "daily", "timeout"}
     unknown = set(query) - known
     if unknown:
         raise SettingsError(
-            f"{setting}: unknown option {sorted(unknown)[0]!r} in {url!r}; "
+            f"{setting}: unknown option {sorted(unknown)[0]!r} in {redact(url)!r}; "
             f"known options are {', '.join(sorted(known))}"
         )
 
@@ -117,8 +133,8 @@ class Settings:
     reply_to: str = ""
     postal_address: str = "1 Example Street, London, UK"
     base_url: str = "http://127.0.0.1:8000"
-    secret_keys: tuple[str, ...] = ()
-    smtp_urls: tuple[str, ...] = ("smtp://127.0.0.1:8025",)
+    secret_keys: tuple[str, ...] = field(default=(), repr=False)
+    smtp_urls: tuple[str, ...] = field(default=("smtp://127.0.0.1:8025",), repr=False)
     timezone: str = "Europe/London"
     dev: bool = False
     content_dir: str = ""
@@ -279,7 +295,7 @@ def _coerce(name: str, raw: object, where: str) -> object:
         raise ValueError
     except (ValueError, TypeError) as exc:
         kind = type(default).__name__.replace("tuple", "list")
-        raise SettingsError(f"{where}: expected a {kind}, got {raw!r}") from exc
+        raise SettingsError(f"{where}: expected a {kind}, got {redact(repr(raw))}") from exc
 
 
 def _split_from(s: Settings) -> Settings:
@@ -484,6 +500,7 @@ __all__ = [
     "RelayConfig",
     "load_settings",
     "parse_smtp_url",
+    "redact",
     "test_settings",
     "DEV_SECRET_KEY",
     "write_dev_config",
