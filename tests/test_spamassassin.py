@@ -4,8 +4,9 @@ One message of every kind in the builder table (and both follow-up variants)
 is produced the real way: the reader's path is driven through the domain
 functions, the sender delivers to the live aiosmtpd sink, and the bytes the
 sink received are piped into ``spamassassin -L -t`` (local tests only, no
-network).  Kinds are scored concurrently: one SpamAssassin start costs about
-2-3 s of CPU.
+network).  All messages go through one SpamAssassin run in --mbox mode:
+starting SpamAssassin (compiling its rules) costs about 2 s, scoring one more
+message about 0.25 s, so 13 messages take ~5 s instead of ~26 s one by one.
 
 Skips without ``spamassassin`` locally; fails under ``CI=true`` (.ci/run
 installs it).
@@ -17,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,7 +26,7 @@ import pytest
 from campaigns import broadcasts, messages, webinars
 from campaigns.sender import send_due
 from campaigns.worker import tick
-from subscribers import optin
+from subscribers import lifecycle, optin
 
 SPAMASSASSIN = shutil.which("spamassassin")
 SCORE_RE = re.compile(rb"^X-Spam-Status: (?:Yes|No), score=(-?[0-9.]+)", re.MULTILINE)
@@ -38,14 +38,27 @@ if SPAMASSASSIN is None:
     pytestmark = pytest.mark.skip(reason="spamassassin is not installed; `apt-get install spamassassin`")
 
 
-def score(data: bytes) -> tuple[float, str]:
-    """SpamAssassin's score for one message, offline, and the rules that hit."""
-    r = subprocess.run([SPAMASSASSIN, "-L", "-t"], input=data, capture_output=True, timeout=120)
-    out = r.stdout
-    m = SCORE_RE.search(out)
-    assert m, f"no X-Spam-Status in spamassassin output: {r.stderr.decode()[-500:]}"
-    report = REPORT_RE.search(out)
-    return float(m.group(1)), (report.group(1).decode("utf-8", "replace") if report else "")
+def scores(messages_: list[bytes]) -> list[tuple[float, str]]:
+    """SpamAssassin's score for each message, offline, and the rules that hit.
+
+    The messages travel as an mbox (LF line ends, as a local delivery writes
+    them; the sender's QP encoding already escapes body lines that start
+    with "From ").
+    """
+    mbox = b"".join(
+        b"From MAILER-DAEMON Thu Jan  1 00:00:00 1970\n" + m.replace(b"\r\n", b"\n").rstrip(b"\n") + b"\n\n"
+        for m in messages_
+    )
+    r = subprocess.run([SPAMASSASSIN, "-L", "-t", "--mbox"], input=mbox, capture_output=True, timeout=300)
+    out = re.split(rb"^From MAILER-DAEMON [^\n]*\n", r.stdout, flags=re.MULTILINE)[1:]
+    assert len(out) == len(messages_), f"spamassassin returned {len(out)} messages: {r.stderr.decode()[-500:]}"
+    results = []
+    for one in out:
+        m = SCORE_RE.search(one)
+        assert m, f"no X-Spam-Status in spamassassin output: {r.stderr.decode()[-500:]}"
+        report = REPORT_RE.search(one)
+        results.append((float(m.group(1)), report.group(1).decode("utf-8", "replace") if report else ""))
+    return results
 
 
 def one_of_each_kind(db, settings, clock, smtp_server) -> dict[str, bytes]:
@@ -101,6 +114,12 @@ def one_of_each_kind(db, settings, clock, smtp_server) -> dict[str, bytes]:
     w = webinars.edit_webinar(db, settings, "spine-health", {"start": (start + timedelta(days=1)).strftime(
         "%Y-%m-%d 18:00")}, now).webinar
     deliver("webinar_update", "alex@example.com", "new time")
+    # someone who left registers again: one verification email
+    gus = optin.signup(db, settings, "gus@example.com", now, name="Gus").subscriber_id
+    optin.activate_imported(db, settings, gus, now, "test fixture")
+    lifecycle.unsubscribe(db, gus, now)
+    assert webinars.register(db, settings, "spine-health", now, email="gus@example.com").status == "verify"
+    deliver("webinar_verify", "gus@example.com", "confirm your place")
     clock.set(w.starts_at - timedelta(minutes=60))
     deliver("webinar_reminder", "alex@example.com", "starting")
     cole = webinars.register(db, settings, "spine-health", clock(), email="cole@example.com", name="Cole",
@@ -120,10 +139,14 @@ def one_of_each_kind(db, settings, clock, smtp_server) -> dict[str, bytes]:
     webinars.create_webinar(db, settings, {
         "slug": "posture", "title": "Posture Clinic", "start": (clock() + timedelta(days=9)).strftime(
             "%Y-%m-%d 10:00"), "timezone": "America/New_York", "join_url": "https://meet.clinic.example/p",
+        "capacity": 1,
     }, clock())
     webinars.register(db, settings, "posture", clock(), email="dee@example.com", source="cli",
                       consent_action="imported")
-    send_due(db, settings, clock)
+    waiting = webinars.register(db, settings, "posture", clock(), email="eve@example.com", source="cli",
+                                consent_action="imported")
+    assert waiting.status == "waitlisted"
+    deliver("webinar_waitlist", "eve@example.com", "waitlist")
     webinars.cancel_webinar(db, settings, "posture", clock())
     deliver("webinar_cancel", "dee@example.com", "cancelled")
     return got
@@ -134,7 +157,6 @@ def test_every_kind_scores_at_most_zero(db, settings, clock, smtp_server):
     sent = one_of_each_kind(db, settings, clock, smtp_server)
     kinds = {label.split(" ")[0] for label in sent}
     assert kinds == set(messages.BUILDERS) - {"test_bulk"}, "a kind in the builder table is not scored"
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = dict(zip(sent, pool.map(score, sent.values()), strict=True))
+    results = dict(zip(sent, scores(list(sent.values())), strict=True))
     over = {label: f"{s:+.1f}\n{report}" for label, (s, report) in results.items() if s > 0}
     assert not over, "\n\n".join(f"{label}: {text}" for label, text in over.items())
