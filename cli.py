@@ -82,6 +82,8 @@ def preflight(fn):
         s = app.check_settings()
         if not s.dev:
             found = problems(s, app.now(), network=True)
+            if len(found) == 1:  # one problem: one line
+                raise click.ClickException(redact(f"{found[0]}; nothing was sent or queued"))
             for line in found:
                 echo_err(line)
             if found:

@@ -169,10 +169,10 @@ def test_commands_that_queue_mail_refuse_with_a_placeholder(cli_env, monkeypatch
     monkeypatch.setenv("FUNNEL_BASE_URL", "https://news.example.com")
     r = invoke(*args)
     assert r.exit_code == 1
-    assert lines(r.stderr)[0] == (
-        "FUNNEL_BASE_URL: 'https://news.example.com' is a placeholder (example.com is reserved "
-        "for examples); set the real URL"
-    )
+    assert lines(r.stderr) == [  # one problem: one line
+        "Error: FUNNEL_BASE_URL: 'https://news.example.com' is a placeholder (example.com is reserved "
+        "for examples); set the real URL; nothing was sent or queued"
+    ]
     db = connect(cli_env["FUNNEL_DB"], migrate=True)
     assert db.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 0
     assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0

@@ -5,7 +5,9 @@ SQLite file in three bad situations: an argument that is not valid UTF-8
 (bytes in argv, as a shell passes them), a full disk (a small tmpfs filled
 to the last block) and a read-only database (the tmpfs remounted read-only).
 Each must exit with status 1, print exactly one line on stderr naming the
-problem, print no traceback, and leave the database as it was.
+problem, print no traceback, and leave the database as it was.  Commands
+that queue mail meet the problem in the preflight (campaigns.check), the
+others when SQLite writes; both say so in one line.
 
 The tmpfs needs root (mount); without it those cases skip, saying so.
 """
@@ -63,7 +65,7 @@ def write_commands(work: Path) -> list[tuple[str, list[str | bytes]]]:
         ("campaign create", ["campaign", "create", "--subject", "News", "--body", str(body)]),
         ("campaign schedule", ["campaign", "schedule", "1", "--in", "2h"]),
         ("webinar create", ["webinar", "create", "second", "--title", "Second", "--start", "in 30 days 18:00",
-                            "--tz", "Europe/London", "--join-url", "https://meet.clinic.example/2"]),
+                            "--tz", "Europe/London", "--join-url", "https://meet.backinmotion-physio.co.uk/2"]),
         ("webinar register", ["webinar", "register", "spine", "new@example.com", "--name", "New"]),
         ("series enroll", ["series", "enroll", "importance-of-exercise", "--segment", "all"]),
         ("send", ["send"]),
@@ -86,7 +88,7 @@ def world(cli_env, tmp_path):
         ["subscribers", "import", str(work / "ana.csv"), "--pre-confirmed", "--consent-note", "paper form"],
         ["campaign", "create", "--subject", "Draft", "--body", str(work / "news.md")],
         ["webinar", "create", "spine", "--title", "Spine", "--start", "in 20 days 18:00", "--tz",
-         "Europe/London", "--join-url", "https://meet.clinic.example/spine"],
+         "Europe/London", "--join-url", "https://meet.backinmotion-physio.co.uk/spine"],
     ):
         r = funnel(env, *args)
         assert r.returncode == 0, (args, r.stderr.decode())
@@ -165,7 +167,7 @@ def test_full_disk_is_one_line_and_changes_nothing(world, tmpfs):
     for name, args in write_commands(work):
         run_env = {**env, "FUNNEL_DB": str(tmpfs / "fresh.db")} if name.startswith("init") else env
         r = funnel(run_env, *args)
-        assert_one_line(r, name, "disk holding the database is full")
+        assert_one_line(r, name, "disk holding the database is full", "cannot be written (disk I/O error)")
         for leftover in tmpfs.glob("funnel.db-*"):  # a -shm stub the failed open left behind
             leftover.unlink()
     (tmpfs / "filler").unlink()
@@ -183,5 +185,5 @@ def test_read_only_database_is_one_line_and_changes_nothing(world, tmpfs):
     for name, args in write_commands(work):
         run_env = {**env, "FUNNEL_DB": str(tmpfs / "fresh.db")} if name.startswith("init") else env
         r = funnel(run_env, *args)
-        assert_one_line(r, name, "read-only")
+        assert_one_line(r, name, "read-only", "is not writable")
     assert snapshot(db) == before

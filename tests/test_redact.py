@@ -78,9 +78,13 @@ def test_transport_error_and_worker_log_lines_hold_no_secret(cli_env, monkeypatc
         result = relay.send("news@clinic.example", "a@example.com", b"x")
     assert f"127.0.0.1:{port}" in result.message and SECRET not in result.message
 
-    # the same failure through `funnel send`: a queued confirmation, a dead relay
+    # the preflight that refuses to queue mail for a dead relay names it, without the password
     monkeypatch.setenv("FUNNEL_SMTP_URL", url)
     runner = CliRunner()
+    r = runner.invoke(cli.main, ["subscribers", "add", "a@example.com"], catch_exceptions=False)
+    assert r.exit_code == 1 and f"127.0.0.1:{port}" in r.stderr and SECRET not in r.output + r.stderr
+    # the same failure through `funnel send` (dev mode skips the preflight): a queued confirmation
+    monkeypatch.setenv("FUNNEL_DEV", "1")
     assert runner.invoke(cli.main, ["subscribers", "add", "a@example.com"]).exit_code == 0
     r = runner.invoke(cli.main, ["send"], catch_exceptions=False)
     assert f"127.0.0.1:{port}" in r.stderr

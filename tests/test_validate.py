@@ -43,7 +43,7 @@ def webinar_values(**extra):
         "title": "Spine Health Webinar",
         "start": "2027-01-14 18:00",
         "timezone": "Europe/London",
-        "join_url": "https://meet.clinic.example/spine",
+        "join_url": "https://meet.backinmotion-physio.co.uk/spine",
         **extra,
     }
 
@@ -68,7 +68,7 @@ def test_webinar_title_with_a_hidden_line_break_is_refused_at_create(db, setting
 def test_webinar_title_refused_by_cli_create_and_edit_and_toml_file(cli_env, settings, tmp_path):
     before = dump(settings)
     r = invoke("webinar", "create", "spine-health", "--title", ENCODED_NEWLINE, "--start", "in 30 days 18:00",
-               "--tz", "Europe/London", "--join-url", "https://meet.clinic.example/spine")
+               "--tz", "Europe/London", "--join-url", "https://meet.backinmotion-physio.co.uk/spine")
     assert r.exit_code == 1
     assert r.output.strip().splitlines() == [
         f"Error: --title: contains a line break, which is not allowed in an email header "
@@ -81,7 +81,7 @@ def test_webinar_title_refused_by_cli_create_and_edit_and_toml_file(cli_env, set
         'slug = "spine-health"\n'
         f'title = "{ENCODED_NEWLINE_B64}"\n'
         'start = "2027-01-14 18:00"\ntimezone = "Europe/London"\n'
-        'join_url = "https://meet.clinic.example/spine"\n',
+        'join_url = "https://meet.backinmotion-physio.co.uk/spine"\n',
         encoding="utf-8",
     )
     r = invoke("webinar", "create", "--from", str(path))
@@ -90,7 +90,7 @@ def test_webinar_title_refused_by_cli_create_and_edit_and_toml_file(cli_env, set
     assert dump(settings) == before
 
     ok = invoke("webinar", "create", "spine-health", "--title", "Spine Health", "--start", "in 30 days 18:00",
-                "--tz", "Europe/London", "--join-url", "https://meet.clinic.example/spine")
+                "--tz", "Europe/London", "--join-url", "https://meet.backinmotion-physio.co.uk/spine")
     assert ok.exit_code == 0, ok.output
     before = dump(settings)
     r = invoke("webinar", "edit", "spine-health", "--title", ENCODED_NEWLINE_B64)
@@ -129,7 +129,7 @@ def test_odd_zone_refused_at_every_door(cli_env, settings, clock, db, tmp_path, 
     assert r.exit_code == 1 and f"unknown time zone '{zone}'" in r.output
     # webinar create --tz
     r = invoke("webinar", "create", "w1", "--title", "W", "--start", "in 30 days 18:00", "--tz", zone,
-               "--join-url", "https://meet.clinic.example/w")
+               "--join-url", "https://meet.backinmotion-physio.co.uk/w")
     assert r.exit_code == 1 and r.output.startswith(f"Error: --tz: unknown time zone '{zone}'")
     # series show --tz
     r = invoke("series", "show", "importance-of-exercise", "--timeline", "--tz", zone)
@@ -156,7 +156,7 @@ def test_bidi_and_zero_width_characters_refused_in_names(db, settings, clock, ch
 
 def test_invisible_characters_refused_by_cli_and_csv_with_file_and_line(cli_env, settings, tmp_path):
     made = invoke("webinar", "create", "spine-health", "--title", "Spine Health", "--start", "in 30 days 18:00",
-                  "--tz", "Europe/London", "--join-url", "https://meet.clinic.example/spine")
+                  "--tz", "Europe/London", "--join-url", "https://meet.backinmotion-physio.co.uk/spine")
     assert made.exit_code == 0, made.output
     before = dump(settings)
     r = invoke("subscribers", "add", "sam@example.com", "--name", "Sam\u202egnp.exe")
