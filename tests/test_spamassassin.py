@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from campaigns import broadcasts, messages, webinars
+from campaigns import attendance, broadcasts, kinds, webinars
 from campaigns.sender import send_due
 from campaigns.worker import tick
 from subscribers import lifecycle, optin
@@ -132,7 +132,7 @@ def one_of_each_kind(db, settings, clock, smtp_server) -> dict[str, bytes]:
                  f"Alex Ng,alex@example.com,{w.starts_at:%Y-%m-%d %H:%M:%S},"
                  f"{w.starts_at + timedelta(minutes=40):%Y-%m-%d %H:%M:%S},40\n")
     clock.set(w.starts_at + timedelta(minutes=70))
-    webinars.import_attendance(db, settings, "spine-health", csv_path, clock())
+    attendance.import_attendance(db, settings, "spine-health", csv_path, clock())
     clock.set(w.starts_at + timedelta(minutes=60 + 121))
     deliver("webinar_followup (attended)", "alex@example.com", "thank you")
     deliver("webinar_followup (missed)", "cole@example.com", "missed you")
@@ -155,8 +155,8 @@ def one_of_each_kind(db, settings, clock, smtp_server) -> dict[str, bytes]:
 def test_every_kind_scores_at_most_zero(db, settings, clock, smtp_server):
     clock.set(datetime(2026, 11, 30, 9, 0, tzinfo=UTC))
     sent = one_of_each_kind(db, settings, clock, smtp_server)
-    kinds = {label.split(" ")[0] for label in sent}
-    assert kinds == set(messages.BUILDERS) - {"test_bulk"}, "a kind in the builder table is not scored"
+    scored = {label.split(" ")[0] for label in sent}
+    assert scored == set(kinds.BUILDERS) - {"test_bulk"}, "a kind in the builder table is not scored"
     results = dict(zip(sent, scores(list(sent.values())), strict=True))
     over = {label: f"{s:+.1f}\n{report}" for label, (s, report) in results.items() if s > 0}
     assert not over, "\n\n".join(f"{label}: {text}" for label, text in over.items())
