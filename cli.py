@@ -281,7 +281,7 @@ def _signer(settings: Settings):
 
 
 def _due_total(app: App) -> int:
-    from campaigns.outbox import due_count
+    from funnel.outbox import due_count
 
     return due_count(app.db, app.now())
 

@@ -43,7 +43,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from campaigns import broadcasts, messages, mime, outbox, render, sender, smtp  # noqa: E402
+from campaigns import broadcasts, messages, mime, render, sender, smtp  # noqa: E402
+from funnel import outbox  # noqa: E402
 from funnel.db import connect, iso, transaction  # noqa: E402
 from funnel.settings import test_settings  # noqa: E402
 from subscribers.lifecycle import email_hash  # noqa: E402

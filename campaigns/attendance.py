@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from funnel import outbox
 from funnel.db import iso, log_event, transaction
 from funnel.errors import InputError
 from funnel.settings import Settings
 from subscribers import optin
 
-from . import outbox
 from .webinars import FOLLOWUP_VALID, get_webinar, queue_row
 
 _EMAIL_COLS = ("useremail", "email", "emailaddress", "attendeeemail", "participantemail")

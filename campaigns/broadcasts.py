@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from funnel import outbox
 from funnel.db import OUTBOX_UNFINISHED, iso, parse_iso, transaction
 from funnel.errors import InputError, NotFound, TransitionError
 from funnel.localtime import local_to_utc
@@ -41,7 +42,7 @@ from funnel.settings import Settings
 from funnel.validate import zone_name
 from subscribers import segments
 
-from . import outbox, schedule, webinars
+from . import schedule, webinars
 from .content import Content, SkipMessage
 from .frontmatter import split_front_matter, validate_ctas
 

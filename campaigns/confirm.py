@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from funnel.outbox import OutboxRow
 from funnel.settings import Settings
 from subscribers import lifecycle, tokens
 
 from .content import Content, SkipMessage
-from .outbox import OutboxRow
 
 
 def build_confirm(db, settings: Settings, row: OutboxRow, sub: lifecycle.Subscriber, now: datetime) -> Content:

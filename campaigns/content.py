@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from funnel.outbox import OutboxRow
 from funnel.settings import Settings
 from subscribers import lifecycle
-
-from .outbox import OutboxRow
 
 
 @dataclass

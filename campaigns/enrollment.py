@@ -49,12 +49,13 @@ from pathlib import Path
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
+from funnel import outbox
 from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import FunnelError, InputError, NotFound
 from funnel.settings import Settings
 from subscribers import segments
 
-from . import holds, outbox, schedule, webinars
+from . import holds, schedule, webinars
 from .content import Content, SkipMessage
 from .series import Series, check_gaps, find_series, series_folder
 

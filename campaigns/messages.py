@@ -15,12 +15,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 
+from funnel.outbox import OutboxRow
 from funnel.settings import Settings
 from subscribers import lifecycle, tokens
 
 from . import kinds, mime, render
 from .content import Content, SkipMessage, list_id
-from .outbox import OutboxRow
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from funnel import health
+from funnel import health, outbox
 from funnel.db import parse_iso, transaction
 from funnel.errors import ConfigurationError, FunnelError
 from funnel.settings import Settings
 
-from . import holds, messages, outbox, views
+from . import holds, messages, views
 from .content import SkipMessage
 from .smtp import Relay, RelayPool, SendResult
 

@@ -33,12 +33,12 @@ from datetime import datetime, timedelta
 
 from funnel.db import iso, parse_iso, transaction
 from funnel.errors import NotFound
+from funnel.outbox import _ROW_COLUMNS, _row
 from funnel.settings import Settings
 from subscribers import lifecycle, optin
 
 from . import kinds, messages, render
 from .content import Content, SkipMessage
-from .outbox import _ROW_COLUMNS, _row
 
 _CONTENT_FIELDS = ("kind", "subject", "preheader", "body_md", "ctas", "extra", "bulk", "list_id")
 

@@ -53,6 +53,7 @@ from typing import IO
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
+from funnel import outbox
 from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import FunnelError, InputError, NotFound, TokenError
 from funnel.localtime import local_to_utc
@@ -61,7 +62,7 @@ from funnel.spreadsheet import SafeDictWriter
 from funnel.validate import check_header_text, zone_name
 from subscribers import lifecycle, optin, tokens
 
-from . import ics, mime, outbox
+from . import ics, mime
 from .content import Content, SkipMessage
 from .frontmatter import toml_line
 from .policy import policy

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from campaigns import outbox
+from funnel import outbox
 from funnel.db import db_path, iso, transaction
 from funnel.errors import InputError
 from funnel.settings import Settings

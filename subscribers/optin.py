@@ -32,7 +32,7 @@ from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
 
-from campaigns import outbox
+from funnel import outbox
 from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import InputError, TokenError
 from funnel.settings import Settings

@@ -293,7 +293,7 @@ class Mailings:
 
     def queue(self, sid: int, email: str, *, kind: str = TEST_BULK_KIND, stream: str = "broadcasts",
               expires_at=None, due_at=None) -> int:
-        from campaigns import outbox
+        from funnel import outbox
 
         now = self.clock()
         return outbox.enqueue(

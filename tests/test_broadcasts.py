@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from conftest import TEST_START
 
 import cli
-from campaigns import broadcasts, outbox
+from campaigns import broadcasts
 from campaigns.sender import send_due
+from funnel import outbox
 from funnel.db import connect, iso, parse_iso
 from funnel.errors import InputError, TransitionError
 from subscribers import lifecycle

@@ -19,8 +19,9 @@ from click.testing import CliRunner
 from conftest import free_port
 
 import cli
-from campaigns import check, outbox, sender
+from campaigns import check, sender
 from campaigns.webinars import ensure_demo_webinar, webinar_files
+from funnel import outbox
 from funnel.db import connect
 from funnel.errors import SettingsError
 from funnel.settings import REPO_ROOT, load_settings, test_settings

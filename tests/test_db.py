@@ -40,7 +40,7 @@ def test_init_twice_applies_nothing_the_second_time(settings):
     ],
 )
 def test_check_constraints_mirror_the_enums(db, settings, clock, table, column, good, states):
-    from campaigns import outbox
+    from funnel import outbox
     from subscribers import optin
 
     sid = optin.signup(db, settings, "a@example.com", clock()).subscriber_id

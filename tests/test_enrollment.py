@@ -13,10 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from campaigns import enrollment, holds, outbox, schedule
+from campaigns import enrollment, holds, schedule
 from campaigns.enrollment import next_step_index, schedule_series
 from campaigns.sender import send_due
 from campaigns.series import find_series
+from funnel import outbox
 from funnel.db import iso, parse_iso
 from funnel.errors import FunnelError
 from subscribers import lifecycle, optin, tokens

@@ -94,7 +94,7 @@ def test_suppressed_addresses_get_nothing(db, settings, clock):
 
 
 def test_unsubscribe_cancels_queued_sends_for_the_stream_or_all(db, settings, clock):
-    from campaigns import outbox
+    from funnel import outbox
 
     sid = optin.signup(db, settings, "a@example.com", clock()).subscriber_id
     optin.confirm(db, settings, tokens.confirm_token(settings, sid, lifecycle.get(db, sid).confirm_nonce, clock()), clock())

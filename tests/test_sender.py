@@ -14,8 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from campaigns import outbox, sender
+from campaigns import sender
 from campaigns.smtp import Relay, RelayPool, SendResult, TokenBucket, classify, stuff
+from funnel import outbox
 from funnel.db import connect, parse_iso
 from funnel.settings import parse_smtp_url
 from subscribers import lifecycle, tokens

@@ -21,9 +21,8 @@ from click.testing import CliRunner
 from conftest import free_port
 
 import cli
-from campaigns import outbox
 from campaigns.sender import send_due
-from funnel import web
+from funnel import outbox, web
 from funnel.db import connect
 from funnel.settings import test_settings
 from subscribers import lifecycle, optin, tokens

@@ -714,7 +714,8 @@ def test_registration_pages(db, settings, clock):
 
 def test_series_mail_waits_in_the_24h_before_a_registered_webinar(db, settings, clock):
     """Delivery's claim filter holds series steps for registrants (uses our registrations)."""
-    from campaigns import holds, outbox
+    from campaigns import holds
+    from funnel import outbox
 
     create(db, settings, clock())
     reg = webinars.register(

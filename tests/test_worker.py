@@ -12,9 +12,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from campaigns import broadcasts, outbox
+from campaigns import broadcasts
 from campaigns.sender import send_due
 from campaigns.worker import run_worker, tick
+from funnel import outbox
 from funnel.db import connect, iso
 from subscribers import lifecycle, optin, tokens
 
