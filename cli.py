@@ -349,12 +349,13 @@ def subscribers_import(app: App, file: Path, skip_invalid: bool, pre_confirmed: 
       funnel subscribers import clinic-list.csv --skip-invalid
       funnel subscribers import paper-forms.csv --pre-confirmed --consent-note "signed paper form"
     """
-    from subscribers.io import ImportRejected, import_csv
+    from funnel.errors import RowsRejected
+    from subscribers.io import import_csv
 
     try:
         report = import_csv(app.db, app.settings, file, app.now(), skip_invalid=skip_invalid,
                             pre_confirmed=pre_confirmed, consent_note=consent_note, default_source=source)
-    except ImportRejected as exc:
+    except RowsRejected as exc:
         for problem in exc.report.problems[:50]:
             echo_err(problem)
         if len(exc.report.problems) > 50:
@@ -1748,12 +1749,13 @@ def webinar_attendance(app: App, slug: str, file: Path, skip_invalid: bool) -> N
     Example:
       funnel webinar attendance spine-health zoom-attendees.csv
     """
-    from campaigns.attendance import AttendanceRejected, import_attendance
+    from campaigns.attendance import import_attendance
+    from funnel.errors import RowsRejected
 
     try:
         report = import_attendance(app.db, app.settings, slug, file, app.now(),
                                    skip_invalid=skip_invalid)
-    except AttendanceRejected as exc:
+    except RowsRejected as exc:
         for problem in exc.report.problems[:50]:
             echo_err(problem)
         raise

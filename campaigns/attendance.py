@@ -18,7 +18,7 @@ from pathlib import Path
 
 from funnel import outbox
 from funnel.db import iso, log_event, transaction
-from funnel.errors import InputError
+from funnel.errors import InputError, RowsRejected
 from funnel.settings import Settings
 from subscribers import optin
 
@@ -91,18 +91,6 @@ class AttendanceReport:
     unknown: list[str] = field(default_factory=list)  # "file:line: reason", not fatal
     problems: list[str] = field(default_factory=list)  # bad rows
     followups_queued: int = 0
-
-
-class AttendanceRejected(InputError):
-    """Bad rows and skip_invalid off: nothing was changed."""
-
-    def __init__(self, report: AttendanceReport):
-        self.report = report
-        n = len(report.problems)
-        super().__init__(
-            f"{report.path}: {n} bad row{'s' if n != 1 else ''}, nothing was imported "
-            f"(first: {report.problems[0]}); fix them or pass --skip-invalid"
-        )
 
 
 def parse_attendance(
@@ -210,7 +198,7 @@ def import_attendance(
         )
     minutes, report, lines = parse_attendance(path, text)
     if report.problems and not skip_invalid:
-        raise AttendanceRejected(report)
+        raise RowsRejected(report)
     with transaction(db):
         regs = db.execute(
             "SELECT r.subscriber_id, s.email, r.status FROM registrations r "

@@ -27,6 +27,23 @@ class InputError(FunnelError):
     """Bad input: a CSV row, a form field, front matter or a CLI option."""
 
 
+class RowsRejected(InputError):
+    """A file had bad rows and skip_invalid was off: nothing was stored.
+
+    ``report`` is the import's report (it has ``path`` and ``problems``, each
+    problem a ``file:line: reason``); the CSV import and the attendance import
+    both raise it.
+    """
+
+    def __init__(self, report):
+        self.report = report
+        n = len(report.problems)
+        super().__init__(
+            f"{report.path}: {n} bad row{'s' if n != 1 else ''}, nothing was imported "
+            f"(first: {report.problems[0]}); fix them or pass --skip-invalid"
+        )
+
+
 class TransitionError(FunnelError):
     """An illegal subscriber, subscription or outbox state change."""
 

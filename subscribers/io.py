@@ -14,12 +14,12 @@ import json
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from funnel import outbox
 from funnel.db import db_path, iso, transaction
-from funnel.errors import InputError
+from funnel.errors import InputError, RowsRejected
 from funnel.settings import Settings
 from funnel.spreadsheet import SafeDictWriter
 
@@ -114,113 +114,104 @@ def import_csv(
         raise InputError("--consent-note: pre-confirmed imports need a note saying how these people consented")
     report = ImportReport(str(path))
     seen: dict[str, int] = {}
-    stamp = iso(now)
-    status = "active" if pre_confirmed else "pending"
-    expires = now + timedelta(days=settings.confirm_max_age_days)
     with transaction(db):
-        next_id = (db.execute("SELECT COALESCE(MAX(id), 0) FROM subscribers").fetchone()[0]) + 1
-        existing = _ExistingLookup(db)
-        batch: list[tuple] = []
-
-        def flush() -> None:
-            if not batch:
-                return
-            db.conn.executemany(
-                "INSERT INTO subscribers (id, email, email_hash, name, timezone, source, status, "
-                "confirm_nonce, confirm_sent_at, created_at, updated_at, confirmed_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [b[0] for b in batch],
-            )
-            db.conn.executemany(
-                "INSERT INTO consent (subscriber_id, purpose, action, at, source, consent_text_version, note) "
-                "VALUES (?, 'newsletter', ?, ?, ?, ?, ?)",
-                [b[1] for b in batch],
-            )
-            db.conn.executemany(
-                "INSERT INTO events (at, kind, subscriber_id, ref) VALUES (?, ?, ?, 'import')",
-                [(stamp, "subscribed" if not pre_confirmed else "confirmed", b[0][0]) for b in batch],
-            )
-            if pre_confirmed:
-                streams = optin.default_streams(settings)
-                db.conn.executemany(
-                    "INSERT INTO subscriptions (subscriber_id, stream, status, updated_at) VALUES (?, ?, 'subscribed', ?)",
-                    [(b[0][0], s, stamp) for b in batch for s in streams],
-                )
-            else:
-                outbox.enqueue_many(
-                    db, settings,
-                    (
-                        {"dedupe_key": f"confirm:{b[0][0]}:{stamp}", "kind": "confirm",
-                         "subscriber_id": b[0][0], "to_addr": b[0][1], "due_at": now,
-                         "expires_at": expires, "priority": outbox.PRIORITY_TRANSACTIONAL}
-                        for b in batch
-                    ),
-                    now,
-                )  # fmt: skip
-            batch.clear()
-
+        writer = _BatchWriter(db, settings, path, now, pre_confirmed, consent_note)
         pending: list[tuple] = []  # validated rows waiting for one batched existence check
-
-        def take_pending() -> None:
-            nonlocal next_id
-            if not pending:
-                return
-            known = existing.known([p[2] for p in pending])
-            for _line, email, h, name, tz, source in pending:
-                if h in known:
-                    report.already_present += 1
-                    continue
-                sid = next_id
-                next_id += 1
-                report.imported += 1
-                if report.problems and not skip_invalid:
-                    continue  # the file will be rejected: stop writing, keep checking
-                batch.append((
-                    (sid, email, h, name, tz, source, status,
-                     None if pre_confirmed else secrets.token_urlsafe(12),
-                     None if pre_confirmed else stamp, stamp, stamp, stamp if pre_confirmed else None),
-                    (sid, "imported" if pre_confirmed else "requested", stamp, f"import:{path.name}",
-                     settings.consent_version, consent_note or None),
-                ))
-            pending.clear()
-            flush()
-
         for line, row in _rows(path):
-            where = f"{path}:{line}"
             try:
-                if "__error__" in row:
-                    raise InputError(row["__error__"])
-                email = optin.clean_email(row.get("email", ""), field="email")
-                key = email.lower()
-                if key in seen:
-                    raise InputError(f"duplicate of line {seen[key]} ({email})")
-                seen[key] = line
-                name = optin.clean_name(row.get("name"), field="name")
-                tz = optin.clean_timezone(row.get("timezone"), field="timezone")
-                source = optin.clean_source(row.get("source") or default_source, field="source")
+                pending.append((line, *_clean_row(row, line, seen, default_source)))
             except InputError as exc:
-                report.problems.append(f"{where}: {exc}")
+                report.problems.append(f"{path}:{line}: {exc}")
                 continue
-            pending.append((line, email, lifecycle.email_hash(email), name, tz, source))
             if len(pending) >= BATCH:
-                take_pending()
-        take_pending()
+                writer.take(pending, report, write=skip_invalid or not report.problems)
+        writer.take(pending, report, write=skip_invalid or not report.problems)
         if report.problems and not skip_invalid:
-            raise ImportRejected(report)
+            raise RowsRejected(report)
     report.committed = True
     return report
 
 
-class ImportRejected(InputError):
-    """Bad rows with skip_invalid off: nothing was stored."""
+def _clean_row(row: dict[str, str], line: int, seen: dict[str, int],
+               default_source: str) -> tuple[str, str, str, str | None, str]:
+    """(email, hash, name, timezone, source) of one CSV row, or InputError saying why not."""
+    if "__error__" in row:
+        raise InputError(row["__error__"])
+    email = optin.clean_email(row.get("email", ""), field="email")
+    key = email.lower()
+    if key in seen:
+        raise InputError(f"duplicate of line {seen[key]} ({email})")
+    seen[key] = line
+    name = optin.clean_name(row.get("name"), field="name")
+    tz = optin.clean_timezone(row.get("timezone"), field="timezone")
+    source = optin.clean_source(row.get("source") or default_source, field="source")
+    return email, lifecycle.email_hash(email), name, tz, source
 
-    def __init__(self, report: ImportReport):
-        self.report = report
-        n = len(report.problems)
-        super().__init__(
-            f"{report.path}: {n} bad row{'s' if n != 1 else ''}, nothing was imported "
-            f"(first: {report.problems[0]}); fix them or pass --skip-invalid"
+
+class _BatchWriter:
+    """Writes new subscribers a batch at a time: the subscriber rows, their
+    consent (through lifecycle's one consent writer), the events, and either
+    their default streams (pre-confirmed) or their confirmation emails (the
+    same outbox row as a form signup)."""
+
+    def __init__(self, db, settings: Settings, path: Path, now: datetime,
+                 pre_confirmed: bool, consent_note: str):
+        self.db, self.settings, self.now = db, settings, now
+        self.pre_confirmed = pre_confirmed
+        self.stamp = iso(now)
+        self.status = "active" if pre_confirmed else "pending"
+        self.consent = lifecycle.Consent(
+            0, "imported" if pre_confirmed else "requested", now, source=f"import:{path.name}",
+            version=settings.consent_version, note=consent_note or None,
         )
+        self.next_id = db.execute("SELECT COALESCE(MAX(id), 0) FROM subscribers").fetchone()[0] + 1
+        self.existing = _ExistingLookup(db)
+
+    def take(self, pending: list[tuple], report: ImportReport, *, write: bool) -> None:
+        """Count and (unless the file will be rejected) write the pending rows."""
+        if not pending:
+            return
+        known = self.existing.known([p[2] for p in pending])
+        rows: list[tuple] = []
+        for _line, email, h, name, tz, source in pending:
+            if h in known:
+                report.already_present += 1
+                continue
+            sid, self.next_id = self.next_id, self.next_id + 1
+            report.imported += 1
+            if write:  # else the file will be rejected: stop writing, keep checking
+                rows.append((sid, email, h, name, tz, source))
+        pending.clear()
+        self._write(rows)
+
+    def _write(self, rows: list[tuple]) -> None:
+        if not rows:
+            return
+        db, stamp, pre = self.db, self.stamp, self.pre_confirmed
+        db.conn.executemany(
+            "INSERT INTO subscribers (id, email, email_hash, name, timezone, source, status, "
+            "confirm_nonce, confirm_sent_at, created_at, updated_at, confirmed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*r, self.status, None if pre else secrets.token_urlsafe(12), None if pre else stamp,
+              stamp, stamp, stamp if pre else None) for r in rows],
+        )
+        lifecycle.record_consent(db, (self.consent._replace(subscriber_id=r[0]) for r in rows))
+        db.conn.executemany(
+            "INSERT INTO events (at, kind, subscriber_id, ref) VALUES (?, ?, ?, 'import')",
+            [(stamp, "confirmed" if pre else "subscribed", r[0]) for r in rows],
+        )
+        if pre:
+            streams = optin.default_streams(self.settings)
+            db.conn.executemany(
+                "INSERT INTO subscriptions (subscriber_id, stream, status, updated_at) "
+                "VALUES (?, ?, 'subscribed', ?)",
+                [(r[0], s, stamp) for r in rows for s in streams],
+            )
+        else:
+            outbox.enqueue_many(
+                db, self.settings,
+                optin.confirmation_rows(self.settings, ((r[0], r[1]) for r in rows), self.now), self.now,
+            )
 
 
 class _ExistingLookup:

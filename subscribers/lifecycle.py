@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from funnel.db import iso, log_event, transaction
 from funnel.errors import NotFound, TransitionError
@@ -171,10 +173,7 @@ def _forget(db, subscriber_id: int, now: datetime) -> None:
         "UPDATE consent SET ip = NULL, user_agent = NULL, note = NULL, source = '' WHERE subscriber_id = ?",
         (subscriber_id,),
     )
-    db.execute(
-        "INSERT INTO consent (subscriber_id, purpose, action, at, source) VALUES (?, 'newsletter', 'erased', ?, '')",
-        (subscriber_id, iso(now)),
-    )
+    record_consent(db, [Consent(subscriber_id, "erased", now)])
     db.execute(
         "UPDATE outbox SET to_addr = NULL, data = NULL, last_error = NULL WHERE subscriber_id = ?", (subscriber_id,)
     )
@@ -279,6 +278,44 @@ def restore_erased(db, subscriber_id: int, email: str, now: datetime) -> Subscri
     return get(db, subscriber_id)
 
 
+class Consent(NamedTuple):
+    """One line of the append-only consent ledger (proof of consent)."""
+
+    subscriber_id: int
+    action: str  # one of funnel.db.CONSENT_ACTIONS
+    at: datetime
+    purpose: str = "newsletter"  # or a webinar's ref
+    source: str = ""
+    ip: str | None = None
+    user_agent: str | None = None
+    version: str | None = None  # the consent text version shown
+    note: str | None = None
+
+
+_CONSENT_SQL = (
+    "INSERT INTO consent (subscriber_id, purpose, action, at, source, ip, user_agent, "
+    "consent_text_version, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def record_consent(db, entries: Iterable[Consent]) -> None:
+    """The one writer of consent rows; call inside the caller's transaction.
+
+    Takes any number of entries so a bulk import writes its batch in one
+    statement.
+    """
+    stamps: dict[datetime, str] = {}  # a batch shares one time: format it once
+    db.conn.executemany(
+        _CONSENT_SQL,
+        [
+            (c.subscriber_id, c.purpose, c.action,
+             stamps.get(c.at) or stamps.setdefault(c.at, iso(c.at)),
+             c.source, c.ip, c.user_agent, c.version, c.note)
+            for c in entries
+        ],
+    )
+
+
 def unsubscribe(db, subscriber_id: int, now: datetime, *, stream: str | None = None,
                 source: str = "") -> Subscriber:
     """Unsubscribe from one stream, or from everything.  Safe to repeat."""
@@ -289,10 +326,7 @@ def unsubscribe(db, subscriber_id: int, now: datetime, *, stream: str | None = N
             return get(db, subscriber_id)
         if sub.status in ("unsubscribed", "bounced", "complained", "erased"):
             return sub  # already out: repeating is harmless
-        db.execute(
-            "INSERT INTO consent (subscriber_id, purpose, action, at, source) VALUES (?, 'newsletter', 'withdrawn', ?, ?)",
-            (subscriber_id, iso(now), source),
-        )
+        record_consent(db, [Consent(subscriber_id, "withdrawn", now, source=source)])
         return transition(db, subscriber_id, "unsubscribed", now, data={"source": source} if source else None)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 import secrets
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -188,11 +189,9 @@ def signup(
                 )
         else:  # bounced / complained / erased are suppressed above; be safe anyway
             return SignupResult(sub.id, "suppressed")
-        db.execute(
-            "INSERT INTO consent (subscriber_id, purpose, action, at, source, ip, user_agent, "
-            "consent_text_version) VALUES (?, 'newsletter', 'requested', ?, ?, ?, ?, ?)",
-            (sid, iso(now), source, ip, user_agent, version),
-        )
+        lifecycle.record_consent(db, [lifecycle.Consent(
+            sid, "requested", now, source=source, ip=ip, user_agent=user_agent, version=version,
+        )])
         outbox_id = queue_confirmation(db, settings, sid, email, now)
     return SignupResult(sid, action, outbox_id)
 
@@ -262,30 +261,36 @@ def webinar_contact(
             sid = sub.id
         else:
             return WebinarContact(sub.id, False)
-        db.execute(
-            "INSERT INTO consent (subscriber_id, purpose, action, at, source, ip, user_agent, "
-            "consent_text_version, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (sid, purpose, action, iso(now), source, ip, (user_agent or "")[:300] or None,
-             settings.consent_version, note),
-        )
+        lifecycle.record_consent(db, [lifecycle.Consent(
+            sid, action, now, purpose=purpose, source=source, ip=ip,
+            user_agent=(user_agent or "")[:300] or None, version=settings.consent_version, note=note,
+        )])
     return WebinarContact(sid, True)
+
+
+def confirmation_rows(settings: Settings, recipients: Iterable[tuple[int, str]],
+                      now: datetime) -> Iterator[dict]:
+    """The opt-in email's outbox rows (enqueue()'s keywords), one per
+    (subscriber id, address): the one spec for signup and bulk import alike."""
+    stamp = iso(now)
+    expires = now + timedelta(days=settings.confirm_max_age_days)
+    for subscriber_id, email in recipients:
+        yield {
+            "dedupe_key": f"confirm:{subscriber_id}:{stamp}",
+            "kind": "confirm",
+            "subscriber_id": subscriber_id,
+            "to_addr": email,
+            "due_at": now,
+            "priority": outbox.PRIORITY_TRANSACTIONAL,  # before everything else
+            "expires_at": expires,
+        }
 
 
 def queue_confirmation(db, settings: Settings, subscriber_id: int, email: str, now: datetime) -> int | None:
     """Queue the opt-in email; the token is signed when the message is built."""
     with transaction(db):
-        outbox_id = outbox.enqueue(
-            db,
-            settings,
-            dedupe_key=f"confirm:{subscriber_id}:{iso(now)}",
-            kind="confirm",
-            subscriber_id=subscriber_id,
-            to_addr=email,
-            due_at=now,
-            now=now,
-            priority=outbox.PRIORITY_TRANSACTIONAL,  # before everything else
-            expires_at=now + timedelta(days=settings.confirm_max_age_days),
-        )
+        outbox_id = outbox.enqueue(db, settings, **next(confirmation_rows(settings, [(subscriber_id, email)], now)),
+                                   now=now)
         db.execute(
             "UPDATE subscribers SET confirm_sent_at = ? WHERE id = ?", (iso(now), subscriber_id)
         )
@@ -323,11 +328,10 @@ def confirm(
         if sub.status == "unsubscribed":  # they signed up again: the fresh opt-in, now confirmed
             lifecycle.transition(db, subscriber_id, "pending", now)
         sub = lifecycle.transition(db, subscriber_id, "active", now)
-        db.execute(
-            "INSERT INTO consent (subscriber_id, purpose, action, at, source, ip, user_agent, "
-            "consent_text_version) VALUES (?, 'newsletter', 'confirmed', ?, ?, ?, ?, ?)",
-            (subscriber_id, iso(now), source, ip, (user_agent or "")[:300] or None, settings.consent_version),
-        )
+        lifecycle.record_consent(db, [lifecycle.Consent(
+            subscriber_id, "confirmed", now, source=source, ip=ip,
+            user_agent=(user_agent or "")[:300] or None, version=settings.consent_version,
+        )])
         for stream in default_streams(settings):
             lifecycle.set_subscription(db, subscriber_id, stream, "subscribed", now)
     return sub
@@ -341,10 +345,8 @@ def activate_imported(db, settings: Settings, subscriber_id: int, now: datetime,
     """Pre-confirmed import: active at once, with the admin's consent note on record."""
     with transaction(db):
         lifecycle.transition(db, subscriber_id, "active", now)
-        db.execute(
-            "INSERT INTO consent (subscriber_id, purpose, action, at, source, consent_text_version, note) "
-            "VALUES (?, 'newsletter', 'imported', ?, 'import', ?, ?)",
-            (subscriber_id, iso(now), settings.consent_version, note),
-        )
+        lifecycle.record_consent(db, [lifecycle.Consent(
+            subscriber_id, "imported", now, source="import", version=settings.consent_version, note=note,
+        )])
         for stream in default_streams(settings):
             lifecycle.set_subscription(db, subscriber_id, stream, "subscribed", now)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from funnel.db import iso
-from funnel.errors import InputError
+from funnel.errors import InputError, RowsRejected
 from subscribers import lifecycle, optin, tokens
-from subscribers.io import ImportRejected, erase, import_csv, write_export
+from subscribers.io import erase, import_csv, write_export
 
 
 def write(tmp_path: Path, text: str | bytes, name="people.csv") -> Path:
@@ -60,7 +60,7 @@ def test_bad_rows_reject_the_whole_file(db, settings, clock, tmp_path):
         "GOOD@example.com,Dupe,\n"
     )
     path = write(tmp_path, text)
-    with pytest.raises(ImportRejected) as err:
+    with pytest.raises(RowsRejected) as err:
         import_csv(db, settings, path, clock())
     problems = err.value.report.problems
     assert problems[0].startswith(f"{path}:3: email: 'not-an-email' is not a valid email address")

@@ -20,7 +20,7 @@ import cli
 from campaigns import attendance, webinars
 from campaigns.sender import send_due
 from funnel.db import connect
-from funnel.errors import InputError, NotFound, TokenError
+from funnel.errors import InputError, NotFound, RowsRejected, TokenError
 from subscribers import lifecycle, optin
 
 LONDON = ZoneInfo("Europe/London")
@@ -504,7 +504,7 @@ def test_bad_input(db, settings, clock, tmp_path):
         f"ghost@example.com,{START},5\n",
         encoding="utf-8",
     )
-    with pytest.raises(attendance.AttendanceRejected) as exc:
+    with pytest.raises(RowsRejected) as exc:
         attendance.import_attendance(db, settings, "spine-health", path, later)
     problems = exc.value.report.problems
     assert problems[0].startswith(f"{path}:2: email") and f"{path}:3: join time" in problems[1]
