@@ -42,7 +42,7 @@ from funnel.settings import Settings
 from funnel.validate import zone_name
 from subscribers import segments
 
-from . import schedule, webinars
+from . import render, schedule, webinars
 from .content import Content, SkipMessage
 from .frontmatter import split_front_matter, validate_ctas
 
@@ -481,8 +481,6 @@ def build_broadcast(db, settings: Settings, row, sub, now: datetime) -> Content:
         ctas=tuple(c.ctas),
         recipient=webinars.webinar_cta(db, settings, c.ctas, sub, now),
         extra={
-            "reason": (
-                f"You are getting this because you subscribed to {settings.site_name}'s newsletter."
-            )
+            "reason": render.footer_reason("newsletter", settings.site_name)
         },
     )

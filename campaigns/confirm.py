@@ -8,6 +8,7 @@ from funnel.outbox import OutboxRow
 from funnel.settings import Settings
 from subscribers import lifecycle, tokens
 
+from . import render
 from .content import Content, SkipMessage
 
 
@@ -21,11 +22,7 @@ def build_confirm(db, settings: Settings, row: OutboxRow, sub: lifecycle.Subscri
         preheader="One click and the weekly back-care series is on its way.",
         bulk=False,
         extra={
-            "reason": (
-                f"You are getting this one email because this address was entered on "
-                f"{settings.site_name}'s signup form. If that wasn't you, ignore it and "
-                "nothing more will be sent."
-            )
+            "reason": render.footer_reason("signup_form", settings.site_name)
         },
         recipient={"confirm_url": settings.url(f"/confirm/{token}")},
     )

@@ -55,7 +55,7 @@ from funnel.errors import FunnelError, InputError, NotFound
 from funnel.settings import Settings
 from subscribers import segments
 
-from . import holds, schedule, webinars
+from . import holds, render, schedule, webinars
 from .content import Content, SkipMessage
 from .series import Series, check_gaps, find_series, series_folder
 
@@ -799,9 +799,6 @@ def build_series_step(db, settings: Settings, row, sub, now: datetime) -> Conten
         extra={
             "part": step.part,
             "series_title": series.title,
-            "reason": (
-                f"You are getting this because you subscribed to {settings.site_name}'s "
-                f"emails and are receiving the series \u201c{series.title}\u201d."
-            ),
+            "reason": render.footer_reason("series", settings.site_name, series.title),
         },
     )

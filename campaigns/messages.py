@@ -142,7 +142,7 @@ def render_for(settings: Settings, content: Content, sub: lifecycle.Subscriber,
         "email": sub.email or "",
         "view_url": settings.url(f"/m/{view}"),
         "reason": content.extra.get("reason")
-        or f"You are getting this because you subscribed to {settings.site_name}'s newsletter.",
+        or render.footer_reason("newsletter", settings.site_name),
         **(links or standard_links(settings, sub, now, row.stream if row else None)),
         **content.recipient,
     }

@@ -484,6 +484,29 @@ _STAGE2 = {
 _stage1_envs: dict[tuple[Path, bool], jinja2.Environment] = {}
 
 
+def _unknown_reason(key: str) -> str:
+    raise ValueError(f"reason.txt.j2: no footer reason {key!r}")
+
+
+@lru_cache(maxsize=256)
+def _footer_reason(template_dir: Path, key: str, site_name: str, title: str) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir),
+                             undefined=jinja2.StrictUndefined, autoescape=False)
+    return env.get_template("reason.txt.j2").render(
+        key=key, site_name=site_name, title=title, unknown_reason=_unknown_reason
+    )
+
+
+def footer_reason(key: str, site_name: str, title: str = "") -> str:
+    """The footer's "why you are getting this" sentence for variant ``key``.
+
+    The sentences live in templates/email/reason.txt.j2 only; the result is the
+    recipient's ``r.reason`` (plain text: stage 2 escapes it for HTML).
+    """
+    return _footer_reason(TEMPLATE_DIR, key, site_name, title)
+
+
+
 def _stage1_env(strict: bool) -> jinja2.Environment:
     key = (TEMPLATE_DIR, strict)
     env = _stage1_envs.get(key)
@@ -831,15 +854,11 @@ def sample_recipient(settings: Settings, kind: str = "series") -> dict:
         "unsubscribe_url": settings.url("/u/sample-token"),
         "preferences_url": settings.url("/p/sample-token"),
         "view_url": settings.url("/m/sample-token"),
-        "reason": f"You are getting this because you signed up for emails from "
-        f"{settings.site_name}.",
+        "reason": footer_reason("signed_up", settings.site_name),
     }
     if kind == "confirm":
         r["confirm_url"] = settings.url("/confirm/sample-token")
-        r["reason"] = (
-            f"You are getting this because this address was entered on the {settings.site_name} "
-            "signup form."
-        )
+        r["reason"] = footer_reason("entered_on_form", settings.site_name)
     if kind not in WEBINAR_KINDS and kind != "confirm":
         # A webinar CTA as it looks when an open webinar was found at build time.
         r.update(

@@ -62,7 +62,7 @@ from funnel.spreadsheet import SafeDictWriter
 from funnel.validate import check_header_text, zone_name
 from subscribers import lifecycle, optin, tokens
 
-from . import ics, mime
+from . import ics, mime, render
 from .content import Content, SkipMessage
 from .frontmatter import toml_line
 from .policy import policy
@@ -1494,7 +1494,7 @@ def _ics(
 
 
 def _registrant_reason(settings: Settings, w: Webinar) -> str:
-    return f"You are getting this because you registered for {w.title} with {settings.site_name}."
+    return render.footer_reason("registered", settings.site_name, w.title)
 
 
 def _require_registered(db, w: Webinar, sub: lifecycle.Subscriber) -> None:
@@ -1535,8 +1535,7 @@ def build_invite(db, settings: Settings, row, sub, now: datetime) -> Content:
         subject=f"You're invited: {w.title} (free, live online)",
         preheader="A free live session with our physiotherapists. Reserve your spot in one click.",
         extra={
-            "reason": f"You are getting this because you subscribed to {settings.site_name}'s "
-            "newsletter and webinar invitations."
+            "reason": render.footer_reason("webinar_invitations", settings.site_name)
         },
         recipient=_recipient(settings, w, sub, now),
     )
@@ -1562,11 +1561,7 @@ def build_verify(db, settings: Settings, row, sub, now: datetime) -> Content:
         preheader="One click to confirm it was you; until then nothing else is sent.",
         bulk=False,
         extra={
-            "reason": (
-                f"You are getting this one email because this address was entered on the "
-                f"registration form for {w.title}. If that wasn't you, ignore it and nothing "
-                "more will be sent."
-            )
+            "reason": render.footer_reason("registration_form", settings.site_name, w.title)
         },
         recipient=_recipient(
             settings, w, sub, now, verify_url=settings.url(f"/w/{w.slug}/verify/{token}")

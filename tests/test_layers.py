@@ -22,6 +22,8 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 #: Top-level package (or module) -> floor; a higher number sits higher.
@@ -238,3 +240,17 @@ def test_checker_accepts_a_clean_house():
     clean = {k: v for k, v in FAKE_HOUSE.items()
              if k not in {"web.pages", "campaigns.messages", "subscribers.optin", "subscribers.io"}}
     assert check(clean) == []
+
+
+def test_the_footer_reason_is_written_only_in_the_template():
+    """The "why you are getting this" sentence has one home: templates/email/reason.txt.j2."""
+    from campaigns.render import footer_reason
+
+    written = [name for name, source in project_sources().items() if "are getting this" in source]
+    assert written == []
+    assert footer_reason("series", "Clinic", "Back & neck") == (
+        "You are getting this because you subscribed to Clinic's emails and are receiving "
+        "the series \u201cBack & neck\u201d."
+    )
+    with pytest.raises(ValueError, match="no footer reason 'nope'"):
+        footer_reason("nope", "Clinic")
