@@ -246,7 +246,7 @@ def test_the_footer_reason_is_written_only_in_the_template():
     """The "why you are getting this" sentence has one home: templates/email/reason.txt.j2."""
     from campaigns.render import footer_reason
 
-    written = [name for name, source in project_sources().items() if "are getting this" in source]
+    written = [name for name, source in project_sources().items() if "You are getting this" in source]
     assert written == []
     assert footer_reason("series", "Clinic", "Back & neck") == (
         "You are getting this because you subscribed to Clinic's emails and are receiving "
