@@ -609,19 +609,6 @@ def schedule_series(
         cursor = tuple(rows[-1])
 
 
-def retime(db, subscriber_id: int, now: datetime) -> int:
-    """After a zone change: have the next scheduler pass re-time this reader's steps.
-
-    A waiting enrollment is looked at again at once; the scheduler computes
-    its next slot in the new zone (and leaves it waiting if that is later).
-    """
-    return db.execute(
-        "UPDATE enrollments SET next_due_at = ?, updated_at = ? "
-        "WHERE subscriber_id = ? AND status = 'active' AND next_due_at > ?",
-        (iso(now), iso(now), subscriber_id, iso(now)),
-    ).rowcount
-
-
 def _usable(db, settings: Settings, slug: str, now: datetime, report: TickReport) -> Series | None:
     try:
         series = load(settings, slug)

@@ -202,9 +202,7 @@ def update_preferences(
             )
             log_event(db, "preferences", now, subscriber_id, "details")
             if timezone != sub.timezone:
-                from campaigns.enrollment import retime
-
-                retime(db, subscriber_id, now)  # the next step moves to the new zone's slot
+                _retime_enrollments(db, subscriber_id, now)  # the next step moves to the new zone's slot
         if sub.status not in OUT_STATES:
             paused_until = now + timedelta(weeks=pause) if pause else None
             for stream in allowed:
@@ -225,3 +223,17 @@ def update_preferences(
                         db, subscriber_id, stream, target[0], now, paused_until=target[1]
                     )
     return preferences_view(db, settings, subscriber_id, now)
+
+
+def _retime_enrollments(db, subscriber_id: int, now: datetime) -> int:
+    """After a zone change: have the next scheduler pass re-time this reader's steps.
+
+    A waiting enrollment is looked at again at once; the scheduler
+    (campaigns/enrollment.py) computes its next slot in the new zone and leaves
+    it waiting if that is later.
+    """
+    return db.execute(
+        "UPDATE enrollments SET next_due_at = ?, updated_at = ? "
+        "WHERE subscriber_id = ? AND status = 'active' AND next_due_at > ?",
+        (iso(now), iso(now), subscriber_id, iso(now)),
+    ).rowcount
