@@ -271,32 +271,54 @@ def parse_report(data: bytes, settings: Settings) -> Report:
     if original is not None:
         where += original.get_all("Return-Path") or []
     parts = {p.get_content_type(): p for p in msg.get_payload() if hasattr(p, "get_content_type")}
+    found = _Found(original_id, funnel_row, source, where, settings.sender_domain)
     if report_type == "feedback-report":
-        part = parts.get("message/feedback-report")
-        if part is None:
-            raise InputError("feedback report without a message/feedback-report part")
-        payload = part.get_payload()
-        fields = payload[0] if isinstance(payload, list) and payload else None
-        if fields is None or not fields.get("Feedback-Type"):
-            raise InputError("the feedback report has no Feedback-Type field")
-        verp = _local_parts(
-            [*(fields.get_all("Original-Mail-From") or ()), *where], "bounce",
-            settings.sender_domain,
-        )  # fmt: skip
-        rcpts = [_strip_type(v).lower() for v in fields.get_all("Original-Rcpt-To") or ()]
-        if original is not None:
-            rcpts += [a for v in original.get_all("To") or () for a in _addresses_in(v)]
-        rcpts = [r for r in rcpts if r]
-        return Report(
-            "complaint", None, f"feedback; {fields['Feedback-Type']}",
-            rcpts[0] if rcpts else None, verp[0] if verp else None, original_id,
-            funnel_row, source, tuple(rcpts), tuple(verp),
-        )  # fmt: skip
+        return _complaint(parts, original, found)
     if report_type != "delivery-status":
         raise InputError(
             f"multipart/report with report-type {report_type or '(none)'!r}; "
             "expected delivery-status or feedback-report"
         )
+    return _delivery_status(parts, found)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What parse_report read from the report's envelope, for the two kinds' steps."""
+
+    original_id: str | None
+    funnel_row: int | None
+    source: str
+    where: list[str]  # header values that may carry our VERP address
+    sender_domain: str
+
+
+def _complaint(parts: dict, original, found: _Found) -> Report:
+    """An ARF feedback report (RFC 5965): a complaint."""
+    part = parts.get("message/feedback-report")
+    if part is None:
+        raise InputError("feedback report without a message/feedback-report part")
+    payload = part.get_payload()
+    fields = payload[0] if isinstance(payload, list) and payload else None
+    if fields is None or not fields.get("Feedback-Type"):
+        raise InputError("the feedback report has no Feedback-Type field")
+    verp = _local_parts(
+        [*(fields.get_all("Original-Mail-From") or ()), *found.where], "bounce",
+        found.sender_domain,
+    )  # fmt: skip
+    rcpts = [_strip_type(v).lower() for v in fields.get_all("Original-Rcpt-To") or ()]
+    if original is not None:
+        rcpts += [a for v in original.get_all("To") or () for a in _addresses_in(v)]
+    rcpts = [r for r in rcpts if r]
+    return Report(
+        "complaint", None, f"feedback; {fields['Feedback-Type']}",
+        rcpts[0] if rcpts else None, verp[0] if verp else None, found.original_id,
+        found.funnel_row, found.source, tuple(rcpts), tuple(verp),
+    )  # fmt: skip
+
+
+def _delivery_status(parts: dict, found: _Found) -> Report:
+    """A DSN (RFC 3464): hard or soft bounce, or good news (kind None)."""
     part = parts.get("message/delivery-status")
     if part is None:
         raise InputError("delivery report without a message/delivery-status part")
@@ -324,16 +346,16 @@ def parse_report(data: bytes, settings: Settings) -> Report:
         kind = None  # delivered / relayed / expanded: good news, nothing to record
     else:
         kind = "hard" if status.startswith("5") and action == "failed" else "soft"
-    verp = _local_parts(where, "bounce", settings.sender_domain)
+    verp = _local_parts(found.where, "bounce", found.sender_domain)
     return Report(
         kind,
         status,
         diagnostic or f"{action}; {status}",
         rcpts[0] if rcpts else None,
         verp[0] if verp else None,
-        original_id,
-        funnel_row,
-        source,
+        found.original_id,
+        found.funnel_row,
+        found.source,
         rcpts,
         tuple(verp),
     )
