@@ -314,9 +314,20 @@ def _split_from(s: Settings) -> Settings:
 
 
 def _validate(s: Settings, require_secret: bool = True) -> Settings:
-    def env(name: str) -> str:
-        return FIELD_TO_ENV.get(name, name)
+    """Refuse a setting that cannot work, naming it; fill what dev mode implies."""
+    s = _checked_identity(s)
+    s = _checked_secret_keys(s, require_secret)
+    _check_relays_and_zone(s)
+    _check_numbers(s)
+    return _checked_urls(s)
 
+
+def _env(name: str) -> str:
+    return FIELD_TO_ENV.get(name, name)
+
+
+def _checked_identity(s: Settings) -> Settings:
+    """Database, site name, sender, postal address and base URL."""
     if not s.db:
         raise SettingsError("FUNNEL_DB: the database path is empty")
     if not s.site_name.strip():
@@ -335,6 +346,10 @@ def _validate(s: Settings, require_secret: bool = True) -> Settings:
         raise SettingsError(
             f"FUNNEL_BASE_URL: {s.base_url!r} must be an absolute http:// or https:// URL"
         )
+    return s
+
+
+def _checked_secret_keys(s: Settings, require_secret: bool) -> Settings:
     if not s.secret_keys:
         if s.dev:
             s = s.replace(secret_keys=(DEV_SECRET_KEY,))
@@ -349,6 +364,10 @@ def _validate(s: Settings, require_secret: bool = True) -> Settings:
     for key in s.secret_keys:
         if len(key) < 16:
             raise SettingsError("FUNNEL_SECRET_KEYS: each key must be at least 16 characters long")
+    return s
+
+
+def _check_relays_and_zone(s: Settings) -> None:
     if not s.smtp_urls:
         raise SettingsError("FUNNEL_SMTP_URL: at least one SMTP relay URL is required")
     for url in s.smtp_urls:
@@ -357,9 +376,13 @@ def _validate(s: Settings, require_secret: bool = True) -> Settings:
         zone_name(s.timezone, "FUNNEL_TIMEZONE")
     except InputError as exc:
         raise SettingsError(str(exc)) from exc
+
+
+def _check_numbers(s: Settings) -> None:
+    """Counts, limits, hours and durations that must be in range."""
     for name in ("frequency_cap", "confirm_max_age_days", "batch_size", "max_attempts", "crash_limit"):
         if getattr(s, name) <= 0:
-            raise SettingsError(f"{env(name)}: must be greater than zero")
+            raise SettingsError(f"{_env(name)}: must be greater than zero")
     if s.pending_retention_days < s.confirm_max_age_days:
         raise SettingsError(
             f"FUNNEL_PENDING_RETENTION_DAYS: {s.pending_retention_days:g} is shorter than "
@@ -384,22 +407,26 @@ def _validate(s: Settings, require_secret: bool = True) -> Settings:
         "server_backlog",
     ):
         if getattr(s, name) <= 0:
-            raise SettingsError(f"{env(name)}: must be greater than zero")
+            raise SettingsError(f"{_env(name)}: must be greater than zero")
     if s.server_cleanup_interval > s.server_channel_timeout:
         raise SettingsError(
             "FUNNEL_SERVER_CLEANUP_INTERVAL: must not be longer than FUNNEL_SERVER_CHANNEL_TIMEOUT"
         )
     for name in ("healthz_min_free_mb", "healthz_worker_seconds"):
         if getattr(s, name) < 0:
-            raise SettingsError(f"{env(name)}: must not be negative")
+            raise SettingsError(f"{_env(name)}: must not be negative")
     for name in ("signup_rate_per_minute", "max_request_bytes"):
         if getattr(s, name) <= 0:
-            raise SettingsError(f"{env(name)}: must be greater than zero")
+            raise SettingsError(f"{_env(name)}: must be greater than zero")
     if s.min_form_seconds < 0:
         raise SettingsError("FUNNEL_MIN_FORM_SECONDS: must not be negative")
     for name in ("quiet_start_hour", "quiet_end_hour"):
         if not 0 <= getattr(s, name) <= 23:
-            raise SettingsError(f"{env(name)}: must be an hour from 0 to 23")
+            raise SettingsError(f"{_env(name)}: must be an hour from 0 to 23")
+
+
+def _checked_urls(s: Settings) -> Settings:
+    """CTA URLs (dev mode gets placeholders) and the DKIM setting set."""
     if s.dev:
         # Dev mode runs on embedded defaults: give the CTA buttons somewhere to go.
         s = s.replace(
@@ -409,7 +436,7 @@ def _validate(s: Settings, require_secret: bool = True) -> Settings:
     for name in ("appointment_url", "programme_url"):
         value = getattr(s, name)
         if value and urlsplit(value).scheme not in ("http", "https"):
-            raise SettingsError(f"{env(name)}: {value!r} must be an http:// or https:// URL")
+            raise SettingsError(f"{_env(name)}: {value!r} must be an http:// or https:// URL")
     if s.dkim_key_file and not (s.dkim_selector and s.dkim_domain):
         raise SettingsError("FUNNEL_DKIM_SELECTOR: DKIM needs a selector and a domain with the key file")
     return s
