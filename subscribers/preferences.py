@@ -51,7 +51,7 @@ def stream_label(settings: Settings, stream: str) -> str:
             from campaigns.series import find_series
 
             return f"The weekly series: {find_series(settings.content_paths, slug).title}"
-        except (FunnelError, OSError, ImportError):
+        except (FunnelError, OSError):
             return f"The weekly series: {slug.replace('-', ' ')}"
     if stream.startswith(
         "webinar:"
