@@ -1156,12 +1156,10 @@ def cta_recipient(db, settings: Settings, sub: lifecycle.Subscriber, now: dateti
 
 def _consent(db, settings: Settings, sid: int, w: Webinar, action: str, source: str,
              now: datetime, ip: str | None, user_agent: str | None) -> None:
-    db.execute(
-        "INSERT INTO consent (subscriber_id, purpose, action, at, source, ip, user_agent, "
-        "consent_text_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (sid, w.ref, action, iso(now), source, ip, (user_agent or "")[:300] or None,
-         settings.consent_version),
-    )
+    lifecycle.record_consent(db, [lifecycle.Consent(
+        sid, action, now, purpose=w.ref, source=source, ip=ip,
+        user_agent=(user_agent or "")[:300] or None, version=settings.consent_version,
+    )])
 
 
 def _enrol(db, settings: Settings, w: Webinar, sub: lifecycle.Subscriber, source: str,

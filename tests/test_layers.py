@@ -254,3 +254,10 @@ def test_the_footer_reason_is_written_only_in_the_template():
     )
     with pytest.raises(ValueError, match="no footer reason 'nope'"):
         footer_reason("nope", "Clinic")
+
+
+def test_consent_rows_have_one_writer():
+    """Only subscribers.lifecycle.record_consent inserts into the consent ledger."""
+    writers = [name for name, source in project_sources().items()
+               if "INSERT INTO consent" in source.replace("\n", " ")]
+    assert writers == ["subscribers.lifecycle"]
