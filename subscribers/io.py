@@ -195,7 +195,8 @@ class _BatchWriter:
             [(*r, self.status, None if pre else secrets.token_urlsafe(12), None if pre else stamp,
               stamp, stamp, stamp if pre else None) for r in rows],
         )
-        lifecycle.record_consent(db, (self.consent._replace(subscriber_id=r[0]) for r in rows))
+        tail = self.consent[1:]
+        lifecycle.record_consent(db, [lifecycle.Consent(r[0], *tail) for r in rows])
         db.conn.executemany(
             "INSERT INTO events (at, kind, subscriber_id, ref) VALUES (?, ?, ?, 'import')",
             [(stamp, "confirmed" if pre else "subscribed", r[0]) for r in rows],
