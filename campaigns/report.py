@@ -28,6 +28,8 @@ from funnel.errors import InputError
 from funnel.localtime import local_to_utc
 from funnel.settings import Settings
 
+from .series import list_series
+
 
 @dataclass(frozen=True)
 class Step:
@@ -99,8 +101,6 @@ def _distinct(db, kind: str, lo: str, hi: str, ref_like: str | None = None) -> i
 def _series_info(settings: Settings) -> dict[str, tuple[str, dict[str, int]]]:
     """slug -> (title, {step key: part}) from the content folder (best effort)."""
     try:
-        from .series import list_series
-
         return {
             s.slug: (s.title, {st.key: st.part for st in s.steps})
             for s in list_series(settings.content_paths)

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from funnel.db import iso, log_event, parse_iso, transaction
-from funnel.errors import FunnelError, InputError, NotFound
+from funnel.errors import InputError, NotFound
 from funnel.settings import Settings
 
-from . import lifecycle, optin
+from . import lifecycle, optin, streams
 
 #: The pause lengths the page offers (weeks).
 PAUSE_CHOICES = (1, 2, 4, 8, 12)
@@ -47,12 +47,8 @@ def stream_label(settings: Settings, stream: str) -> str:
         return "Webinar invitations"
     if stream.startswith("series:"):
         slug = stream.partition(":")[2]
-        try:
-            from campaigns.series import find_series
-
-            return f"The weekly series: {find_series(settings.content_paths, slug).title}"
-        except (FunnelError, OSError):
-            return f"The weekly series: {slug.replace('-', ' ')}"
+        title = streams.series_title(settings.content_paths, slug)
+        return f"The weekly series: {title or slug.replace('-', ' ')}"
     if stream.startswith(
         "webinar:"
     ):  # one webinar's reminders and follow-up (campaigns/webinars.py)

@@ -10,6 +10,7 @@ finds a series' folder the same way, so the lookup lives here, below both.
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,3 +50,20 @@ def series_folders(content_dir: ContentDirs) -> dict[str, Path]:
             for p in sorted(root.glob("*/series.toml")):
                 folders.setdefault(p.parent.name, p.parent)
     return {slug: folders[slug] for slug in sorted(folders)}
+
+
+def series_title(content_dir: ContentDirs, slug: str) -> str | None:
+    """The ``title`` in a series' ``series.toml``, or None when it can't be read.
+
+    Reader-facing labels (the preferences page) need only the title, so they
+    read it here rather than loading and validating the whole series from
+    :mod:`campaigns.series`, a floor above.
+    """
+    folder = series_folder(content_dir, slug)
+    if folder is None:
+        return None
+    try:
+        title = tomllib.loads((folder / "series.toml").read_text(encoding="utf-8")).get("title")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return title.strip() or None if isinstance(title, str) else None
