@@ -18,11 +18,22 @@ from pathlib import Path
 import click
 
 from campaigns.schedule import WHEN_FORMS as WHEN_HELP
+from campaigns.worker import tick_line
 from funnel import clock
 from funnel.db import connect, explain_failure
 from funnel.errors import FunnelError
 from funnel.settings import Settings, load_settings, redact
 from funnel.validate import zone_name
+from web.pages import form_snippet
+from web.serve import (
+    configure_logging,
+    dev_smtp_port,
+    prepare_up,
+    run_worker_until_signal,
+    serve,
+    start_stack,
+    wait_for_signal,
+)
 
 
 @dataclass
@@ -1145,17 +1156,6 @@ def worker_cmd(app: App, interval: float) -> None:
     Example:
       funnel worker --interval 5
     """
-    import signal
-    import threading
-
-    from campaigns.worker import run_worker, tick_line
-
-    stop = threading.Event()
-
-    def handle(signum, frame):  # noqa: ARG001
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     seen_problems: set[str] = set()
 
     def on_summary(ticked: dict, summary) -> None:
@@ -1174,12 +1174,9 @@ def worker_cmd(app: App, interval: float) -> None:
 
     last_errors: list[str] = []
     click.echo(f"worker started (every {interval:g} s); Ctrl-C to stop", err=True)
-    try:
-        loops = run_worker(app.settings, stop, clock=app.now, interval=interval,
-                           on_summary=on_summary, on_error=lambda exc: echo_err(f"error: {exc}"))
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    loops = run_worker_until_signal(app.settings, clock=app.now, interval=interval,
+                                    on_summary=on_summary,
+                                    on_error=lambda exc: echo_err(f"error: {exc}"))
     click.echo(f"worker stopped after {loops} pass(es)", err=True)
 
 
@@ -1274,8 +1271,6 @@ def serve_cmd(app: App, host: str, port: int, threads: int | None) -> None:
       funnel serve --host 127.0.0.1 --port 8000
       FUNNEL_TRUSTED_PROXIES=1 funnel serve --threads 16
     """
-    from funnel.web import serve
-
     serve(
         app.settings,
         host,
@@ -1318,42 +1313,21 @@ def up_cmd(app: App, port: int, smtp_port: int | None, no_devmail: bool) -> None
     Example:
       FUNNEL_DEV=1 funnel up --port 8000
     """
-    import ipaddress
-
-    from funnel.db import connect, init_db
-    from funnel.settings import Settings
-    from funnel.web import configure_logging, start_stack, wait_for_signal
-
     configure_logging()
-    s = app.settings
-    db = connect(s.db)
-    applied = init_db(db)
-    click.echo(
-        f"{s.db}: " + (f"applied {', '.join(applied)}" if applied else "schema is up to date")
+    ready = prepare_up(
+        app.settings,
+        port,
+        app.now(),
+        on_migrated=lambda applied: click.echo(
+            f"{app.settings.db}: "
+            + (f"applied {', '.join(applied)}" if applied else "schema is up to date")
+        ),
     )
-    if s.base_url == Settings().base_url:  # the default: follow --port
-        s = s.replace(base_url=f"http://127.0.0.1:{port}")
-    from campaigns.webinars import ensure_demo_webinar, load_files, webinar_files
-
-    demo = None
-    if s.dev:
-        demo = ensure_demo_webinar(db, s, app.now())
-    else:  # webinars on a standing slot move on; nothing is created outside dev mode
-        load_files(db, s, webinar_files(s), app.now(), create=False)
-    db.close()
+    s, demo = ready.settings, ready.demo
     relay = s.relays[0]
-    try:
-        relay_is_local = ipaddress.ip_address(relay.host).is_loopback
-    except ValueError:
-        relay_is_local = relay.host == "localhost"
-    if no_devmail or not relay_is_local:
-        smtp_port = None
-    else:
-        smtp_port = smtp_port or relay.port
+    smtp_port = dev_smtp_port(s, smtp_port, no_devmail)
 
     def report(ticked: dict, summary) -> None:
-        from campaigns.worker import tick_line
-
         queued = tick_line(ticked) if ticked else ""
         if queued:
             click.echo(f"worker: {queued}")
@@ -1411,8 +1385,6 @@ def form_snippet_cmd(app: App) -> None:
     Example:
       FUNNEL_BASE_URL=https://news.clinic.example funnel form snippet
     """
-    from funnel.web import form_snippet
-
     click.echo(form_snippet(app.settings), nl=False)
 
 

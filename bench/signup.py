@@ -16,7 +16,7 @@ with p99 < 200 ms on a 2-core machine, are reported, not enforced).
 
 The per-IP rate limit is lifted for the run (FUNNEL_SIGNUP_RATE_PER_MINUTE),
 since every client comes from 127.0.0.1.  Note that each answer is held to
-at least web.SIGNUP_FLOOR_SECONDS so timing can't tell known addresses apart;
+at least web.common.SIGNUP_FLOOR_SECONDS so timing can't tell known addresses apart;
 that floor is part of the measured latency.
 """
 

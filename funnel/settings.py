@@ -1,6 +1,6 @@
 """Settings: ``funnel.toml`` overridden by ``FUNNEL_*`` environment variables.
 
-Only the doors (``cli.py``, ``funnel/web.py``) call :func:`load_settings`;
+Only the doors (``cli.py``, ``web/``) call :func:`load_settings`;
 domain functions receive the :class:`Settings` object they need.
 
 Every problem is reported as one sentence naming the setting, e.g.

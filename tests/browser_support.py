@@ -24,7 +24,7 @@ from funnel import clock as clocks
 from funnel import devmail
 from funnel.db import connect
 from funnel.settings import test_settings
-from funnel.web import start_stack
+from web.serve import start_stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -164,7 +164,7 @@ def _csrf(html: str) -> str:
 
 
 def test_part_6_invites_to_the_live_session_with_a_personal_link(db, settings, clock, smtp_server):
-    from funnel.web import create_app
+    from web import create_app
 
     sid = confirmed(db, settings, "ria@example.com", clock())
     part6 = _walk_series(db, settings, clock, smtp_server, "ria@example.com", load=True)

@@ -10,8 +10,9 @@ from email.message import EmailMessage
 import pytest
 from conftest import free_port
 
+import web
 from campaigns.sender import send_due
-from funnel import devmail, web
+from funnel import devmail
 from funnel.db import connect
 from funnel.errors import FunnelError, NotFound
 from funnel.settings import test_settings

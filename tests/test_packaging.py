@@ -29,7 +29,7 @@ from funnel.settings import load_settings, write_dev_config
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ["pyproject.toml", "README.md", "LICENSE", "cli.py",
-           "funnel", "campaigns", "subscribers", "templates", "content"]
+           "funnel", "campaigns", "subscribers", "web", "templates", "content"]
 
 
 def _clean_env(**extra: str) -> dict[str, str]:

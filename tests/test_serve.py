@@ -282,16 +282,16 @@ def test_a_dead_server_thread_ends_funnel_serve_with_status_1(cli_env, monkeypat
     from click.testing import CliRunner
 
     import cli
-    from funnel import web
+    import web.serve
 
-    real = web.WebServer._create
+    real = web.serve.WebServer._create
 
     def poisoned(waitress, app, s, host, port, threads):
         server = real(waitress, app, s, host, port, threads)
         server._map[-1] = _PoisonedChannel()
         return server
 
-    monkeypatch.setattr(web.WebServer, "_create", staticmethod(poisoned))
+    monkeypatch.setattr(web.serve.WebServer, "_create", staticmethod(poisoned))
     began = time.monotonic()
     r = CliRunner().invoke(cli.main, ["serve", "--port", "0"])
     assert r.exit_code == 1, r.output

@@ -20,11 +20,11 @@ import pytest
 from conftest import TEST_START
 from test_web import Site, dump, text  # the Flask client that reads form tokens, like a browser
 
+import web
 from campaigns import attendance, broadcasts, webinars
 from campaigns.kinds import BUILDERS
 from campaigns.sender import send_due
 from campaigns.worker import tick
-from funnel import web
 from subscribers import lifecycle, optin
 
 LONDON = ZoneInfo("Europe/London")

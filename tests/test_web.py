@@ -21,11 +21,13 @@ from click.testing import CliRunner
 from conftest import free_port
 
 import cli
+import web
 from campaigns.sender import send_due
-from funnel import outbox, web
+from funnel import outbox
 from funnel.db import connect
 from funnel.settings import test_settings
 from subscribers import lifecycle, optin, tokens
+from web import common, pages
 
 REPO = Path(__file__).resolve().parents[1]
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
@@ -252,7 +254,7 @@ def test_same_answer_whatever_the_address_state(site, settings, clock):
 def test_signup_answer_time_has_a_floor(site):
     started = time.perf_counter()
     site.signup("timing@example.com")
-    assert time.perf_counter() - started >= web.SIGNUP_FLOOR_SECONDS
+    assert time.perf_counter() - started >= common.SIGNUP_FLOOR_SECONDS
 
 
 def test_rate_limit_per_address_answers_429_then_recovers(tmp_path, smtp_server, clock):
@@ -274,7 +276,7 @@ def test_rate_limit_per_address_answers_429_then_recovers(tmp_path, smtp_server,
 
 
 def test_limiter_forgets_old_hits():
-    limiter = web.SlidingWindowLimiter(2, window=60, max_keys=3)
+    limiter = common.SlidingWindowLimiter(2, window=60, max_keys=3)
     assert limiter.allow("a", 0) and limiter.allow("a", 1) and not limiter.allow("a", 2)
     assert limiter.allow("a", 61)
     for i, key in enumerate("bcdef"):
@@ -652,7 +654,7 @@ def test_dev_inbox_only_in_dev_mode_and_from_loopback(tmp_path, smtp_server, clo
 
 # ----------------------------------------------------------------- embed snippet
 def test_snippet_flow_stores_nothing_until_our_own_page_is_submitted(site, settings):
-    snippet = web.form_snippet(settings)
+    snippet = pages.form_snippet(settings)
     assert f'action="{settings.base_url}/subscribe/embed"' in snippet
     assert (
         'name="website"' in snippet
@@ -767,7 +769,7 @@ def test_group_commit_shares_transactions_and_isolates_a_bad_write(settings, clo
     from funnel.errors import InputError
 
     connect(settings.db, migrate=True).close()
-    group = web.GroupCommit()
+    group = common.GroupCommit()
     results: dict[int, object] = {}
 
     def one(i: int) -> None:
@@ -792,10 +794,10 @@ def test_group_commit_shares_transactions_and_isolates_a_bad_write(settings, clo
     assert db.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'confirm'").fetchone()[0] == 23
     # One batch with a bad write in the middle: the others are committed together.
     items = [
-        web._Pending(lambda d, e=e: optin.signup(d, settings, e, clock()).action)
+        common._Pending(lambda d, e=e: optin.signup(d, settings, e, clock()).action)
         for e in ("b1@example.com", "broken", "b2@example.com")
     ]
-    web.GroupCommit._commit(db, items)
+    common.GroupCommit._commit(db, items)
     assert [i.result for i in items] == ["created", None, "created"]
     assert isinstance(items[1].error, InputError) and all(i.done for i in items)
     assert lifecycle.find(db, "b2@example.com") is not None

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def site(settings, db, clock):
-    from funnel.web import WebServer, create_app
+    from web import create_app
+    from web.serve import WebServer
 
     web = WebServer(create_app(settings, clock=clock), "127.0.0.1", 0, threads=4).start()
     try:

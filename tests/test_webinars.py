@@ -607,7 +607,7 @@ def _csrf(html: str) -> str:
 
 
 def test_registration_pages(db, settings, clock):
-    from funnel.web import create_app
+    from web import create_app
 
     settings = settings.replace(signup_rate_per_minute=100)
     now = clock()

@@ -1,6 +1,6 @@
 """Public webinar pages: registration (``/w/SLUG``) and the offer link (``/o/TOKEN``).
 
-Registered by ``funnel.web.create_app``, which supplies the CSRF check (every
+Registered by ``web.create_app``; :mod:`web.common` supplies the CSRF check (every
 POST here needs the signed form token and its cookie), security headers and
 the rate limiter; this module only parses input, calls one function of
 ``campaigns.webinars`` and renders the answer.
@@ -16,7 +16,7 @@ the rate limiter; this module only parses input, calls one function of
   time and the rate limit apply; a bot gets the success page and nothing is
   stored.  **The email form reveals nothing**: new, known, registered,
   waitlisted and suppressed addresses all get the same "check your inbox"
-  page, no sooner than ``/subscribe``'s floor (the same ``_pad``).  Whether
+  page, no sooner than ``/subscribe``'s floor (the same ``pad``).  Whether
   it is a seat, the waitlist or a verification goes by email only.
 * ``GET /w/SLUG/verify/TOKEN`` shows the button that registers an address
   which unsubscribed or is suppressed; only ``POST`` (the owner's press)
@@ -32,20 +32,26 @@ from __future__ import annotations
 import time
 from datetime import UTC
 
-from flask import Blueprint, current_app, g, redirect, request
+from flask import Blueprint, g, redirect, request
 
 from campaigns import webinars
+from funnel.errors import InputError, TokenError
 from subscribers import optin
 
-from .errors import InputError, TokenError
-from .web import HONEYPOT, _pad, _reader_message, client_ip, db, error_page, now, page, settings
+from .common import (
+    HONEYPOT,
+    allow_rate,
+    client_ip,
+    db,
+    error_page,
+    now,
+    pad,
+    page,
+    reader_message,
+    settings,
+)
 
 bp = Blueprint("webinars", __name__)
-
-
-def _allow() -> bool:
-    state = current_app.extensions["funnel"]
-    return state.limiter.allow(client_ip(), now().timestamp())
 
 
 def _view(w: webinars.Webinar, **extra):
@@ -85,7 +91,7 @@ def register(slug: str):
     try:
         return _register(slug)
     finally:
-        _pad(started)
+        pad(started)
 
 
 def _sent(w: webinars.Webinar, newsletter: bool):
@@ -96,7 +102,7 @@ def _sent(w: webinars.Webinar, newsletter: bool):
 def _register(slug: str):
     s = settings()
     w = webinars.get_webinar(db(), slug)
-    if not _allow():
+    if not allow_rate():
         return error_page(429)
     form = request.form
     token = form.get("t", "")[:2000]
@@ -140,7 +146,7 @@ def _register(slug: str):
             ),
         )
     except InputError as exc:
-        return page("webinar.html.j2", 400, **_view(w, form=values, error=_reader_message(exc)))
+        return page("webinar.html.j2", 400, **_view(w, form=values, error=reader_message(exc)))
     if not token:
         return _sent(w, values["newsletter"])  # the form never tells whether an address is known
     return page(
@@ -158,7 +164,7 @@ def verify_page(slug: str, token: str):
     try:
         w = webinars.check_verification(db(), settings(), slug, token[:2000], now())
     except InputError as exc:  # registration has closed since
-        return error_page(400, _reader_message(exc))
+        return error_page(400, reader_message(exc))
     return page("webinar_verify.html.j2", w=w, token=token)
 
 
@@ -175,7 +181,7 @@ def verify(slug: str, token: str):
             user_agent=request.headers.get("User-Agent", ""),
         )
     except InputError as exc:
-        return error_page(400, _reader_message(exc))
+        return error_page(400, reader_message(exc))
     return page(
         "webinar_done.html.j2",
         w=result.webinar,
