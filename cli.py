@@ -14,26 +14,60 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import click
 
+from campaigns import broadcasts, enrollment
+from campaigns.articles import format_preview, import_files, load_article
+from campaigns.attendance import import_attendance
+from campaigns.dkim import DkimSigner
+from campaigns.preview import preview_steps
+from campaigns.report import compute, render_html, render_text
 from campaigns.schedule import WHEN_FORMS as WHEN_HELP
-from campaigns.worker import tick_line
-from funnel import clock
-from funnel.db import connect, explain_failure
-from funnel.errors import FunnelError
-from funnel.settings import Settings, load_settings, redact
-from funnel.validate import zone_name
-from web.pages import form_snippet
-from web.serve import (
-    configure_logging,
-    dev_smtp_port,
-    prepare_up,
-    run_worker_until_signal,
-    serve,
-    start_stack,
-    wait_for_signal,
+from campaigns.schedule import parse_when, step_due_times
+from campaigns.sender import send_due
+from campaigns.series import (
+    build_series,
+    find_series,
+    list_series,
+    missing_parts_text,
+    resolve_step,
 )
+from campaigns.webinars import (
+    cancel_webinar,
+    create_from_file,
+    create_webinar,
+    edit_webinar,
+    export_registrants,
+    get_webinar,
+    invite,
+    list_webinars,
+    load_files,
+    outbox_counts,
+    register,
+    registrants,
+    registration_counts,
+    split_segment,
+    webinar_files,
+)
+from campaigns.worker import tick, tick_line
+from funnel import clock
+from funnel.db import connect, explain_failure, init_db, parse_iso
+from funnel.errors import FunnelError, RowsRejected
+from funnel.outbox import due_count
+from funnel.settings import Settings, config_path, load_settings, redact, write_dev_config
+from funnel.validate import zone_name
+from subscribers import lifecycle, segments
+from subscribers.bounces import process_paths
+from subscribers.io import add, erase, export_records, import_csv, write_export
+from subscribers.optin import confirm
+
+# Late imports, measured: the web door (web.pages, web.serve) brings flask and
+# waitress, which every other `funnel` command would pay at start-up:
+# `funnel --help` takes 0.57 s of CPU with the imports above and 0.77 s with
+# the web door imported here too (/usr/bin/time, user+sys, best of 4).  So
+# only serve, up, worker and form snippet import it, inside the command.
 
 
 @dataclass
@@ -199,9 +233,6 @@ def init_cmd(app: App, dev: bool) -> None:
       FUNNEL_DB=/var/lib/funnel/funnel.db funnel init
       funnel init --dev        # try funnel on this machine
     """
-    from funnel.db import connect, init_db
-    from funnel.settings import config_path, write_dev_config
-
     if dev:
         path = config_path()
         if write_dev_config(path, Path.cwd() / "funnel.db"):
@@ -262,9 +293,6 @@ def send_cmd(app: App, limit: int | None, quiet: bool) -> None:
     Example (crontab, every minute):
       * * * * * cd /srv/funnel && .venv/bin/funnel send -q
     """
-    from campaigns.sender import send_due
-    from campaigns.worker import tick, tick_line
-
     s = app.settings
     ticked = tick(app.db, s, app.now())  # queue due series steps and broadcasts first
     if not quiet and tick_line(ticked):
@@ -286,14 +314,10 @@ def send_cmd(app: App, limit: int | None, quiet: bool) -> None:
 def _signer(settings: Settings):
     if not settings.dkim_key_file:
         return None
-    from campaigns.dkim import DkimSigner
-
     return DkimSigner(settings.dkim_selector, settings.dkim_domain, settings.dkim_key_file)
 
 
 def _due_total(app: App) -> int:
-    from funnel.outbox import due_count
-
     return due_count(app.db, app.now())
 
 # === subscribers (lead) ===
@@ -324,8 +348,6 @@ def subscribers_add(app: App, email: str, name: str, timezone: str | None, sourc
     Example:
       funnel subscribers add sam@example.com --name "Sam Lee" --tz Europe/London --source clinic-desk
     """
-    from subscribers.io import add
-
     result = add(app.db, app.settings, email, app.now(), name=name, timezone=timezone, source=source)
     messages = {
         "created": "added as pending; a confirmation email is queued",
@@ -360,9 +382,6 @@ def subscribers_import(app: App, file: Path, skip_invalid: bool, pre_confirmed: 
       funnel subscribers import clinic-list.csv --skip-invalid
       funnel subscribers import paper-forms.csv --pre-confirmed --consent-note "signed paper form"
     """
-    from funnel.errors import RowsRejected
-    from subscribers.io import import_csv
-
     try:
         report = import_csv(app.db, app.settings, file, app.now(), skip_invalid=skip_invalid,
                             pre_confirmed=pre_confirmed, consent_note=consent_note, default_source=source)
@@ -390,9 +409,7 @@ def subscribers_list(app: App, status: str | None, limit: int) -> None:
     Example:
       funnel subscribers list --status pending --limit 20
     """
-    from subscribers.lifecycle import listing
-
-    rows = listing(app.db, status=status, limit=limit)
+    rows = lifecycle.listing(app.db, status=status, limit=limit)
     for r in rows:
         click.echo(f"{r['id']:>6}  {r['status']:<12} {r['email'] or '(erased)':<40} {r['name']:<20} "
                    f"{r['timezone'] or '-':<20} {r['created_at'][:16]}")
@@ -409,8 +426,6 @@ def subscribers_show(app: App, email: str) -> None:
     Example:
       funnel subscribers show sam@example.com
     """
-    from subscribers.io import export_records
-
     for rec in export_records(app.db, email):
         for key in ("email", "name", "timezone", "source", "status", "created_at", "confirmed_at"):
             click.echo(f"{key:>13}: {rec[key] if rec[key] is not None else '-'}")
@@ -435,8 +450,6 @@ def subscribers_confirm(app: App, token: str) -> None:
     Example:
       funnel subscribers confirm 'eyJzIjo...'
     """
-    from subscribers.optin import confirm
-
     sub = confirm(app.db, app.settings, token.strip().rsplit("/", 1)[-1], app.now(), source="cli")
     click.echo(f"{sub.email}: confirmed, now {sub.status}")
 
@@ -453,10 +466,8 @@ def subscribers_unsubscribe(app: App, email: str, stream: str | None) -> None:
       funnel subscribers unsubscribe sam@example.com
       funnel subscribers unsubscribe sam@example.com --stream broadcasts
     """
-    from subscribers.lifecycle import get_by_email, unsubscribe
-
-    sub = get_by_email(app.db, email)
-    sub = unsubscribe(app.db, sub.id, app.now(), stream=stream, source="admin")
+    sub = lifecycle.get_by_email(app.db, email)
+    sub = lifecycle.unsubscribe(app.db, sub.id, app.now(), stream=stream, source="admin")
     click.echo(f"{email}: unsubscribed from {stream or 'everything'}")
 
 
@@ -473,8 +484,6 @@ def subscribers_export(app: App, fmt: str, email: str | None, out: Path | None) 
       funnel subscribers export --format json --email sam@example.com --out sam.json
       funnel subscribers export --out everyone.csv
     """
-    from subscribers.io import write_export
-
     if out is None:
         n = write_export(app.db, sys.stdout, fmt, email)
     else:
@@ -500,8 +509,6 @@ def subscribers_erase(app: App, email: str, yes: bool) -> None:
     Example:
       funnel subscribers erase sam@example.com --yes
     """
-    from subscribers.io import erase
-
     if not yes:
         click.confirm(f"Erase {email} for good?", abort=True)
     sid = erase(app.db, email, app.now())
@@ -548,10 +555,6 @@ def content_import(app: App, files: tuple[str, ...], out_dir: str, dry_run: bool
       funnel content import page-1.txt page-2.txt --out content/articles
     """
     # Imported here so commands that never touch content start faster.
-    from pathlib import Path
-
-    from campaigns.articles import format_preview, import_files
-
     results = import_files([Path(f) for f in files], Path(out_dir), dry_run=dry_run)
     if dry_run:
         click.echo("\n\n".join(format_preview(r) for r in results))
@@ -591,8 +594,6 @@ def series_list(app: App) -> None:
     Example:
       funnel series list
     """
-    from campaigns.series import list_series, missing_parts_text
-
     found = list_series(app.settings.content_paths)
     if not found:
         click.echo(f"no series in {app.settings.content_path / 'series'}")
@@ -646,11 +647,6 @@ def series_show(
       funnel series show importance-of-exercise --timeline --tz America/New_York \\
           --start "friday 19:00"
     """
-    from zoneinfo import ZoneInfo
-
-    from campaigns.schedule import parse_when, step_due_times
-    from campaigns.series import find_series, missing_parts_text
-
     series = find_series(app.settings.content_paths, slug)
     click.echo(f"{series.title} ({series.slug}), {series.cadence_label}, stream {series.stream}")
     if series.gaps:
@@ -736,11 +732,6 @@ def series_build(
       funnel series build low-back-basics content/articles/*part-*.md \\
           --title "Low back basics" --send-day tuesday --send-hour 9
     """
-    from pathlib import Path
-
-    from campaigns.articles import load_article
-    from campaigns.series import build_series
-
     loaded = [load_article(Path(a)) for a in articles]
     target = Path(out_dir) if out_dir else app.settings.content_path / "series"
     result = build_series(
@@ -796,11 +787,6 @@ def preview(
       funnel preview importance-of-exercise --all
       funnel preview --all --to out/
     """
-    from pathlib import Path
-
-    from campaigns.preview import preview_steps
-    from campaigns.series import find_series, list_series, resolve_step
-
     content = app.settings.content_paths
     if all_steps:
         if step_ref:
@@ -860,12 +846,10 @@ def campaign_create(app: App, template: str, segment: str, where: tuple[str, ...
           --subject "Winter opening hours" --body winter.md
       echo "We now open on **Saturdays**." | funnel campaign create --subject "Saturdays"
     """
-    from campaigns.broadcasts import create
-
     body_md = None
     if body is None and not sys.stdin.isatty():
         body_md = sys.stdin.read()
-    cid = create(app.db, app.settings, app.now(), subject=subject, segment=segment, where=where,
+    cid = broadcasts.create(app.db, app.settings, app.now(), subject=subject, segment=segment, where=where,
                  preheader=preheader, body_path=body, body_md=body_md, template=template)
     click.echo(cid)
 
@@ -892,25 +876,17 @@ def campaign_schedule(app: App, campaign_id: int, at: str | None, in_: str | Non
       funnel campaign schedule 3 --in 2h
       funnel campaign schedule 3 --now
     """
-    from campaigns.broadcasts import queue, schedule_campaign
-
     s = app.settings
-    c = schedule_campaign(app.db, s, campaign_id, app.now(), at=at, tz=tz, local=local,
+    c = broadcasts.schedule_campaign(app.db, s, campaign_id, app.now(), at=at, tz=tz, local=local,
                           send_now=send_now, in_=in_)
     if send_now:
-        from campaigns.broadcasts import status
-
-        total = status(app.db, s, campaign_id, app.now()).audience or 0
+        total = broadcasts.status(app.db, s, campaign_id, app.now()).audience or 0
         with progress(total, "queueing") as bar:
-            n = queue(app.db, s, campaign_id, app.now(), progress=bar.update)
+            n = broadcasts.queue(app.db, s, campaign_id, app.now(), progress=bar.update)
         click.echo(f"campaign {campaign_id}: {n} message(s) queued; `funnel send` or the worker sends them")
     elif c.local_time:
         click.echo(f"campaign {campaign_id}: scheduled for {c.local_at} in each reader's time zone")
     else:
-        from zoneinfo import ZoneInfo
-
-        from funnel.db import parse_iso
-
         when = parse_iso(c.send_at)
         zone = ZoneInfo(tz) if tz else s.zone
         click.echo(f"campaign {campaign_id}: scheduled for {when.astimezone(zone):%Y-%m-%d %H:%M %Z} "
@@ -927,9 +903,7 @@ def campaign_pause(app: App, campaign_id: int) -> None:
     Example:
       funnel campaign pause 3
     """
-    from campaigns.broadcasts import pause
-
-    click.echo(f"campaign {campaign_id}: {pause(app.db, campaign_id, app.now()).status}")
+    click.echo(f"campaign {campaign_id}: {broadcasts.pause(app.db, campaign_id, app.now()).status}")
 
 
 @campaign_group.command("resume")
@@ -942,9 +916,7 @@ def campaign_resume(app: App, campaign_id: int) -> None:
     Example:
       funnel campaign resume 3
     """
-    from campaigns.broadcasts import resume
-
-    click.echo(f"campaign {campaign_id}: {resume(app.db, campaign_id, app.now()).status}")
+    click.echo(f"campaign {campaign_id}: {broadcasts.resume(app.db, campaign_id, app.now()).status}")
 
 
 @campaign_group.command("cancel")
@@ -957,9 +929,7 @@ def campaign_cancel(app: App, campaign_id: int) -> None:
     Example:
       funnel campaign cancel 3
     """
-    from campaigns.broadcasts import cancel
-
-    _campaign, n = cancel(app.db, campaign_id, app.now())
+    _campaign, n = broadcasts.cancel(app.db, campaign_id, app.now())
     click.echo(f"campaign {campaign_id}: cancelled; {n} unsent message(s) cancelled")
 
 
@@ -973,9 +943,7 @@ def campaign_status(app: App, campaign_id: int) -> None:
     Example:
       funnel campaign status 3
     """
-    from campaigns.broadcasts import status
-
-    st = status(app.db, app.settings, campaign_id, app.now())
+    st = broadcasts.status(app.db, app.settings, campaign_id, app.now())
     c = st.campaign
     click.echo(f"campaign {c.id}: {c.status}  segment {c.segment}  subject {c.subject!r}")
     if st.audience is not None:
@@ -999,10 +967,8 @@ def campaign_list(app: App, limit: int) -> None:
     Example:
       funnel campaign list
     """
-    from campaigns.broadcasts import listing
-
     rows = [("ID", "STATUS", "WHEN", "SEGMENT", "SENT", "SUBJECT")]
-    for r in listing(app.db, limit=limit):
+    for r in broadcasts.listing(app.db, limit=limit):
         rows.append((str(r["id"]), r["status"], r["when"], r["segment"], f"{r['sent']}/{r['rows']}",
                      r["subject"]))
     click.echo(_table(rows) if len(rows) > 1 else "no campaigns yet")
@@ -1035,9 +1001,7 @@ def segments_count(app: App, name: str | None, where: tuple[str, ...]) -> None:
       funnel segments count engaged
       funnel segments count --where "webinar:spine-health=registered" --where "status=active"
     """
-    from subscribers.segments import count
-
-    click.echo(count(app.db, app.settings, name, where=where, now=app.now()))
+    click.echo(segments.count(app.db, app.settings, name, where=where, now=app.now()))
 
 
 @segments_group.command("list")
@@ -1049,10 +1013,8 @@ def segments_list(app: App) -> None:
     Example:
       funnel segments list
     """
-    from subscribers.segments import listing
-
     rows = [("NAME", "MEMBERS", "WHERE")]
-    for seg in listing(app.db, app.settings, app.now()):
+    for seg in segments.listing(app.db, app.settings, app.now()):
         rows.append((seg["name"], str(seg["count"]), " AND ".join(seg["where"])))
     click.echo(_table(rows))
 
@@ -1075,12 +1037,9 @@ def series_enroll(app: App, slug: str, segment: str | None, where: tuple[str, ..
       funnel series enroll importance-of-exercise --segment all
       funnel series enroll importance-of-exercise --where "signed_up<2026-01-01"
     """
-    from campaigns.enrollment import enroll_segment
-    from subscribers.segments import count
-
-    total = count(app.db, app.settings, segment, where=where, now=app.now()) if segment or where else 0
+    total = segments.count(app.db, app.settings, segment, where=where, now=app.now()) if segment or where else 0
     with progress(total, "enrolling") as bar:
-        report = enroll_segment(app.db, app.settings, slug, app.now(), segment=segment, where=where,
+        report = enrollment.enroll_segment(app.db, app.settings, slug, app.now(), segment=segment, where=where,
                                 allow_gaps=allow_gaps, progress=bar.update)
     click.echo(f"{slug}: {report.line()}")
 
@@ -1100,9 +1059,7 @@ def series_diff(app: App, slug: str) -> None:
       funnel series diff importance-of-exercise
       funnel series apply importance-of-exercise
     """
-    from campaigns.enrollment import diff
-
-    d = diff(app.db, app.settings, slug)
+    d = enrollment.diff(app.db, app.settings, slug)
     if d.applied is None:
         click.echo(f"{slug}: never applied; `funnel series apply {slug}` records the current steps")
     else:
@@ -1135,9 +1092,7 @@ def series_apply(app: App, slug: str) -> None:
     Example:
       funnel series apply importance-of-exercise
     """
-    from campaigns.enrollment import apply_version, load
-
-    number, changed = apply_version(app.db, load(app.settings, slug), app.now())
+    number, changed = enrollment.apply_version(app.db, enrollment.load(app.settings, slug), app.now())
     click.echo(f"{slug}: version {number} " + ("applied" if changed else "was already applied"))
 
 
@@ -1156,6 +1111,8 @@ def worker_cmd(app: App, interval: float) -> None:
     Example:
       funnel worker --interval 5
     """
+    from web.serve import run_worker_until_signal  # late: see "Late imports, measured"
+
     seen_problems: set[str] = set()
 
     def on_summary(ticked: dict, summary) -> None:
@@ -1223,8 +1180,6 @@ _INBOX_HELP = """Record bounces and complaints, and apply mailto unsubscribes, f
 
 
 def _process_inbox(app: App, paths: tuple[Path, ...]) -> None:
-    from subscribers.bounces import process_paths
-
     report = process_paths(app.db, app.settings, list(paths), app.now())
     for problem in report.problems + report.notes:
         echo_err(problem)
@@ -1271,6 +1226,8 @@ def serve_cmd(app: App, host: str, port: int, threads: int | None) -> None:
       funnel serve --host 127.0.0.1 --port 8000
       FUNNEL_TRUSTED_PROXIES=1 funnel serve --threads 16
     """
+    from web.serve import serve  # late import: see "Late imports, measured" at the top
+
     serve(
         app.settings,
         host,
@@ -1313,6 +1270,14 @@ def up_cmd(app: App, port: int, smtp_port: int | None, no_devmail: bool) -> None
     Example:
       FUNNEL_DEV=1 funnel up --port 8000
     """
+    from web.serve import (  # late import: see "Late imports, measured" at the top
+        configure_logging,
+        dev_smtp_port,
+        prepare_up,
+        start_stack,
+        wait_for_signal,
+    )
+
     configure_logging()
     ready = prepare_up(
         app.settings,
@@ -1385,6 +1350,8 @@ def form_snippet_cmd(app: App) -> None:
     Example:
       FUNNEL_BASE_URL=https://news.clinic.example funnel form snippet
     """
+    from web.pages import form_snippet  # late import: see "Late imports, measured" at the top
+
     click.echo(form_snippet(app.settings), nl=False)
 
 
@@ -1458,8 +1425,6 @@ def webinar_create(app: App, slug: str | None, from_file: Path | None, **fields)
           --start "thursday 18:00" --tz Europe/London --join-url https://meet.example/spine
       funnel webinar create --from content/webinars/spine-health.toml
     """
-    from campaigns.webinars import create_from_file, create_webinar
-
     if from_file is not None:
         w = create_from_file(app.db, app.settings, from_file, app.now(), {"slug": slug, **fields})
     else:
@@ -1485,8 +1450,6 @@ def webinar_load(app: App, files: tuple[Path, ...]) -> None:
       funnel webinar load
       funnel webinar load content/webinars/spine-health.toml
     """
-    from campaigns.webinars import load_files, webinar_files
-
     paths = list(files) or webinar_files(app.settings)
     if not paths:
         click.echo("no webinar files in " + " or ".join(str(d / "webinars") for d in app.settings.content_paths))
@@ -1510,8 +1473,6 @@ def webinar_list(app: App) -> None:
     Example:
       funnel webinar list
     """
-    from campaigns.webinars import list_webinars, registration_counts
-
     found = list_webinars(app.db)
     if not found:
         click.echo("no webinars yet; create one with `funnel webinar create`")
@@ -1534,8 +1495,6 @@ def webinar_show(app: App, slug: str) -> None:
     Example:
       funnel webinar show spine-health
     """
-    from campaigns.webinars import get_webinar, outbox_counts, registration_counts
-
     w = get_webinar(app.db, slug)
     click.echo(_describe_webinar(w, registration_counts(app.db, w)))
     for kind, states in sorted(outbox_counts(app.db, w).items()):
@@ -1557,8 +1516,6 @@ def webinar_edit(app: App, slug: str, **fields) -> None:
       funnel webinar edit spine-health --start "in 14 days 18:00"
       funnel webinar edit spine-health --replay-url https://video.example/replay
     """
-    from campaigns.webinars import edit_webinar
-
     res = edit_webinar(app.db, app.settings, slug, fields, app.now())
     if not res.changed:
         click.echo(f"{slug}: nothing changed")
@@ -1587,8 +1544,6 @@ def webinar_cancel(app: App, slug: str, yes: bool) -> None:
     Example:
       funnel webinar cancel spine-health --yes
     """
-    from campaigns.webinars import cancel_webinar
-
     if not yes:
         click.confirm(f"Cancel webinar {slug} and tell its registrants?", abort=True)
     res = cancel_webinar(app.db, app.settings, slug, app.now())
@@ -1618,9 +1573,6 @@ def webinar_invite(app: App, slug: str, segments_: tuple[str, ...], where: tuple
           --segment "webinar:spine-health!=registered"
       funnel webinar invite spine-health --segment all --at "tomorrow 09:00"
     """
-    from campaigns.schedule import parse_when
-    from campaigns.webinars import get_webinar, invite, split_segment
-
     when = parse_when(at, get_webinar(app.db, slug).zone, app.now(), "--at") if at else None
     res = invite(app.db, app.settings, slug, split_segment(segments_), app.now(), where=where, at=when)
     click.echo(f"{slug}: {res.queued} invitation(s) queued for "
@@ -1644,8 +1596,6 @@ def webinar_register(app: App, slug: str, email: str, name: str, timezone: str |
     Example:
       funnel webinar register spine-health sam@example.com --name "Sam Lee" --tz Europe/London
     """
-    from campaigns.webinars import register
-
     res = register(app.db, app.settings, slug, app.now(), email=email, name=name, timezone=timezone,
                    source="admin", consent_action="imported")
     message = {
@@ -1669,8 +1619,6 @@ def webinar_registrants(app: App, slug: str) -> None:
     Example:
       funnel webinar registrants spine-health
     """
-    from campaigns.webinars import registrants
-
     rows = registrants(app.db, slug)
     for r in rows:
         minutes = f"{r['attended_minutes']} min" if r["attended_minutes"] is not None else ""
@@ -1691,8 +1639,6 @@ def webinar_export(app: App, slug: str, out: Path | None) -> None:
     Example:
       funnel webinar export spine-health --out spine-health.csv
     """
-    from campaigns.webinars import export_registrants
-
     if out is None:
         n = export_registrants(app.db, slug, sys.stdout)
     else:
@@ -1721,9 +1667,6 @@ def webinar_attendance(app: App, slug: str, file: Path, skip_invalid: bool) -> N
     Example:
       funnel webinar attendance spine-health zoom-attendees.csv
     """
-    from campaigns.attendance import import_attendance
-    from funnel.errors import RowsRejected
-
     try:
         report = import_attendance(app.db, app.settings, slug, file, app.now(),
                                    skip_invalid=skip_invalid)
@@ -1755,8 +1698,6 @@ def report_cmd(app: App, since: str | None, until: str | None, html_out: Path | 
       funnel report
       funnel report --since 2026-11-01 --until 2026-11-30 --html report.html
     """
-    from campaigns.report import compute, render_html, render_text
-
     rep = compute(app.db, app.settings, since=since, until=until, now=app.now())
     click.echo(render_text(rep))
     if html_out is not None:
