@@ -21,7 +21,9 @@ import click
 from campaigns import broadcasts, enrollment
 from campaigns.articles import format_preview, import_files, load_article
 from campaigns.attendance import import_attendance
+from campaigns.check import problems
 from campaigns.dkim import DkimSigner
+from campaigns.enrollment import held_steps
 from campaigns.preview import preview_steps
 from campaigns.report import compute, render_html, render_text
 from campaigns.schedule import WHEN_FORMS as WHEN_HELP
@@ -122,8 +124,6 @@ def preflight(fn):
 
     @functools.wraps(fn)
     def wrapper(app: App, *args, **kwargs):
-        from campaigns.check import problems
-
         s = app.check_settings()
         if not s.dev:
             found = problems(s, app.now(), network=True)
@@ -267,8 +267,6 @@ def check_cmd(app: App, no_network: bool) -> None:
       funnel check
       funnel check --no-network
     """
-    from campaigns.check import problems
-
     found = problems(app.check_settings(), app.now(), network=not no_network)
     for line in found:
         click.echo(line)
@@ -684,8 +682,6 @@ def series_show(
             )
         )
     click.echo(_table(rows))
-    from campaigns.enrollment import held_steps
-
     for reason, n in held_steps(app.db, series.slug):
         click.echo(f"held: {n} message(s) of this series wait in the queue: {reason}")
 
