@@ -255,14 +255,19 @@ def preferences_save(token: str):
 
 
 # --- view in browser -------------------------------------------------------------
-@bp.get("/m/<token>")
-def view_in_browser(token: str):
-    s = settings()
-    data = tokens.read_subscriber_token(s, "view", token, now())
+def _view_link(token: str) -> tuple[int, int]:
+    """The subscriber and outbox row a view-in-browser token names; 404 without a row."""
+    data = tokens.read_subscriber_token(settings(), "view", token, now())
     row_id = data.get("r")
     if not isinstance(row_id, int) or row_id <= 0:
         abort(404)
-    shown = views.show(db(), s, data["s"], row_id, now())
+    return data["s"], row_id
+
+
+@bp.get("/m/<token>")
+def view_in_browser(token: str):
+    subscriber_id, row_id = _view_link(token)
+    shown = views.show(db(), settings(), subscriber_id, row_id, now())
     if shown.expired_at is not None:  # its link is dead: say so, never mint a new one
         return page("view_expired.html.j2", token=token, view=shown)
     return email_response(shown.rendered.html, ancestors="'none'")
@@ -270,15 +275,11 @@ def view_in_browser(token: str):
 
 @bp.post("/m/<token>/resend")
 def view_resend(token: str):
-    s = settings()
-    data = tokens.read_subscriber_token(s, "view", token, now())
-    row_id = data.get("r")
-    if not isinstance(row_id, int) or row_id <= 0:
-        abort(404)
+    subscriber_id, row_id = _view_link(token)
     if not allow_rate():
         return error_page(429)
     views.resend_confirmation(
-        db(), s, data["s"], row_id, now(),
+        db(), settings(), subscriber_id, row_id, now(),
         ip=client_ip(), user_agent=request.headers.get("User-Agent", ""),
     )  # fmt: skip
     return redirect(url_for("pages.check_inbox"), code=303)
