@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+import web
 from funnel import clock as clocks
-from funnel import web
 from funnel.db import connect, iso, parse_iso, utcnow
 from subscribers import lifecycle, optin, tokens
 
