@@ -1495,12 +1495,20 @@ def _registrant_reason(settings: Settings, w: Webinar) -> str:
     return render.footer_reason("registered", settings.site_name, w.title)
 
 
-def _require_registered(db, w: Webinar, sub: lifecycle.Subscriber) -> None:
+def _load_registrant(
+    db, row: outbox.OutboxRow, sub: lifecycle.Subscriber, expected: str = "registered"
+) -> Webinar:
+    """The row's webinar, when it still runs and ``sub``'s registration is ``expected``.
+
+    Raises SkipMessage otherwise; shared by every mail to one registrant.
+    """
+    w = _load(db, row, sub)
     if w.status == "cancelled":
         raise SkipMessage("cancelled", "the webinar was cancelled")
     status = _registration(db, w, sub.id)
-    if status != "registered":
+    if status != expected:
         raise SkipMessage("cancelled", f"the registration is {status or 'missing'}")
+    return w
 
 
 def _registrant_mail(settings: Settings, w: Webinar, sub, now: datetime, kind: str,
@@ -1568,12 +1576,7 @@ def build_verify(db, settings: Settings, row, sub, now: datetime) -> Content:
 
 
 def build_waitlist(db, settings: Settings, row, sub, now: datetime) -> Content:
-    w = _load(db, row, sub)
-    if w.status == "cancelled":
-        raise SkipMessage("cancelled", "the webinar was cancelled")
-    status = _registration(db, w, sub.id)
-    if status != "waitlisted":
-        raise SkipMessage("cancelled", f"the registration is {status or 'missing'}")
+    w = _load_registrant(db, row, sub, "waitlisted")
     return _registrant_mail(
         settings, w, sub, now, "webinar_waitlist",
         f"You're on the waitlist: {w.title}",
@@ -1582,8 +1585,7 @@ def build_waitlist(db, settings: Settings, row, sub, now: datetime) -> Content:
 
 
 def build_confirm(db, settings: Settings, row, sub, now: datetime) -> Content:
-    w = _load(db, row, sub)
-    _require_registered(db, w, sub)
+    w = _load_registrant(db, row, sub)
     return _registrant_mail(
         settings, w, sub, now, "webinar_confirm",
         f"You're registered: {w.title}",
@@ -1603,8 +1605,7 @@ def _in_words(minutes: int) -> str:
 
 
 def build_reminder(db, settings: Settings, row, sub, now: datetime) -> Content:
-    w = _load(db, row, sub)
-    _require_registered(db, w, sub)
+    w = _load_registrant(db, row, sub)
     offset = int(row.data.get("offset", 60))
     when = _in_words(offset)
     return _registrant_mail(
@@ -1616,8 +1617,7 @@ def build_reminder(db, settings: Settings, row, sub, now: datetime) -> Content:
 
 
 def build_update(db, settings: Settings, row, sub, now: datetime) -> Content:
-    w = _load(db, row, sub)
-    _require_registered(db, w, sub)
+    w = _load_registrant(db, row, sub)
     return _registrant_mail(
         settings, w, sub, now, "webinar_update",
         f"New time: {w.title}",
