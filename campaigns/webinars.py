@@ -1136,6 +1136,26 @@ def webinar_cta(db, settings: Settings, ctas, sub: lifecycle.Subscriber, now: da
     return cta_recipient(db, settings, sub, now)
 
 
+def authored_content(
+    db, settings: Settings, piece, sub: lifecycle.Subscriber, now: datetime, *, kind: str,
+    extra: dict,
+) -> Content:
+    """The Content of a clinic-written piece (a broadcast or a series step).
+
+    Its subject, preheader, Markdown body and CTAs as written, with a
+    ``webinar`` CTA's values chosen now (:func:`webinar_cta`).
+    """
+    return Content(
+        kind=kind,
+        subject=piece.subject,
+        preheader=piece.preheader,
+        body_md=piece.body_md,
+        ctas=tuple(piece.ctas),
+        recipient=webinar_cta(db, settings, piece.ctas, sub, now),
+        extra=extra,
+    )
+
+
 def cta_recipient(db, settings: Settings, sub: lifecycle.Subscriber, now: datetime) -> dict:
     """Recipient values for a ``webinar`` CTA, resolved when the email is built.
 
