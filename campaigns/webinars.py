@@ -1531,14 +1531,35 @@ def _load_registrant(
     return w
 
 
-def _registrant_mail(settings: Settings, w: Webinar, sub, now: datetime, kind: str,
-                     subject: str, preheader: str, *, bulk: bool = False,
-                     ics_row=None) -> Content:
-    """A registrant's mail about ``w``: the registrant footer, the webinar's recipient
-    values, and with ``ics_row`` the calendar file for that outbox row."""
+#: Subject and preheader of each mail to a registrant; ``{title}`` is the
+#: webinar's title, ``{when}`` the reminder's "in 1 hour" / "tomorrow".
+_REGISTRANT_WORDS: dict[str, tuple[str, str]] = {
+    "webinar_waitlist": (
+        "You're on the waitlist: {title}",
+        "The session is full; we will email you if a seat frees up.",
+    ),
+    "webinar_confirm": (
+        "You're registered: {title}",
+        "Your join link and a calendar invite are inside.",
+    ),
+    "webinar_reminder": ("Starting {when}: {title}", "Your join link is inside."),
+    "webinar_update": (
+        "New time: {title}",
+        "Your place is kept; the attached calendar file updates your entry.",
+    ),
+    "webinar_cancel": ("Cancelled: {title}", "We are sorry: this session will not go ahead."),
+}
+
+
+def _registrant_mail(settings: Settings, w: Webinar, sub, now: datetime, kind: str, *,
+                     bulk: bool = False, ics_row=None, when: str = "") -> Content:
+    """A registrant's mail about ``w``: its words from ``_REGISTRANT_WORDS``, the
+    registrant footer, the webinar's recipient values, and with ``ics_row`` the
+    calendar file for that outbox row."""
+    subject, preheader = _REGISTRANT_WORDS[kind]
     return Content(
         kind=kind,
-        subject=subject,
+        subject=subject.format(title=w.title, when=when),
         preheader=preheader,
         bulk=bulk,
         extra={"reason": _registrant_reason(settings, w)},
@@ -1597,21 +1618,12 @@ def build_verify(db, settings: Settings, row, sub, now: datetime) -> Content:
 
 def build_waitlist(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load_registrant(db, row, sub, "waitlisted")
-    return _registrant_mail(
-        settings, w, sub, now, "webinar_waitlist",
-        f"You're on the waitlist: {w.title}",
-        "The session is full; we will email you if a seat frees up.",
-    )
+    return _registrant_mail(settings, w, sub, now, "webinar_waitlist")
 
 
 def build_confirm(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load_registrant(db, row, sub)
-    return _registrant_mail(
-        settings, w, sub, now, "webinar_confirm",
-        f"You're registered: {w.title}",
-        "Your join link and a calendar invite are inside.",
-        ics_row=row,
-    )
+    return _registrant_mail(settings, w, sub, now, "webinar_confirm", ics_row=row)
 
 
 def _in_words(minutes: int) -> str:
@@ -1626,36 +1638,20 @@ def _in_words(minutes: int) -> str:
 
 def build_reminder(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load_registrant(db, row, sub)
-    offset = int(row.data.get("offset", 60))
-    when = _in_words(offset)
-    return _registrant_mail(
-        settings, w, sub, now, "webinar_reminder",
-        f"Starting {when}: {w.title}",
-        "Your join link is inside.",
-        bulk=True,
-    )
+    when = _in_words(int(row.data.get("offset", 60)))
+    return _registrant_mail(settings, w, sub, now, "webinar_reminder", bulk=True, when=when)
 
 
 def build_update(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load_registrant(db, row, sub)
-    return _registrant_mail(
-        settings, w, sub, now, "webinar_update",
-        f"New time: {w.title}",
-        "Your place is kept; the attached calendar file updates your entry.",
-        ics_row=row,
-    )
+    return _registrant_mail(settings, w, sub, now, "webinar_update", ics_row=row)
 
 
 def build_cancel(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load(db, row, sub)
     if w.status != "cancelled":
         raise SkipMessage("cancelled", "the webinar is no longer cancelled")
-    return _registrant_mail(
-        settings, w, sub, now, "webinar_cancel",
-        f"Cancelled: {w.title}",
-        "We are sorry: this session will not go ahead.",
-        ics_row=row,
-    )
+    return _registrant_mail(settings, w, sub, now, "webinar_cancel", ics_row=row)
 
 
 def build_followup(db, settings: Settings, row, sub, now: datetime) -> Content:
