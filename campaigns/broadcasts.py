@@ -473,14 +473,7 @@ def build_broadcast(db, settings: Settings, row, sub, now: datetime) -> Content:
         raise SkipMessage("cancelled", f"not subscribed to {c.stream}")
     if stream[0] == "paused" and (stream[1] is None or parse_iso(stream[1]) > now):
         raise SkipMessage("cancelled", f"{c.stream} is paused for this subscriber")
-    return Content(
-        kind="broadcast",
-        subject=c.subject,
-        preheader=c.preheader,
-        body_md=c.body_md,
-        ctas=tuple(c.ctas),
-        recipient=webinars.webinar_cta(db, settings, c.ctas, sub, now),
-        extra={
-            "reason": render.footer_reason("newsletter", settings.site_name)
-        },
+    return webinars.authored_content(
+        db, settings, c, sub, now, kind="broadcast",
+        extra={"reason": render.footer_reason("newsletter", settings.site_name)},
     )

@@ -776,13 +776,8 @@ def build_series_step(db, settings: Settings, row, sub, now: datetime) -> Conten
         raise SkipMessage(
             "cancelled", f"step {key} was removed from series {slug} after it was queued"
         )
-    return Content(
-        kind="series",
-        subject=step.subject,
-        preheader=step.preheader,
-        body_md=step.body_md,
-        ctas=tuple(step.ctas),
-        recipient=webinars.webinar_cta(db, settings, step.ctas, sub, now),
+    return webinars.authored_content(
+        db, settings, step, sub, now, kind="series",
         extra={
             "part": step.part,
             "series_title": series.title,

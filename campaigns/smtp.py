@@ -221,13 +221,7 @@ class Relay:
                 if failed is not None:
                     return failed
                 stage = "data"
-                sock.sendall(stuff(data))
-                code, msg = _reply(read)
-                if code != 250:
-                    if code == 421:
-                        self._drop()
-                    return SendResult(code, msg, "data")
-                return SendResult(code, msg, "ok")
+                return self._send_data(sock, read, data)
             sock.sendall(b"MAIL FROM:" + sender + mail_opts + _CRLF)
             code, msg = _reply(read)
             if code != 250:
@@ -245,16 +239,22 @@ class Relay:
             if code != 354:
                 self._reset(code)
                 return SendResult(code, msg, "data")
-            sock.sendall(stuff(data))
-            code, msg = _reply(read)
-            if code != 250:
-                if code == 421:
-                    self._drop()
-                return SendResult(code, msg, "data")
+            return self._send_data(sock, read, data)
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             self._drop()
             return SendResult(None, redact(f"connection to {self.label} failed: {exc}"), stage)
-        return SendResult(code, msg, "ok")
+
+    def _send_data(self, sock, read, data: bytes) -> SendResult:
+        """After DATA's 354: the dot-stuffed message, then the server's verdict.
+
+        Shared by the pipelined and the step-by-step envelope; a 421 means
+        the server is closing, so the connection is dropped.
+        """
+        sock.sendall(stuff(data))
+        code, msg = _reply(read)
+        if code == 421:
+            self._drop()
+        return SendResult(code, msg, "ok" if code == 250 else "data")
 
     def _pipelined_envelope(self, sock, read, mail: bytes, rcpt: bytes) -> SendResult | None:
         """MAIL, RCPT and DATA in one write (RFC 2920), then their three replies.

@@ -1136,6 +1136,26 @@ def webinar_cta(db, settings: Settings, ctas, sub: lifecycle.Subscriber, now: da
     return cta_recipient(db, settings, sub, now)
 
 
+def authored_content(
+    db, settings: Settings, piece, sub: lifecycle.Subscriber, now: datetime, *, kind: str,
+    extra: dict,
+) -> Content:
+    """The Content of a clinic-written piece (a broadcast or a series step).
+
+    Its subject, preheader, Markdown body and CTAs as written, with a
+    ``webinar`` CTA's values chosen now (:func:`webinar_cta`).
+    """
+    return Content(
+        kind=kind,
+        subject=piece.subject,
+        preheader=piece.preheader,
+        body_md=piece.body_md,
+        ctas=tuple(piece.ctas),
+        recipient=webinar_cta(db, settings, piece.ctas, sub, now),
+        extra=extra,
+    )
+
+
 def cta_recipient(db, settings: Settings, sub: lifecycle.Subscriber, now: datetime) -> dict:
     """Recipient values for a ``webinar`` CTA, resolved when the email is built.
 
@@ -1495,22 +1515,51 @@ def _registrant_reason(settings: Settings, w: Webinar) -> str:
     return render.footer_reason("registered", settings.site_name, w.title)
 
 
-def _require_registered(db, w: Webinar, sub: lifecycle.Subscriber) -> None:
+def _load_registrant(
+    db, row: outbox.OutboxRow, sub: lifecycle.Subscriber, expected: str = "registered"
+) -> Webinar:
+    """The row's webinar, when it still runs and ``sub``'s registration is ``expected``.
+
+    Raises SkipMessage otherwise; shared by every mail to one registrant.
+    """
+    w = _load(db, row, sub)
     if w.status == "cancelled":
         raise SkipMessage("cancelled", "the webinar was cancelled")
     status = _registration(db, w, sub.id)
-    if status != "registered":
+    if status != expected:
         raise SkipMessage("cancelled", f"the registration is {status or 'missing'}")
+    return w
 
 
-def _registrant_mail(settings: Settings, w: Webinar, sub, now: datetime, kind: str,
-                     subject: str, preheader: str, *, bulk: bool = False,
-                     ics_row=None) -> Content:
-    """A registrant's mail about ``w``: the registrant footer, the webinar's recipient
-    values, and with ``ics_row`` the calendar file for that outbox row."""
+#: Subject and preheader of each mail to a registrant; ``{title}`` is the
+#: webinar's title, ``{when}`` the reminder's "in 1 hour" / "tomorrow".
+_REGISTRANT_WORDS: dict[str, tuple[str, str]] = {
+    "webinar_waitlist": (
+        "You're on the waitlist: {title}",
+        "The session is full; we will email you if a seat frees up.",
+    ),
+    "webinar_confirm": (
+        "You're registered: {title}",
+        "Your join link and a calendar invite are inside.",
+    ),
+    "webinar_reminder": ("Starting {when}: {title}", "Your join link is inside."),
+    "webinar_update": (
+        "New time: {title}",
+        "Your place is kept; the attached calendar file updates your entry.",
+    ),
+    "webinar_cancel": ("Cancelled: {title}", "We are sorry: this session will not go ahead."),
+}
+
+
+def _registrant_mail(settings: Settings, w: Webinar, sub, now: datetime, kind: str, *,
+                     bulk: bool = False, ics_row=None, when: str = "") -> Content:
+    """A registrant's mail about ``w``: its words from ``_REGISTRANT_WORDS``, the
+    registrant footer, the webinar's recipient values, and with ``ics_row`` the
+    calendar file for that outbox row."""
+    subject, preheader = _REGISTRANT_WORDS[kind]
     return Content(
         kind=kind,
-        subject=subject,
+        subject=subject.format(title=w.title, when=when),
         preheader=preheader,
         bulk=bulk,
         extra={"reason": _registrant_reason(settings, w)},
@@ -1568,28 +1617,13 @@ def build_verify(db, settings: Settings, row, sub, now: datetime) -> Content:
 
 
 def build_waitlist(db, settings: Settings, row, sub, now: datetime) -> Content:
-    w = _load(db, row, sub)
-    if w.status == "cancelled":
-        raise SkipMessage("cancelled", "the webinar was cancelled")
-    status = _registration(db, w, sub.id)
-    if status != "waitlisted":
-        raise SkipMessage("cancelled", f"the registration is {status or 'missing'}")
-    return _registrant_mail(
-        settings, w, sub, now, "webinar_waitlist",
-        f"You're on the waitlist: {w.title}",
-        "The session is full; we will email you if a seat frees up.",
-    )
+    w = _load_registrant(db, row, sub, "waitlisted")
+    return _registrant_mail(settings, w, sub, now, "webinar_waitlist")
 
 
 def build_confirm(db, settings: Settings, row, sub, now: datetime) -> Content:
-    w = _load(db, row, sub)
-    _require_registered(db, w, sub)
-    return _registrant_mail(
-        settings, w, sub, now, "webinar_confirm",
-        f"You're registered: {w.title}",
-        "Your join link and a calendar invite are inside.",
-        ics_row=row,
-    )
+    w = _load_registrant(db, row, sub)
+    return _registrant_mail(settings, w, sub, now, "webinar_confirm", ics_row=row)
 
 
 def _in_words(minutes: int) -> str:
@@ -1603,39 +1637,21 @@ def _in_words(minutes: int) -> str:
 
 
 def build_reminder(db, settings: Settings, row, sub, now: datetime) -> Content:
-    w = _load(db, row, sub)
-    _require_registered(db, w, sub)
-    offset = int(row.data.get("offset", 60))
-    when = _in_words(offset)
-    return _registrant_mail(
-        settings, w, sub, now, "webinar_reminder",
-        f"Starting {when}: {w.title}",
-        "Your join link is inside.",
-        bulk=True,
-    )
+    w = _load_registrant(db, row, sub)
+    when = _in_words(int(row.data.get("offset", 60)))
+    return _registrant_mail(settings, w, sub, now, "webinar_reminder", bulk=True, when=when)
 
 
 def build_update(db, settings: Settings, row, sub, now: datetime) -> Content:
-    w = _load(db, row, sub)
-    _require_registered(db, w, sub)
-    return _registrant_mail(
-        settings, w, sub, now, "webinar_update",
-        f"New time: {w.title}",
-        "Your place is kept; the attached calendar file updates your entry.",
-        ics_row=row,
-    )
+    w = _load_registrant(db, row, sub)
+    return _registrant_mail(settings, w, sub, now, "webinar_update", ics_row=row)
 
 
 def build_cancel(db, settings: Settings, row, sub, now: datetime) -> Content:
     w = _load(db, row, sub)
     if w.status != "cancelled":
         raise SkipMessage("cancelled", "the webinar is no longer cancelled")
-    return _registrant_mail(
-        settings, w, sub, now, "webinar_cancel",
-        f"Cancelled: {w.title}",
-        "We are sorry: this session will not go ahead.",
-        ics_row=row,
-    )
+    return _registrant_mail(settings, w, sub, now, "webinar_cancel", ics_row=row)
 
 
 def build_followup(db, settings: Settings, row, sub, now: datetime) -> Content:
