@@ -1,6 +1,6 @@
 """What a reader can do from the links in an email: unsubscribe, preferences, view.
 
-The web pages (``funnel/web.py``) read the signed token and call one function
+The web pages (``web/pages.py``) read the signed token and call one function
 here; every state change goes through :mod:`subscribers.lifecycle`.
 
 Unsubscribe scopes
