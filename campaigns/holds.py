@@ -14,8 +14,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from funnel.db import iso, parse_iso
+from funnel.policy import policy
 
-from .policy import policy
 from .schedule import require_aware
 
 #: Mail the reader asked for (the opt-in) or needs for an event they registered

@@ -54,9 +54,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from funnel.policy import policy
 from funnel.settings import RelayConfig, redact
-
-from .policy import policy
 
 _MAXLINE = 8192
 _CRLF = b"\r\n"
@@ -79,7 +78,7 @@ class SendResult:
 def classify(code: int | None, stage: str) -> str:
     """'sent', 'retry', 'failed', 'slowdown' (retry + throttle) or 'relay' (retry + rest relay).
 
-    The rules are data: ``[reply_codes]`` in ``campaigns/policy.toml``.
+    The rules are data: ``[reply_codes]`` in ``funnel/policy.toml``.
     """
     return policy().verdict(code, stage)
 

@@ -57,6 +57,7 @@ from funnel import outbox
 from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import FunnelError, InputError, NotFound, TokenError
 from funnel.localtime import local_to_utc
+from funnel.policy import policy
 from funnel.settings import Settings
 from funnel.spreadsheet import SafeDictWriter
 from funnel.validate import check_header_text, zone_name
@@ -65,7 +66,6 @@ from subscribers import lifecycle, optin, tokens
 from . import ics, mime, render
 from .content import Content, SkipMessage
 from .frontmatter import toml_line
-from .policy import policy
 from .schedule import (
     WHEN_FORMS,
     is_relative,

@@ -39,15 +39,17 @@ from datetime import datetime, timedelta
 from functools import cache
 
 from funnel.db import iso, transaction
+from funnel.policy import policy
 from funnel.settings import Settings
 
 DEFAULT_LEASE = timedelta(minutes=5)
 
-# Priorities: lower goes first.  Series steps yield to broadcasts and webinar mail.
-PRIORITY_TRANSACTIONAL = 0
-PRIORITY_WEBINAR = 10
-PRIORITY_BROADCAST = 30
-PRIORITY_SERIES = 50
+# Priorities: lower goes first.  Series steps yield to broadcasts and webinar
+# mail.  The values are data ([priorities] in funnel/policy.toml), read once.
+PRIORITY_TRANSACTIONAL = policy().priorities["transactional"]
+PRIORITY_WEBINAR = policy().priorities["webinar"]
+PRIORITY_BROADCAST = policy().priorities["broadcast"]
+PRIORITY_SERIES = policy().priorities["series"]
 
 
 def new_message_id(settings: Settings) -> str:

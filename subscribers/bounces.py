@@ -60,11 +60,12 @@ from pathlib import Path
 
 from funnel.db import iso, parse_iso, transaction
 from funnel.errors import InputError, TokenError, TransitionError
+from funnel.policy import policy
 from funnel.settings import Settings
 
 from . import lifecycle, preferences, tokens
 
-WEIGHTS = {"hard": 1.0, "soft": 0.5}
+WEIGHTS = policy().bounce_weights  # [bounces] in funnel/policy.toml: hard 1.0, soft 0.5
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _NOT_ADDRESS = ("5.2.2", "5.2.3", "5.3.", "5.6.", "5.7.")
 _VERP_HEADERS = ("To", "Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To")

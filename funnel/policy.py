@@ -1,7 +1,7 @@
-"""The delivery policy (``campaigns/policy.toml``), read once per process.
+"""The delivery policy (``funnel/policy.toml``), read once per process.
 
-Policy is data: how SMTP reply codes are treated, the hold windows and the
-default webinar reminders live in the TOML file beside this module, so they
+Policy is data: how SMTP reply codes are treated, the hold windows, the
+default webinar reminders, the outbox priorities and the bounce weights live in the TOML file beside this module, so they
 can be read and changed without reading code.  :func:`policy` parses and
 checks the file on first use and caches the result.
 """
@@ -37,6 +37,8 @@ class Policy:
     cap_window: timedelta
     webinar_hold: timedelta
     reminder_offsets: tuple[int, ...]
+    priorities: dict[str, int]  # outbox claim order by mail class, lower first
+    bounce_weights: dict[str, float]  # what one hard / soft bounce adds to the score
 
     def verdict(self, code: int | None, stage: str) -> str:
         """The sender's verdict on an SMTP reply ``code`` given at ``stage``."""
@@ -74,6 +76,17 @@ def _hours(table: dict, key: str, where: str) -> timedelta:
     return timedelta(hours=value)
 
 
+def _numbers(table: object, keys: tuple[str, ...], kind: type, where: str) -> dict:
+    if not isinstance(table, dict) or set(table) != set(keys):
+        raise FunnelError(f"{where}: needs exactly the keys {', '.join(keys)}")
+    for key, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (
+                kind is int and not isinstance(value, int)):
+            raise FunnelError(f"{where}: {key!r} must be a number >= 0"
+                              + (" (a whole number)" if kind is int else ""))
+    return {k: kind(table[k]) for k in keys}
+
+
 def load(path: Path) -> Policy:
     """Parse and check a policy file; a FunnelError names the file, table and key."""
     try:
@@ -84,6 +97,7 @@ def load(path: Path) -> Policy:
         codes, holds, webinars = data["reply_codes"], data["holds"], data["webinars"]
         rules = codes["rules"]
         offsets = webinars["reminder_offsets_minutes"]
+        priorities, bounces = data["priorities"], data["bounces"]
     except (KeyError, TypeError) as exc:
         raise FunnelError(f"{path}: the delivery policy lacks {exc}") from exc
     if not isinstance(offsets, list) or not all(isinstance(m, int) and m > 0 for m in offsets):
@@ -95,6 +109,9 @@ def load(path: Path) -> Policy:
         cap_window=_hours(holds, "frequency_cap_window_hours", f"{path}: [holds]"),
         webinar_hold=_hours(holds, "webinar_hold_hours", f"{path}: [holds]"),
         reminder_offsets=tuple(offsets),
+        priorities=_numbers(priorities, ("transactional", "webinar", "broadcast", "series"), int,
+                            f"{path}: [priorities]"),
+        bounce_weights=_numbers(bounces, ("hard", "soft"), float, f"{path}: [bounces]"),
     )
 
 
