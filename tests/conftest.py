@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
+from click.testing import CliRunner
 
+import cli
 from funnel import clock as clocks
 from funnel.db import connect
 from funnel.settings import test_settings
@@ -245,6 +247,16 @@ def db(settings):
     database = connect(settings.db, migrate=True)
     yield database
     database.close()
+
+
+@pytest.fixture
+def run(cli_env):
+    """Invoke `funnel ARGS...` in process with the test settings and this test's clock."""
+
+    def invoke(*args):
+        return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+    return invoke
 
 
 @pytest.fixture

@@ -12,10 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 import icalendar
-import pytest
-from click.testing import CliRunner
 
-import cli
 from campaigns import webinars
 from campaigns.sender import send_due
 from campaigns.series import find_series
@@ -24,16 +21,6 @@ from subscribers import lifecycle, optin, tokens
 
 LONDON = ZoneInfo("Europe/London")
 SLUG = "importance-of-exercise"
-
-
-@pytest.fixture
-def run(cli_env, clock, monkeypatch):
-    monkeypatch.setattr(cli.App, "now", lambda self: clock())
-
-    def invoke(*args):
-        return CliRunner().invoke(cli.main, [str(a) for a in args])
-
-    return invoke
 
 
 def confirmed(db, settings, email, now) -> int:

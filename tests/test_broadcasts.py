@@ -11,7 +11,6 @@ import pytest
 from click.testing import CliRunner
 from conftest import TEST_START
 
-import cli
 from campaigns import broadcasts
 from campaigns.sender import send_due
 from funnel import outbox
@@ -46,16 +45,6 @@ def body(tmp_path):
     path = tmp_path / "winter.md"
     path.write_text(BODY, encoding="utf-8")
     return path
-
-
-@pytest.fixture
-def run(cli_env, clock, monkeypatch):
-    monkeypatch.setattr(cli.App, "now", lambda self: clock())
-
-    def invoke(*args):
-        return CliRunner().invoke(cli.main, [str(a) for a in args])
-
-    return invoke
 
 
 def ahead(clock, days: int, hm: str = "09:00") -> str:
@@ -379,7 +368,6 @@ def test_cli_schedule_now_queues(run, db, body, clock):
 
 
 def test_campaign_body_from_standard_input(cli_env, db):
-    from click.testing import CliRunner
 
     import cli as cli_module
 

@@ -6,12 +6,10 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-import cli
 from campaigns import webinars
 from campaigns.schedule import WHEN_FORMS, offset_text, parse_when
 from funnel.db import connect
@@ -139,16 +137,6 @@ def test_offset_text_for_in():
 
 
 # ----------------------------------------------------------------- the doors
-@pytest.fixture
-def run(cli_env, clock, monkeypatch):
-    monkeypatch.setattr(cli.App, "now", lambda self: clock())
-
-    def invoke(*args):
-        return CliRunner().invoke(cli.main, [str(a) for a in args])
-
-    return invoke
-
-
 def _error(result) -> str:
     assert result.exit_code == 1, result.output
     (line,) = [x for x in result.output.splitlines() if x.startswith("Error:")]
