@@ -18,10 +18,11 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from campaigns import broadcasts, enrollment
+from campaigns import appointments, broadcasts, enrollment
 from campaigns.articles import format_preview, import_files, load_article
 from campaigns.attendance import import_attendance
 from campaigns.check import problems
+from campaigns.check import warnings as check_warnings
 from campaigns.dkim import DkimSigner
 from campaigns.enrollment import held_steps
 from campaigns.preview import preview_steps
@@ -270,6 +271,8 @@ def check_cmd(app: App, no_network: bool) -> None:
     found = problems(app.check_settings(), app.now(), network=not no_network)
     for line in found:
         click.echo(line)
+    for line in check_warnings(app.check_settings(), app.now()):
+        echo_err(f"warning: {line}")  # needs attention, but does not stop sending
     if found:
         echo_err(f"{len(found)} problem(s) found")
         raise click.exceptions.Exit(1)
@@ -500,7 +503,8 @@ def subscribers_erase(app: App, email: str, yes: bool) -> None:
     """Erase a person (GDPR): name, address and consent details are removed.
 
     Only a hash of the address remains, on the suppression list, so they are
-    never mailed again.  The database is vacuumed so the address is gone from
+    never mailed again.  Their appointment requests are deleted too (also
+    for someone who only ever asked for an appointment).  The database is vacuumed so the address is gone from
     the file.
 
     \b
@@ -509,8 +513,9 @@ def subscribers_erase(app: App, email: str, yes: bool) -> None:
     """
     if not yes:
         click.confirm(f"Erase {email} for good?", abort=True)
-    sid = erase(app.db, email, app.now())
-    click.echo(f"{email}: erased (subscriber {sid}); the address is suppressed")
+    sid = erase(app.db, email, app.now())  # appointment requests too
+    who = f"subscriber {sid}" if sid else "appointment requests only"
+    click.echo(f"{email}: erased ({who}); the address is suppressed")
 
 # === content (articles) ===
 
@@ -1333,20 +1338,30 @@ def form_group() -> None:
 
 
 @form_group.command("snippet")
+@click.option("--appointment", is_flag=True,
+              help="The appointment request form instead of the newsletter signup.")
 @run
-def form_snippet_cmd(app: App) -> None:
+def form_snippet_cmd(app: App, appointment: bool) -> None:
     """Print HTML to paste into the clinic's own site.
 
-    The form posts to BASE_URL/subscribe/embed, which shows the reader a
-    "check your details" page on the funnel site with one button (a form on
-    another site can't carry our anti-forgery cookie), then the usual
-    double opt-in follows.
+    The form posts to BASE_URL/subscribe/embed (with --appointment:
+    BASE_URL/appointment/embed), which shows the reader a "check your
+    details" page on the funnel site with one button (a form on another site
+    can't carry our anti-forgery cookie); then the usual double opt-in
+    follows, or the appointment request is sent.
 
     \b
     Example:
       FUNNEL_BASE_URL=https://news.clinic.example funnel form snippet
+      funnel form snippet --appointment > appointment-snippet.html
     """
-    from web.pages import form_snippet  # late import: see "Late imports, measured" at the top
+    # late imports: see "Late imports, measured" at the top
+    if appointment:
+        from web.appointments import appointment_snippet
+
+        click.echo(appointment_snippet(app.settings), nl=False)
+        return
+    from web.pages import form_snippet
 
     click.echo(form_snippet(app.settings), nl=False)
 
@@ -1701,6 +1716,123 @@ def report_cmd(app: App, since: str | None, until: str | None, html_out: Path | 
         echo_err(f"wrote {html_out}")
 
 
+
+
+# --- appointments ---
+@main.group("appointments", cls=FunnelGroup)
+def appointments_group() -> None:
+    """Appointment requests from the /appointment page: list, show, mark, export.
+
+    \b
+    Example:
+      funnel appointments list --status new
+      funnel appointments mark 12 contacted --note "left a voicemail"
+      funnel appointments export --out requests.csv
+    """
+
+
+@appointments_group.command("list")
+@click.option("--status", type=click.Choice(["new", "contacted", "booked", "closed"]))
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@run
+def appointments_list(app: App, status: str | None, limit: int) -> None:
+    """List appointment requests, newest first.
+
+    \b
+    Example:
+      funnel appointments list
+      funnel appointments list --status new
+    """
+    rows = appointments.list_requests(app.db, status=status, limit=limit)
+    for a in rows:
+        contact = a.phone if a.contact_method in ("phone", "text") else a.email
+        click.echo(f"{a.id:>6}  {a.status:<10} {a.created_at:%Y-%m-%d %H:%M}  {a.name[:30]:<30} "
+                   f"{a.contact_method:<6} {contact or '-'}")
+    click.echo(f"{len(rows)} shown")
+
+
+@appointments_group.command("show")
+@click.argument("appointment_id", type=int)
+@run
+def appointments_show(app: App, appointment_id: int) -> None:
+    """Show one request: contact details, method, times, reason, attribution and notes.
+
+    \b
+    Example:
+      funnel appointments show 12
+    """
+    a = appointments.get_request(app.db, appointment_id)
+    rows = [
+        ("id", a.id), ("status", a.status), ("received", f"{a.created_at:%Y-%m-%d %H:%M} UTC"),
+        ("name", a.name), ("email", a.email or "-"), ("phone", a.phone or "-"),
+        ("contact by", a.method_label), ("times", a.times_label), ("newsletter", "yes" if a.newsletter else "no"),
+        ("source", a.source or "-"),
+        ("came from", ", ".join(f"{k.removeprefix('attr_')}={v}" for k, v in a.attribution.items()) or "-"),
+    ]  # fmt: skip
+    for key, value in rows:
+        click.echo(f"{key:>10}: {value}")
+    click.echo("    reason:")
+    for line in (a.reason or "-").splitlines():
+        click.echo(f"            {line}")
+    click.echo("     notes:" + ("" if a.notes else " -"))
+    for n in a.notes:
+        click.echo(f"            {n['at'][:16].replace('T', ' ')} {n['status']}"
+                   + (f": {n['note']}" if n["note"] else ""))
+
+
+@appointments_group.command("mark")
+@click.argument("appointment_id", type=int)
+@click.argument("status", type=click.Choice(["contacted", "booked", "closed"]))
+@click.option("--note", default="", help="What happened, kept with the time.")
+@run
+def appointments_mark(app: App, appointment_id: int, status: str, note: str) -> None:
+    """Move a request on: new -> contacted -> booked or closed (also new -> closed).
+
+    \b
+    Example:
+      funnel appointments mark 12 contacted --note "called, will ring back Friday"
+      funnel appointments mark 12 booked --note "Tue 10:30 with Sam"
+    """
+    a = appointments.mark(app.db, appointment_id, status, app.now(), note)
+    click.echo(f"appointment {a.id}: {a.status}")
+
+
+@appointments_group.command("export")
+@click.option("--status", type=click.Choice(["new", "contacted", "booked", "closed"]))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write (default: stdout).")
+@run
+def appointments_export(app: App, status: str | None, out: Path | None) -> None:
+    """Export appointment requests as CSV (oldest first), with notes and attribution.
+
+    \b
+    Example:
+      funnel appointments export --out requests.csv
+      funnel appointments export --status booked
+    """
+    if out is None:
+        n = appointments.export_csv(app.db, sys.stdout, status=status)
+    else:
+        tmp = out.with_suffix(out.suffix + ".part")
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            n = appointments.export_csv(app.db, fh, status=status)
+        tmp.replace(out)
+    echo_err(f"exported {n} appointment request(s)")
+
+
+@appointments_group.command("webhook-secret")
+@run
+def appointments_webhook_secret(app: App) -> None:
+    """Print the secret that signs appointment webhooks (X-Funnel-Signature).
+
+    It is appointment_webhook_secret, or one derived from the first secret
+    key when that is not set (so it changes when the keys are rotated).
+
+    \b
+    Example:
+      funnel appointments webhook-secret
+    """
+    click.echo(appointments.webhook_secret(app.settings))
 
 
 if __name__ == "__main__":  # pragma: no cover

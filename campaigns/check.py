@@ -23,6 +23,11 @@ loopback and plain-http base URLs and the built-in secret key):
 * no secret key (outside dev mode); a database that cannot be written;
 * each SMTP relay refusing TCP connections (skipped with ``network=False``);
 * messages held in the outbox because of a configuration error.
+
+:func:`warnings` lists what needs the admin's attention but must not stop
+sending (``funnel check`` prints it; the preflight ignores it): no
+``clinic_email`` (appointment requests then go to the From address) and
+appointment webhooks given up after 24 h of retries.
 """
 
 from __future__ import annotations
@@ -267,6 +272,37 @@ def stored_problems(db, settings: Settings, now: datetime) -> list[str]:
     return out
 
 
+# ----------------------------------------------------------------- warnings
+def warnings(settings: Settings, now: datetime) -> list[str]:
+    """Lines for the admin that do not block sending (see the module doc)."""
+    out: list[str] = []
+    if not settings.clinic_email:
+        out.append(
+            f"FUNNEL_CLINIC_EMAIL: not set, so appointment requests are emailed to the From "
+            f"address {settings.from_addr!r}; set the address the clinic reads"
+        )
+    path = Path(settings.db)
+    if not path.is_file():
+        return out
+    try:
+        db = connect(settings.db, readonly_ok=True)
+    except DatabaseError:
+        return out  # problems() reports the database
+    try:
+        if "appointment_webhooks" in _tables(db):
+            from .appointments import failed_webhooks
+
+            for wid, rid, error in failed_webhooks(db):
+                out.append(
+                    f"FUNNEL_APPOINTMENT_WEBHOOK_URL: the webhook for appointment {rid} (delivery "
+                    f"{wid}) failed for 24 h and was given up ({error}); the request itself is "
+                    f"kept: `funnel appointments show {rid}`"
+                )
+    finally:
+        db.close()
+    return out
+
+
 # ----------------------------------------------------------------- network
 def relay_problems(settings: Settings, timeout: float = 3.0) -> list[str]:
     from .smtp import probe
@@ -313,4 +349,5 @@ __all__ = [
     "reserved_name",
     "settings_problems",
     "stored_problems",
+    "warnings",
 ]

@@ -33,6 +33,16 @@ class Content:
     attachments: tuple = ()
 
 
+@dataclass
+class Direct:
+    """A message to someone who need not be a subscriber (the clinic, an appointment
+    requester): the content, the name on the To line and an optional Reply-To."""
+
+    content: Content
+    to_name: str = ""
+    reply_to: str | None = None
+
+
 class SkipMessage(Exception):
     """The row must not be sent (e.g. its subscriber was erased); carries the reason."""
 
@@ -44,6 +54,8 @@ class SkipMessage(Exception):
 
 #: A message builder: (db, settings, row, subscriber, now) -> Content.
 Builder = Callable[[object, Settings, OutboxRow, lifecycle.Subscriber, datetime], Content]
+#: A builder for a message to an address, not a subscriber: (db, settings, row, now) -> Direct.
+DirectBuilder = Callable[[object, Settings, OutboxRow, datetime], Direct]
 
 
 def list_id(settings: Settings, stream: str | None) -> str:

@@ -29,6 +29,8 @@ TRANSACTIONAL_KINDS = (
     "webinar_cancel",
     "webinar_verify",
     "webinar_waitlist",
+    "appointment_clinic",
+    "appointment_ack",
 )
 #: Kinds that are postponed to a later send slot when the cap or a webinar
 #: hold applies: drip steps yield first.  Other bulk mail (broadcasts, webinar

@@ -6,12 +6,15 @@ is one import and one line below; nothing registers itself on import.
 
 A builder is ``(db, settings, row, subscriber, now) -> Content`` (see
 :mod:`campaigns.content`) and raises ``SkipMessage`` when the row must not go.
+``DIRECT_BUILDERS`` write to an address that need not be a subscriber's
+(``(db, settings, row, now) -> Direct``): transactional, no unsubscribe link,
+no view in browser.
 """
 
 from __future__ import annotations
 
-from . import broadcasts, confirm, enrollment, webinars
-from .content import Builder
+from . import appointments, broadcasts, confirm, enrollment, webinars
+from .content import Builder, DirectBuilder
 
 BUILDERS: dict[str, Builder] = {
     "confirm": confirm.build_confirm,
@@ -25,4 +28,9 @@ BUILDERS: dict[str, Builder] = {
     "webinar_update": webinars.build_update,
     "webinar_cancel": webinars.build_cancel,
     "webinar_followup": webinars.build_followup,
+}
+
+DIRECT_BUILDERS: dict[str, DirectBuilder] = {
+    "appointment_clinic": appointments.build_clinic,
+    "appointment_ack": appointments.build_ack,
 }

@@ -20,7 +20,7 @@ from funnel.settings import Settings
 from subscribers import lifecycle, tokens
 
 from . import kinds, mime, render
-from .content import Content, SkipMessage, list_id
+from .content import Content, Direct, SkipMessage, list_id
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,9 @@ def _freeze(value):
 def build(db, settings: Settings, row: OutboxRow, now: datetime,
           signer=None) -> Outgoing:
     """Build the wire bytes for one claimed row, or raise SkipMessage."""
+    direct = kinds.DIRECT_BUILDERS.get(row.kind)
+    if direct is not None and row.to_addr is not None:
+        return _build_direct(settings, row, now, direct(db, settings, row, now), signer)
     if row.subscriber_id is None or row.to_addr is None:
         raise SkipMessage("cancelled", "the recipient was erased")
     sub = lifecycle.get(db, row.subscriber_id)
@@ -100,10 +103,33 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
     return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data, view, now)
 
 
+def _build_direct(settings: Settings, row: OutboxRow, now: datetime, direct: Direct,
+                  signer) -> Outgoing:
+    """A message to an address, not a subscriber: no unsubscribe or preferences link,
+    no view in browser; the same sender, footer identity and postal address."""
+    content = direct.content
+    compiled = _compiled(
+        settings, content.kind, content.subject, content.preheader, content.body_md,
+        _freeze(list(content.ctas)), _freeze(content.extra),
+    )
+    rendered = compiled.render({
+        "first_name": "", "email": row.to_addr, "unsubscribe_url": "", "preferences_url": "",
+        "view_url": "", "reason": content.extra.get("reason", ""), **content.recipient,
+    })  # fmt: skip
+    data = assemble(
+        settings, rendered, to_name=direct.to_name, to_addr=row.to_addr, date=now,
+        message_id=row.message_id, list_id=None, unsubscribe_url=None, unsubscribe_mailto=None,
+        reply_to=direct.reply_to, extra_headers=[("X-Funnel-Row", str(row.id))],
+    )  # fmt: skip
+    if signer is not None:
+        data = signer.sign(data)
+    return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data)
+
+
 def assemble(settings: Settings, rendered: render.Rendered, *, to_name: str, to_addr: str,
              date: datetime, message_id: str, list_id: str | None,
              unsubscribe_url: str | None, unsubscribe_mailto: str | None,
-             extra_headers=(), attachments=()) -> bytes:
+             extra_headers=(), attachments=(), reply_to: str | None = None) -> bytes:
     """The wire bytes of a rendered email from this site's sender (sends and previews)."""
     return mime.compose(
         from_name=settings.from_name or settings.site_name,
@@ -118,7 +144,7 @@ def assemble(settings: Settings, rendered: render.Rendered, *, to_name: str, to_
         list_id=list_id,
         unsubscribe_url=unsubscribe_url,
         unsubscribe_mailto=unsubscribe_mailto,
-        reply_to=settings.reply_to or None,
+        reply_to=reply_to or settings.reply_to or None,
         extra_headers=extra_headers,
         attachments=attachments,
     )

@@ -70,6 +70,8 @@ EMAIL_KINDS = (
     "webinar_followup",
     "webinar_verify",
     "webinar_waitlist",
+    "appointment_clinic",
+    "appointment_ack",
 )
 WEBINAR_KINDS = tuple(k for k in EMAIL_KINDS if k.startswith("webinar_"))
 #: Kinds that talk about health and so carry the "not medical advice" line.
@@ -102,6 +104,12 @@ WEBINAR_KEYS = (
     "offer_url",
     "offer_text",
 )
+#: An appointment request's values (campaigns/appointments.py), printed by the
+#: clinic's notification and the requester's acknowledgement.
+APPOINTMENT_KEYS = (
+    "appt_id", "appt_name", "appt_email", "appt_phone", "appt_method", "appt_contact",
+    "appt_times", "appt_reason", "appt_newsletter", "appt_received", "appt_promise",
+)  # fmt: skip
 #: Recipient values a template may use but a recipient need not have.
 OPTIONAL_KEYS = ("webinar_url", "webinar_title", "webinar_when")
 #: Stage-2 condition under which a ``webinar`` CTA is shown: the builder found
@@ -117,6 +125,8 @@ def recipient_keys(kind: str) -> tuple[str, ...]:
         return (*ALWAYS_KEYS, *WEBINAR_KEYS, "verify_url")
     if kind in WEBINAR_KINDS:
         return ALWAYS_KEYS + WEBINAR_KEYS
+    if kind.startswith("appointment_"):
+        return ALWAYS_KEYS + APPOINTMENT_KEYS
     return ALWAYS_KEYS
 
 
@@ -440,6 +450,8 @@ def _cta_links(settings: Settings, ctas: Sequence[Mapping], r: _Stage2) -> list[
             href: str = r.webinar_url
         elif kind == "newsletter":
             href = settings.url("/")
+        elif kind == "appointment":
+            href = settings.appointment_link  # our own /appointment unless appointment_url is set
         else:
             field = f"{kind}_url"
             href = getattr(settings, field)
@@ -807,7 +819,7 @@ def compile_email(
         settings.site_name,
         settings.postal_address,
         settings.base_url,
-        settings.appointment_url,
+        settings.appointment_link,
         settings.programme_url,
         kind,
         subject,
@@ -883,6 +895,15 @@ def sample_recipient(settings: Settings, kind: str = "series") -> dict:
         )
     if kind == "webinar_verify":
         r["verify_url"] = settings.url("/w/spine-health/verify/sample-token")
+    if kind.startswith("appointment_"):
+        r.update(
+            appt_id="17", appt_name="Alex Morgan", appt_email="alex@example.com",
+            appt_phone="07700 900123", appt_method="a phone call", appt_contact="07700 900123",
+            appt_times="Weekday mornings, Saturday mornings",
+            appt_reason="Lower back pain after gardening, two weeks now.\nWorse in the mornings.",
+            appt_newsletter="no", appt_received="Saturday 21 November 2026, 10:00 (Europe/London)",
+            appt_promise="within one working day",
+        )  # fmt: skip
     return r
 
 

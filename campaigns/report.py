@@ -4,13 +4,16 @@ Each step counts the *distinct people* with that event in the window:
 
     signed up -> confirmed -> received part 1 ... part N (each series)
     -> invited -> registered -> attended -> clicked the offer
+    -> requested an appointment -> booked
 
 with the conversion from the previous step and from signups.  Counting
 people, not events, keeps a resend or a second registration from inflating
 a step.  Series parts come from ``sent`` events whose ref is
 ``series:<slug>:<step key>``; the part number is looked up in
 ``series_deliveries`` (which records it when the step is queued), then in the
-series content, then from a leading number in the key.
+series content, then from a leading number in the key.  The appointment
+stages count requests made in the window (a request by someone who is not a
+subscriber counts too) and, of those, the ones marked booked.
 
 The HTML page is self-contained: inline CSS and an inline SVG bar chart; no
 scripts, fonts or images are fetched.
@@ -28,6 +31,7 @@ from funnel.errors import InputError
 from funnel.localtime import local_to_utc
 from funnel.settings import Settings
 
+from . import appointments
 from .series import list_series
 
 
@@ -35,7 +39,7 @@ from .series import list_series
 class Step:
     label: str
     count: int
-    group: str  # "signup" | "series" | "webinar"
+    group: str  # "signup" | "series" | "webinar" | "appointment"
     short: str = ""  # the chart's label, when the full one is long
 
     @property
@@ -174,6 +178,11 @@ def compute(
         Step("Attended", _distinct(db, "attended", lo, hi), "webinar"),
         Step("Clicked the offer", _distinct(db, "clicked_offer", lo, hi), "webinar"),
     ]
+    requested, booked = appointments.counts(db, lo, hi)
+    steps += [
+        Step("Requested an appointment", requested, "appointment"),
+        Step("Booked", booked, "appointment"),
+    ]
     return Report(steps, first, last, now, sorted(set(notes)))
 
 
@@ -202,7 +211,7 @@ def render_text(report: Report) -> str:
     return "\n".join(lines)
 
 
-_COLORS = {"signup": "#1d6f6b", "series": "#3b8f88", "webinar": "#c2673a"}
+_COLORS = {"signup": "#1d6f6b", "series": "#3b8f88", "webinar": "#c2673a", "appointment": "#7a4f9a"}
 
 
 def _svg(report: Report) -> str:
@@ -272,7 +281,8 @@ th {{ background: #eef3f2; }}
 <p class="period">People at each step, {html.escape(report.period)}.{generated}</p>
 <p class="legend"><span><i style="background:{_COLORS["signup"]}"></i>Signup</span>
 <span><i style="background:{_COLORS["series"]}"></i>Email series</span>
-<span><i style="background:{_COLORS["webinar"]}"></i>Webinar</span></p>
+<span><i style="background:{_COLORS["webinar"]}"></i>Webinar</span>
+<span><i style="background:{_COLORS["appointment"]}"></i>Appointment</span></p>
 {_svg(report)}
 <table>
 <thead><tr><th>Step</th><th>People</th><th>Of previous</th><th>Of signups</th></tr></thead>

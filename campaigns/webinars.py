@@ -75,7 +75,7 @@ from .schedule import (
 )
 
 OFFERS = {
-    "appointment": ("appointment_url", "Book an appointment"),
+    "appointment": ("appointment_link", "Book an appointment"),  # our page by default
     "programme": ("programme_url", "Start the 28-day programme"),
 }
 DEFAULT_REMINDERS = policy().reminder_offsets  # [webinars] in policy.toml

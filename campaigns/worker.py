@@ -26,7 +26,7 @@ from funnel.errors import FunnelError
 from funnel.settings import Settings
 from subscribers import retention
 
-from . import broadcasts, enrollment, sender
+from . import appointments, broadcasts, enrollment, sender
 from .series import missing_parts_text
 
 
@@ -40,6 +40,9 @@ class Tick:
     broadcast_rows: int = 0
     campaigns_finished: int = 0
     pending_purged: int = 0
+    appointments_purged: int = 0
+    webhooks_delivered: int = 0
+    webhooks_failed: int = 0
     held_series: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -65,6 +68,13 @@ class Tick:
             parts.append(f"{self.campaigns_finished} campaign(s) finished")
         if self.pending_purged:
             parts.append(f"{self.pending_purged} never-confirmed signup(s) purged")
+        if self.appointments_purged:
+            parts.append(f"{self.appointments_purged} old appointment request(s) purged")
+        if self.webhooks_delivered or self.webhooks_failed:
+            parts.append(
+                f"{self.webhooks_delivered} appointment webhook(s) delivered, "
+                f"{self.webhooks_failed} given up (see `funnel check`)"
+            )
         return ", ".join(parts)
 
 
@@ -94,6 +104,9 @@ def tick(
     t.deferred = enrollment.defer_held(db, settings, now)
     t.campaigns_finished = broadcasts.finish_done(db, now)
     t.pending_purged = retention.purge_pending(db, settings, now)
+    t.appointments_purged = retention.purge_appointments(db, settings, now)
+    hooks = appointments.deliver_webhooks(db, settings, now)
+    t.webhooks_delivered, t.webhooks_failed = hooks.delivered, hooks.failed
     for slug in settings.enroll_series:
         try:
             series = enrollment.load(settings, slug)

@@ -41,6 +41,9 @@ ENROLLMENT_STATES = ("active", "completed", "stopped")
 WEBINAR_STATES = ("scheduled", "cancelled")
 REGISTRATION_STATES = ("registered", "waitlisted", "attended", "no_show", "cancelled")
 BOUNCE_KINDS = ("hard", "soft", "complaint")
+APPOINTMENT_STATES = ("new", "contacted", "booked", "closed")
+CONTACT_METHODS = ("phone", "text", "email")
+WEBHOOK_STATES = ("pending", "delivered", "failed", "cancelled")
 CONSENT_ACTIONS = ("requested", "confirmed", "imported", "withdrawn", "erased")
 #: Streams a subscriber can be on.  Series streams are ``series:<slug>``.
 BASE_STREAMS = ("broadcasts", "webinars")
@@ -691,5 +694,69 @@ def m0012_held_config(db: sqlite_utils.Database) -> None:
         """
         ALTER TABLE outbox ADD COLUMN held_config TEXT;
         CREATE INDEX outbox_held ON outbox(held_config) WHERE held_config IS NOT NULL;
+        """
+    )
+
+
+@migrations(name="0018_appointments")
+def m0018_appointments(db: sqlite_utils.Database) -> None:
+    """Appointment requests from ``/appointment`` and the ledger of their webhook deliveries.
+
+    A request keeps what the form asked (contact details, method, preferred
+    times, reason), the contact consent, where the reader came from
+    (``attr_*``, all nullable) and its status with timestamped notes (JSON).
+    It is purged after ``appointment_retention_days`` and by erase (matched on
+    ``email``).  ``appointment_webhooks`` is the retry ledger of the signed
+    POST to ``appointment_webhook_url``: one row per request, retried with
+    backoff until ``deadline_at``, then ``failed``; the request itself never
+    depends on it.
+    """
+    db.executescript(
+        f"""
+        CREATE TABLE appointments (
+            id INTEGER PRIMARY KEY,
+            status TEXT NOT NULL DEFAULT 'new' {_check("status", APPOINTMENT_STATES)},
+            name TEXT NOT NULL,
+            email TEXT,                        -- normalised; NULL when only a phone was given
+            phone TEXT,
+            contact_method TEXT NOT NULL {_check("contact_method", CONTACT_METHODS)},
+            preferred_times TEXT NOT NULL DEFAULT '[]',   -- JSON list of keys
+            reason TEXT NOT NULL DEFAULT '',
+            consent_text TEXT NOT NULL,        -- the contact-consent sentence shown
+            newsletter INTEGER NOT NULL DEFAULT 0,
+            source TEXT NOT NULL DEFAULT '',
+            notes TEXT NOT NULL DEFAULT '[]',  -- JSON list of {{at, status, note}}
+            attr_click_id INTEGER,
+            attr_kind TEXT,
+            attr_series TEXT,
+            attr_step TEXT,
+            attr_broadcast_id INTEGER,
+            attr_webinar TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            contacted_at TEXT,
+            booked_at TEXT,
+            closed_at TEXT,
+            CHECK (email IS NOT NULL OR phone IS NOT NULL)
+        );
+        CREATE INDEX appointments_created ON appointments(created_at);
+        CREATE INDEX appointments_status ON appointments(status, created_at);
+        CREATE INDEX appointments_email ON appointments(email) WHERE email IS NOT NULL;
+
+        CREATE TABLE appointment_webhooks (
+            id INTEGER PRIMARY KEY,
+            appointment_id INTEGER NOT NULL UNIQUE REFERENCES appointments(id) ON DELETE CASCADE,
+            status TEXT NOT NULL DEFAULT 'pending' {_check("status", WEBHOOK_STATES)},
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            deadline_at TEXT NOT NULL,         -- retried until then, then failed
+            http_status INTEGER,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            delivered_at TEXT
+        );
+        CREATE INDEX appointment_webhooks_due ON appointment_webhooks(next_attempt_at)
+            WHERE status = 'pending';
         """
     )

@@ -191,6 +191,16 @@ class Settings:
     # older than this many seconds (0 = don't check the worker).
     healthz_min_free_mb: float = 50.0
     healthz_worker_seconds: float = 90.0
+    # Appointment requests (/appointment, campaigns/appointments.py).  The
+    # clinic's notification goes to clinic_email (the From address when empty;
+    # `funnel check` warns); the acknowledgement promises a reply this soon.
+    clinic_email: str = ""
+    appointment_reply_promise: str = "within one working day"
+    appointment_retention_days: float = 365.0
+    # A signed POST per request (empty = none); the secret defaults to one
+    # derived from the first secret key (`funnel appointments webhook-secret`).
+    appointment_webhook_url: str = field(default="", repr=False)
+    appointment_webhook_secret: str = field(default="", repr=False)
 
     # ----------------------------------------------------------------- derived
     @property
@@ -240,6 +250,11 @@ class Settings:
 
     def url(self, path: str) -> str:
         return self.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+    @property
+    def appointment_link(self) -> str:
+        """Where "Book an appointment" buttons go: ``appointment_url``, else our own page."""
+        return self.appointment_url or self.url("/appointment")
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -319,6 +334,7 @@ def _validate(s: Settings, require_secret: bool = True) -> Settings:
     s = _checked_secret_keys(s, require_secret)
     _check_relays_and_zone(s)
     _check_numbers(s)
+    _check_appointments(s)
     return _checked_urls(s)
 
 
@@ -425,12 +441,39 @@ def _check_numbers(s: Settings) -> None:
             raise SettingsError(f"{_env(name)}: must be an hour from 0 to 23")
 
 
+def _check_appointments(s: Settings) -> None:
+    """The clinic's address, the retention period and the webhook."""
+    if s.clinic_email:
+        try:
+            validate_email(s.clinic_email, check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise SettingsError(
+                f"FUNNEL_CLINIC_EMAIL: {s.clinic_email!r} is not a valid email address ({exc})"
+            ) from exc
+    if not s.appointment_reply_promise.strip() or any(c in s.appointment_reply_promise for c in "\r\n\0"):
+        raise SettingsError(
+            "FUNNEL_APPOINTMENT_REPLY_PROMISE: must be one line, e.g. 'within one working day'"
+        )
+    if s.appointment_retention_days <= 0:
+        raise SettingsError("FUNNEL_APPOINTMENT_RETENTION_DAYS: must be greater than zero")
+    url = s.appointment_webhook_url
+    if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
+        raise SettingsError(
+            f"FUNNEL_APPOINTMENT_WEBHOOK_URL: {redact(url)!r} must be an http:// or https:// URL"
+        )
+    if s.appointment_webhook_secret and len(s.appointment_webhook_secret) < 16:
+        raise SettingsError("FUNNEL_APPOINTMENT_WEBHOOK_SECRET: must be at least 16 characters long")
+
+
 def _checked_urls(s: Settings) -> Settings:
-    """CTA URLs (dev mode gets placeholders) and the DKIM setting set."""
+    """CTA URLs (dev mode gets placeholders) and the DKIM setting set.
+
+    The appointment button needs no placeholder: without ``appointment_url``
+    it goes to the hosted page (``Settings.appointment_link``).
+    """
     if s.dev:
         # Dev mode runs on embedded defaults: give the CTA buttons somewhere to go.
         s = s.replace(
-            appointment_url=s.appointment_url or "https://clinic.example/appointments",
             programme_url=s.programme_url or "https://clinic.example/28-day-programme",
         )
     for name in ("appointment_url", "programme_url"):

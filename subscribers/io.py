@@ -23,7 +23,7 @@ from funnel.errors import InputError, RowsRejected
 from funnel.settings import Settings
 from funnel.spreadsheet import SafeDictWriter
 
-from . import lifecycle, optin
+from . import lifecycle, optin, retention
 
 REQUIRED = ("email",)
 OPTIONAL = ("name", "timezone", "source")
@@ -313,11 +313,20 @@ def write_export(db, out, fmt: str, email: str | None = None) -> int:
 def erase(db, email: str, now: datetime) -> int:
     """Forget a person: only a hash of the address remains, on the suppression list.
 
+    Their appointment requests are deleted too.  Returns 0 for someone who only
+    ever asked for an appointment (no subscriber record).
+
     Removes name, address, zone and consent details everywhere they are
     stored, then VACUUMs and checkpoints the WAL so the address appears
     nowhere in the database file.  Returns the subscriber id.
     """
-    sub = lifecycle.find(db, optin.clean_email(email))
+    address = optin.clean_email(email)
+    sub = lifecycle.find(db, address)
+    with transaction(db):
+        # Their appointment requests go too (a requester need not be a subscriber).
+        requests = retention.forget_appointments(db, "email = ? COLLATE NOCASE", (address,))
+        if requests:
+            _forget_devmail(db, address)
     if sub is None:
         # Suppress anyway: a request to be forgotten must also stop future mail.
         with transaction(db):
@@ -325,11 +334,22 @@ def erase(db, email: str, now: datetime) -> int:
                 "INSERT OR IGNORE INTO suppressions (email_hash, reason, at) VALUES (?, 'erased', ?)",
                 (lifecycle.email_hash(email), iso(now)),
             )
+        if requests:
+            compact(db)
+            return 0
         raise InputError(f"email: no subscriber with the address {email!r}; it is suppressed anyway")
     if sub.status != "erased":
         lifecycle.transition(db, sub.id, "erased", now)
     compact(db)
     return sub.id
+
+
+def _forget_devmail(db, address: str) -> None:
+    db.execute(
+        "DELETE FROM devmail WHERE EXISTS (SELECT 1 FROM json_each(devmail.rcpt_tos) "
+        "WHERE lower(json_each.value) = lower(?))",
+        (address,),
+    )
 
 
 def compact(db) -> None:

@@ -21,6 +21,12 @@ signed up again and did not confirm the second time), whose earlier consent
 and withdrawal are the record of what they agreed to; and a webinar contact
 (``pending`` with a webinar registration, see ``optin.webinar_contact``),
 whose registration is their consent to that webinar's mail.
+
+Appointment requests (campaigns/appointments.py) are deleted
+``appointment_retention_days`` (default 365) after they were made, by
+:func:`purge_appointments` in the same tick, and by erase (subscribers/io.py),
+both through :func:`forget_appointments`: the request, its webhook ledger row,
+and the address and data of its two outbox rows (unsent ones are cancelled).
 """
 
 from __future__ import annotations
@@ -64,3 +70,25 @@ def purge_pending(db, settings: Settings, now: datetime) -> int:
             # events: ON DELETE SET NULL (anonymous counts stay).
             db.execute("DELETE FROM subscribers WHERE id = ?", (sid,))
     return len(ids)
+
+
+def forget_appointments(db, where: str, params: tuple) -> int:
+    """Delete the appointment requests matching ``where`` (SQL on ``appointments``, bound
+    ``params``) and blank their emails in the outbox; call inside a transaction."""
+    ids = [r[0] for r in db.execute(f"SELECT id FROM appointments WHERE {where}", params).fetchall()]
+    for rid in ids:
+        db.execute(
+            "UPDATE outbox SET to_addr = NULL, data = NULL, last_error = NULL, "
+            "status = CASE WHEN status IN ('queued', 'retry') THEN 'cancelled' ELSE status END "
+            "WHERE ref = ? AND kind LIKE 'appointment%'",
+            (f"appointment:{rid}",),
+        )
+        db.execute("DELETE FROM appointments WHERE id = ?", (rid,))  # webhook rows: CASCADE
+    return len(ids)
+
+
+def purge_appointments(db, settings: Settings, now: datetime) -> int:
+    """Delete appointment requests older than ``appointment_retention_days``; returns how many."""
+    cutoff = iso(now - timedelta(days=settings.appointment_retention_days))
+    with transaction(db):
+        return forget_appointments(db, "created_at < ?", (cutoff,))

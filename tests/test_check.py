@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.policy
 import os
+import shutil
 import subprocess
 import sys
 from datetime import timedelta
@@ -68,11 +69,12 @@ def test_check_on_default_settings_lists_every_placeholder(bare_env):
     assert "'http://127.0.0.1:8000' is on loopback" in base and "is plain http://" in base
     assert "no secret key is set" in by_setting["FUNNEL_SECRET_KEYS"][0]
     assert "refuses connections" in by_setting["FUNNEL_SMTP_URL"][0]
-    # Five bundled steps carry an appointment button and no URL is configured.
-    cta = [line for line in out if "CTA 'appointment' has no URL: set FUNNEL_APPOINTMENT_URL" in line]
-    assert len(cta) == 5 and cta[0].startswith(str(BUNDLED_STEP) + ": ")
-    assert len(out) == 1 + 1 + 2 + 1 + 1 + 5  # every problem, one line each, nothing else
-    assert r.stderr.strip() == f"{len(out)} problem(s) found"
+    # Five bundled steps carry an appointment button: with no URL set it goes to our own
+    # /appointment page, so that is no problem.
+    assert not [line for line in out if "appointment" in line.lower()]
+    assert len(out) == 1 + 1 + 2 + 1 + 1  # every problem, one line each, nothing else
+    assert lines(r.stderr)[-1] == f"{len(out)} problem(s) found"
+    assert lines(r.stderr)[0].startswith("warning: FUNNEL_CLINIC_EMAIL: not set")
     assert not Path(bare_env["FUNNEL_DB"]).exists()  # checking creates nothing
 
 
@@ -179,12 +181,25 @@ def test_commands_that_queue_mail_refuse_with_a_placeholder(cli_env, monkeypatch
     assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
 
 
-def test_a_cta_kind_without_url_blocks_send_in_one_line_per_step(cli_env, monkeypatch, smtp_server):
-    monkeypatch.delenv("FUNNEL_APPOINTMENT_URL")
+def programme_series(tmp_path) -> Path:
+    """A copy of the bundled series whose part 1 has a programme button instead."""
+    content = tmp_path / "content"
+    shutil.copytree(BUNDLED_STEP.parent, content / "series" / BUNDLED_STEP.parent.name)
+    step = content / "series" / BUNDLED_STEP.parent.name / BUNDLED_STEP.name
+    step.write_text(step.read_text(encoding="utf-8").replace("kind: appointment", "kind: programme"),
+                    encoding="utf-8")
+    return content
+
+
+def test_a_cta_kind_without_url_blocks_send_in_one_line_per_step(cli_env, monkeypatch, smtp_server,
+                                                                  tmp_path):
+    monkeypatch.delenv("FUNNEL_APPOINTMENT_URL")  # appointment buttons have our own page
+    monkeypatch.delenv("FUNNEL_PROGRAMME_URL")
+    monkeypatch.setenv("FUNNEL_CONTENT_DIR", str(programme_series(tmp_path)))
     r = invoke("send")
     assert r.exit_code == 1
-    cta = [line for line in lines(r.stderr) if "CTA 'appointment' has no URL" in line]
-    assert len(cta) == 5 and all("FUNNEL_APPOINTMENT_URL" in line for line in cta)
+    cta = [line for line in lines(r.stderr) if "has no URL" in line]
+    assert len(cta) == 1 and "CTA 'programme' has no URL: set FUNNEL_PROGRAMME_URL" in cta[0]
     assert smtp_server.messages == []
 
 
@@ -219,7 +234,8 @@ def test_init_needs_no_secret_key(bare_env):
 # ----------------------------------------------------------------- held for configuration
 def test_missing_cta_url_holds_the_row_until_the_setting_is_fixed(tmp_path, smtp_server, clock, db, mailings,
                                                                   cli_env, monkeypatch):
-    broken = test_settings(tmp_path, smtp_urls=(smtp_server.url,), appointment_url="")
+    broken = test_settings(tmp_path, smtp_urls=(smtp_server.url,), programme_url="",
+                           content_dir=str(programme_series(tmp_path)))
     sid = mailings.subscriber("sam@example.com", "Sam Lee")
     rid = outbox.enqueue(
         db, broken, dedupe_key="series:importance-of-exercise:01:1", kind="series",
@@ -228,7 +244,7 @@ def test_missing_cta_url_holds_the_row_until_the_setting_is_fixed(tmp_path, smtp
         expires_at=clock() + timedelta(hours=96),
         data={"series": "importance-of-exercise", "step": "01-therapy-before-fitness", "part": 1},
     )  # fmt: skip
-    reason = ("CTA 'appointment' has no URL: set FUNNEL_APPOINTMENT_URL (appointment_url in "
+    reason = ("CTA 'programme' has no URL: set FUNNEL_PROGRAMME_URL (programme_url in "
               "funnel.toml) or remove the CTA")  # fmt: skip
 
     summary = sender.send_due(db, broken, clock)
@@ -253,7 +269,7 @@ def test_missing_cta_url_holds_the_row_until_the_setting_is_fixed(tmp_path, smtp
     assert f"held: 1 message(s) of this series wait in the queue: {reason}" in r.stdout
 
     # Fixing the setting: the next send delivers it.
-    fixed = broken.replace(appointment_url="https://backinmotion-physio.co.uk/book")
+    fixed = broken.replace(programme_url="https://backinmotion-physio.co.uk/book")
     summary = sender.send_due(db, fixed, clock)
     assert summary.sent == 1 and summary.held == 0
     (got,) = smtp_server.messages

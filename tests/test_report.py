@@ -76,10 +76,12 @@ def test_counts_and_conversions(db, settings):
         ("Registered", 4),
         ("Attended", 3),
         ("Clicked the offer", 2),
+        ("Requested an appointment", 0),
+        ("Booked", 0),
     ]
     rows = rep.rows()
     assert rows[0][1] is None and rows[1][1:] == (80.0, 80.0)
-    assert rows[-1][1:] == (pytest.approx(200 / 3), 20.0)
+    assert rows[-3][1:] == (pytest.approx(200 / 3), 20.0)
 
     text = report.render_text(rep)
     assert text.splitlines()[0] == "Funnel report (2026-11-01 to 2026-11-30)"
@@ -109,7 +111,7 @@ def test_html_is_self_contained(db, settings, cli_env, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Clicked the offer" in result.output and "wrote" in result.output
     page = out.read_text(encoding="utf-8")
-    assert "<svg" in page and page.count("<rect") == 9
+    assert "<svg" in page and page.count("<rect") == 11
     assert "Clicked the offer: 2" in page  # bar tooltip
     # Nothing is fetched: no scripts, stylesheets, images or fonts from anywhere.
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
