@@ -394,3 +394,16 @@ def test_appointment_cta_defaults_to_the_hosted_page(settings, clock):
         own, "series", subject="Part 3", body_md="Hello.", ctas=[{"kind": "appointment"}],
     ).render(render.sample_recipient(own)).html
     assert 'href="https://book.example.org/clinic"' in html
+
+
+@pytest.mark.parametrize("kind", ["appointment_clinic", "appointment_ack"])
+def test_appointment_kinds_compile_strict_without_subscriber_links(s, kind):
+    compiled = render.compile_email(s, kind, subject=f"A {kind} email", strict=True)
+    sample = {**render.sample_recipient(s, kind), "unsubscribe_url": "", "preferences_url": "", "view_url": ""}
+    out = compiled.render(sample)
+    for part in (out.html, out.text):
+        assert s.postal_address in part and s.site_name in part
+        assert "Unsubscribe" not in part and "/u/" not in part and "/p/" not in part
+        assert render.MEDICAL_NOTE not in " ".join(part.split())
+        assert "Weekday mornings, Saturday mornings" in part
+    assert "{{" not in out.html and not re.search(r"zq[0-9a-f]{10}x\d+qz", out.html + out.text)
