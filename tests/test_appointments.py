@@ -8,6 +8,7 @@ import io
 import re
 
 import pytest
+from browser_support import ARTIFACTS, chromium, live, page, zone  # noqa: F401 (fixtures)
 
 import web
 from campaigns import appointments, check, render, report, worker
@@ -323,9 +324,9 @@ def test_snippet_posts_to_the_embed_page_which_stores_nothing(run, site, s):
     assert 'name="contact_method"' in r.output and 'name="website"' in r.output
     assert "/subscribe/embed" in run("form", "snippet").output  # the signup snippet is unchanged
     db = connect(s.db)
-    page = site.client.post("/appointment/embed", data=form())
-    html = text(page)
-    assert page.status_code == 200 and 'value="Priya Shah"' in html and 'name="csrf"' in html
+    shown = site.client.post("/appointment/embed", data=form())
+    html = text(shown)
+    assert shown.status_code == 200 and 'value="Priya Shah"' in html and 'name="csrf"' in html
     assert counts(db) == (0, 0, 0)
     token = CSRF_RE.search(html).group(1)
     site.clock.advance(seconds=1.5)
@@ -407,3 +408,37 @@ def test_appointment_kinds_compile_strict_without_subscriber_links(s, kind):
         assert render.MEDICAL_NOTE not in " ".join(part.split())
         assert "Weekday mornings, Saturday mornings" in part
     assert "{{" not in out.html and not re.search(r"zq[0-9a-f]{10}x\d+qz", out.html + out.text)
+
+
+@pytest.mark.browser
+def test_phone_sized_form_in_chromium_sends_both_emails(live, page):  # noqa: F811
+    """At 375 px: the form fits, a mistake is shown in place, and a request reaches the dev inbox."""
+    s = live.settings
+    pg = page
+    pg.set_viewport_size({"width": 375, "height": 800})
+    pg.goto(live.url + "/appointment")
+    assert pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    pg.fill("#name", "Robin Hale")
+    pg.fill("#email", "robin@example.com")
+    pg.fill("#phone", "0770 CALL ME")  # letters: the server says which field is wrong
+    pg.check("input[name=contact_method][value=email]")
+    pg.check("input[name=times][value=weekday-evening]")
+    pg.fill("#reason", "Back spasms when I lift my toddler.")
+    pg.check("input[name=consent]")
+    pg.evaluate("document.querySelector('#phone').removeAttribute('pattern')")
+    pg.wait_for_timeout(400)  # the timing floor is 0.3 s in this stack
+    pg.click("button[type=submit]")
+    assert "A phone number may only contain digits" in pg.inner_text("p.error")
+    assert pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert pg.input_value("#name") == "Robin Hale"  # what they typed is still there
+    pg.screenshot(path=str(ARTIFACTS / "appointment-form-375.png"), full_page=True)
+    pg.fill("#phone", "07700 900123")
+    pg.wait_for_timeout(400)
+    pg.click("button[type=submit]")
+    pg.wait_for_url("**/appointment/thanks?m=email")
+    assert "by email" in pg.inner_text("main")
+    pg.screenshot(path=str(ARTIFACTS / "appointment-375.png"), full_page=True)
+    ack = live.wait_for_mail("robin@example.com", "appointment request")
+    clinic = live.wait_for_mail(s.from_addr, "Appointment request from Robin Hale")
+    assert ack and clinic
+    assert [e for e in pg.console_errors if "status of 400" not in e] == []  # 400: the mistake
