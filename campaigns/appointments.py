@@ -470,20 +470,20 @@ def webhook_backoff(attempt: int) -> timedelta:
     return min(WEBHOOK_BACKOFF_BASE * (2 ** min(max(attempt - 1, 0), 20)), WEBHOOK_BACKOFF_CAP)
 
 
-def _claim(db, now: datetime) -> list[tuple[int, int, int, str]]:
-    """Due deliveries, each pushed a lease ahead so another worker leaves it alone."""
+def _claim(db, now: datetime) -> tuple[int, int, int, str] | None:
+    """The next due delivery, pushed a lease ahead so another worker leaves it alone."""
     with transaction(db):
-        rows = db.execute(
+        row = db.execute(
             "SELECT id, appointment_id, attempts, deadline_at FROM appointment_webhooks "
-            "WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
-            (iso(now), WEBHOOK_BATCH),
-        ).fetchall()
-        for r in rows:
+            "WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT 1",
+            (iso(now),),
+        ).fetchone()
+        if row is not None:
             db.execute(
                 "UPDATE appointment_webhooks SET next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                (iso(now + WEBHOOK_LEASE), iso(now), r[0]),
+                (iso(now + WEBHOOK_LEASE), iso(now), row[0]),
             )
-    return [tuple(r) for r in rows]
+    return tuple(row) if row else None
 
 
 def deliver_webhooks(
@@ -493,14 +493,23 @@ def deliver_webhooks(
     *,
     post: Callable[..., webhooks.PostResult] = webhooks.post,
 ) -> WebhookRun:
-    """POST every due delivery once; retry with backoff until its deadline, then mark it failed."""
+    """POST each due delivery once (up to WEBHOOK_BATCH); retry with backoff until its
+    deadline, then mark it failed.  An endpoint that does not answer ends the run, so a
+    dead receiver costs one timeout per tick, not one per waiting delivery."""
     run = WebhookRun()
     url = settings.appointment_webhook_url
     if not url:
         return run
     secret = webhooks.signing_secret(settings)
-    for wid, rid, attempts, deadline in _claim(db, now):
-        a = get_request(db, rid)
+    for _ in range(WEBHOOK_BATCH):
+        claimed = _claim(db, now)
+        if claimed is None:
+            break
+        wid, rid, attempts, deadline = claimed
+        try:
+            a = get_request(db, rid)
+        except NotFound:  # erased or purged meanwhile: its ledger row went with it
+            continue
         body = payload(settings, a, wid, now)
         result = post(url, body, {
             "X-Funnel-Signature": webhooks.signature(secret, body),
@@ -525,6 +534,8 @@ def deliver_webhooks(
                 (status, attempts, iso(next_at), result.status, error or None, iso(now),
                  iso(now) if result.ok else None, wid),
             )  # fmt: skip
+        if result.status is None and not result.ok:
+            break  # no answer at all: the others wait for the next tick
     return run
 
 

@@ -183,3 +183,17 @@ def test_no_url_no_ledger_and_a_dead_endpoint_is_an_error_not_a_crash(db, settin
     assert db.execute("SELECT COUNT(*) FROM appointment_webhooks").fetchone() == (0,)
     result = webhooks.post("http://127.0.0.1:9/nothing", b"{}", {}, timeout=0.5)
     assert not result.ok and result.status is None and result.error.startswith("cannot connect")
+
+
+def test_a_silent_endpoint_costs_one_timeout_per_tick(db, settings, clock, receiver_for):
+    hook = receiver_for("timeout")
+    s = settings.replace(appointment_webhook_url=hook.url)
+    for _ in range(3):
+        appointments.create_request(db, s, GOOD, None, clock())
+    run = appointments.deliver_webhooks(db, s, clock())
+    assert (run.delivered, run.retrying) == (0, 1) and len(hook.requests) == 1
+    attempts = [r[0] for r in db.execute("SELECT attempts FROM appointment_webhooks ORDER BY id")]
+    assert attempts == [1, 0, 0]  # the others wait, still pending, for the next tick
+    hook.script = [200]
+    clock.advance(minutes=1)
+    assert appointments.deliver_webhooks(db, s, clock()).delivered == 3
