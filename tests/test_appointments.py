@@ -381,6 +381,26 @@ def test_report_counts_requests_and_bookings(db, s, clock):
     assert [st.label for st in rep.steps][-2:] == ["Requested an appointment", "Booked"]
 
 
+def test_bundled_part_3_links_its_appointment_button_to_our_page(tmp_path, smtp_server, clock, mailings):
+    from funnel import outbox
+    from funnel.settings import test_settings
+
+    bare = test_settings(tmp_path, smtp_urls=(smtp_server.url,), appointment_url="")
+    sid = mailings.subscriber("sam@example.com", "Sam Lee")
+    step = "03-weak-abs-busy-back"
+    outbox.enqueue(
+        mailings.db, bare, dedupe_key=f"series:importance-of-exercise:{step}:{sid}", kind="series",
+        subscriber_id=sid, to_addr="sam@example.com", due_at=clock(), now=clock(),
+        stream="series:importance-of-exercise", ref=f"series:importance-of-exercise:{step}",
+        data={"series": "importance-of-exercise", "step": step, "part": 3},
+    )  # fmt: skip
+    summary = send_due(mailings.db, bare, clock)
+    assert summary.sent == 1, summary.errors
+    (msg,) = smtp_server.messages
+    assert f"{bare.base_url}/appointment\r\n" in msg.part("plain")
+    assert f'href="{bare.base_url}/appointment"' in msg.part("html")
+
+
 def test_appointment_cta_defaults_to_the_hosted_page(settings, clock):
     bare = settings.replace(appointment_url="")
     compiled = render.compile_email(
