@@ -191,6 +191,12 @@ class Settings:
     # older than this many seconds (0 = don't check the worker).
     healthz_min_free_mb: float = 50.0
     healthz_worker_seconds: float = 90.0
+    # Admin console (/admin, web/admin/).  admin_allowed_ips: addresses or
+    # networks (CIDR) that may open it; empty = any.  admin_require_totp makes
+    # the second factor mandatory: a user without one is sent to enrol.
+    admin_enabled: bool = True
+    admin_allowed_ips: tuple[str, ...] = ()
+    admin_require_totp: bool = False
 
     # ----------------------------------------------------------------- derived
     @property
@@ -423,6 +429,13 @@ def _check_numbers(s: Settings) -> None:
     for name in ("quiet_start_hour", "quiet_end_hour"):
         if not 0 <= getattr(s, name) <= 23:
             raise SettingsError(f"{_env(name)}: must be an hour from 0 to 23")
+    for net in s.admin_allowed_ips:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise SettingsError(
+                f"FUNNEL_ADMIN_ALLOWED_IPS: {net!r} is not an IP address or network (e.g. 10.0.0.0/8)"
+            ) from exc
 
 
 def _checked_urls(s: Settings) -> Settings:

@@ -5,6 +5,7 @@
 * :mod:`web.pages`: signup, confirm, unsubscribe, preferences, view in
   browser, /healthz and the dev inbox.
 * :mod:`web.webinars`: webinar registration and the offer link.
+* :mod:`web.admin`: the admin console under /admin (off with ``admin_enabled = false``).
 * :mod:`web.serve`: the waitress server, ``funnel serve``, ``funnel up``'s dev
   stack and the worker loop.
 
@@ -24,6 +25,7 @@ from funnel.db import connect
 from funnel.settings import Settings
 
 from . import common, pages, webinars
+from .admin import admin_bp
 
 
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = clocks.now) -> Flask:
@@ -48,6 +50,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = clocks.now
     common.init_app(app, settings, clock)
     app.register_blueprint(pages.bp)
     app.register_blueprint(webinars.bp)
+    if settings.admin_enabled:
+        app.register_blueprint(admin_bp)
     return app
 
 
