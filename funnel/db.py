@@ -66,6 +66,7 @@ EVENT_KINDS = (
     "no_show",
     "registration_cancelled",
     "clicked_offer",
+    "completed",  # a reader received the last step of a series (migration 0020)
 )
 
 
@@ -691,5 +692,31 @@ def m0012_held_config(db: sqlite_utils.Database) -> None:
         """
         ALTER TABLE outbox ADD COLUMN held_config TEXT;
         CREATE INDEX outbox_held ON outbox(held_config) WHERE held_config IS NOT NULL;
+        """
+    )
+
+
+@migrations(name="0020_completed_event")
+def m0020_completed_event(db: sqlite_utils.Database) -> None:
+    """``completed``: a reader was sent the last step of a series (the 28-day
+    programme's finish line in ``funnel report``).  SQLite can't change a CHECK
+    in place, so the events table is rebuilt with the current ``EVENT_KINDS``
+    (same columns, rows and indexes; nothing references it)."""
+    db.executescript(
+        f"""
+        CREATE TABLE events_0020 (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL {_check("kind", EVENT_KINDS)},
+            subscriber_id INTEGER REFERENCES subscribers(id) ON DELETE SET NULL,
+            ref TEXT,
+            data TEXT
+        );
+        INSERT INTO events_0020 (id, at, kind, subscriber_id, ref, data)
+            SELECT id, at, kind, subscriber_id, ref, data FROM events;
+        DROP TABLE events;
+        ALTER TABLE events_0020 RENAME TO events;
+        CREATE INDEX events_kind_at ON events(kind, at);
+        CREATE INDEX events_subscriber ON events(subscriber_id);
         """
     )

@@ -404,7 +404,7 @@ def test_webinar_cta_is_left_out_without_an_open_webinar(settings):
 
 @pytest.mark.parametrize(
     ("cta", "setting"),
-    [("appointment", "FUNNEL_APPOINTMENT_URL"), ("programme", "FUNNEL_PROGRAMME_URL")],
+    [("appointment", "FUNNEL_APPOINTMENT_URL")],  # programme: the course (tests/test_course.py)
 )
 def test_cta_without_url_raises_naming_the_setting(tmp_path, cta, setting):
     s = test_settings(tmp_path, appointment_url="", programme_url="")
