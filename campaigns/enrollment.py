@@ -251,7 +251,7 @@ def start_course(db, settings: Settings, token: str, now: datetime) -> str:
     is queued at once (outside quiet hours).  Idempotent: returns
     ``enrolled``, ``resumed`` (a stopped course continues after the last day
     sent), ``already`` (on it, or finished) or ``skipped`` (the reader is not
-    active: unsubscribed, bounced...).
+    active: unsubscribed, bounced...); NotFound for an erased reader.
     """
     from subscribers import lifecycle
 
@@ -259,6 +259,8 @@ def start_course(db, settings: Settings, token: str, now: datetime) -> str:
     series = load(settings, settings.programme_series)
     with transaction(db):
         sub = lifecycle.get(db, sid)
+        if sub.status == "erased":
+            raise NotFound(f"subscriber {sid} was erased")
         if sub.status != "active":
             return "skipped"
         state = lifecycle.subscriptions(db, sid).get(series.stream, {}).get("status")
