@@ -33,6 +33,12 @@ from the previous step's *scheduled* slot so a postponed step (frequency cap,
 webinar) doesn't shift the weekly rhythm.  A step found more than half a
 cadence late (the worker was down, a long pause) moves to the next regular
 slot instead of arriving in a burst.
+
+A daily course (``cadence = "daily"``, the 28-day programme) differs in two
+ways: its next day counts from when a step really went, so a held day moves
+the rest of the course back a day instead of sending two at once; and it
+yields to the reader's slower series under the frequency cap
+(:func:`_weekly_due_today`).  :func:`start_course` is its start button.
 """
 
 from __future__ import annotations
