@@ -521,7 +521,7 @@ def test_settings(tmp_path: Path | str, **overrides) -> Settings:
         site_name="Back in Motion Physiotherapy",
         postal_address="12 Harley Row, London W1 2AB",
         appointment_url="https://backinmotion-physio.co.uk/appointments",
-        programme_url="https://backinmotion-physio.co.uk/28-day-programme",
+        # No programme_url: programme buttons start the bundled course, as by default.
     )
     base.update(overrides)
     return _validate(Settings(**base))

@@ -363,7 +363,7 @@ def test_cta_urls_in_html_and_text(settings):
     for url in (
         sample_recipient(settings)["webinar_url"],
         settings.appointment_url,
-        settings.programme_url,
+        sample_recipient(settings)["programme_url"],  # no programme_url: the reader's start link
         settings.url("/"),
     ):
         assert f'href="{url}"' in out.html
