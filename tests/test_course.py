@@ -432,3 +432,19 @@ def test_a_programme_offer_without_programme_url_starts_the_course(db, s, clock)
     w, url = webinars.offer_target(db, s, webinars.offer_token(s, "qa", sid, clock()), clock())
     assert url.startswith(s.base_url + "/programme/start/")
     assert tokens.read_programme_token(s, url.rsplit("/", 1)[1], clock()) == sid
+
+
+def test_check_no_longer_asks_for_a_programme_url(db, s, clock):
+    from campaigns import check
+
+    webinars.create_webinar(db, s, {
+        "slug": "qa", "title": "Back care Q&A", "description": "Live.", "offer": "programme",
+        "start": f"{(clock() + timedelta(days=3)).astimezone(LONDON):%Y-%m-%d %H:%M}",
+        "timezone": "Europe/London", "join_url": "https://meet.clinic.example/qa",
+    }, clock())  # fmt: skip
+    found = check.problems(s, clock(), network=False)
+    assert not [line for line in found if "programme" in line.lower()], found
+    without_appointments = s.replace(appointment_url="")
+    webinars.edit_webinar(db, s, "qa", {"offer": "appointment"}, clock())
+    assert any("the follow-up offer 'appointment' has no URL" in line
+               for line in check.problems(without_appointments, clock(), network=False))
