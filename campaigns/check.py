@@ -220,7 +220,7 @@ def _tables(db) -> set[str]:
 
 def stored_problems(db, settings: Settings, now: datetime) -> list[str]:
     """Webinars and held messages in the database."""
-    from .webinars import OFFERS, list_webinars, webinar_files
+    from .webinars import OFFERS, SELF_HOSTED_OFFERS, list_webinars, webinar_files
 
     tables = _tables(db)
     out: list[str] = []
@@ -234,7 +234,7 @@ def stored_problems(db, settings: Settings, now: datetime) -> list[str]:
                                           loopback_ok=settings.dev):
                     out.append(line + f" with `funnel webinar edit {w.slug} --join-url URL`")
                 setting = OFFERS.get(w.offer, ("", ""))[0]
-                if setting and not getattr(settings, setting):
+                if setting and not getattr(settings, setting) and w.offer not in SELF_HOSTED_OFFERS:
                     out.append(
                         f"webinar {w.slug}: the follow-up offer {w.offer!r} has no URL; "
                         f"set {_env(setting)}"
@@ -321,7 +321,11 @@ def relay_problems(settings: Settings, timeout: float = 3.0) -> list[str]:
 # ----------------------------------------------------------------- all
 def problems(settings: Settings, now: datetime, *, network: bool = True) -> list[str]:
     """Every problem found, one sentence each; an empty list means ready to send."""
+    from .course import missing_course
+
     out = settings_problems(settings)
+    if (course := missing_course(settings)) is not None:
+        out.append(course)
     out += content_problems(settings)
     db_lines = database_problems(settings)
     out += db_lines

@@ -33,6 +33,12 @@ from the previous step's *scheduled* slot so a postponed step (frequency cap,
 webinar) doesn't shift the weekly rhythm.  A step found more than half a
 cadence late (the worker was down, a long pause) moves to the next regular
 slot instead of arriving in a burst.
+
+A daily course (``cadence = "daily"``, the 28-day programme) differs in two
+ways: its next day counts from when a step really went, so a held day moves
+the rest of the course back a day instead of sending two at once; and it
+yields to the reader's slower series under the frequency cap
+(:func:`_weekly_due_today`).  :func:`start_course` is its start button.
 """
 
 from __future__ import annotations
@@ -52,8 +58,9 @@ from zoneinfo import ZoneInfo
 from funnel import outbox
 from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import FunnelError, InputError, NotFound
+from funnel.localtime import local_to_utc
 from funnel.settings import Settings
-from subscribers import segments
+from subscribers import segments, tokens
 
 from . import holds, render, schedule, webinars
 from .content import Content, SkipMessage
@@ -239,6 +246,33 @@ def enroll(
         if materialise and series is not None and is_applied(db, series, now):
             _process(db, settings, series, subscriber_id, now)
     return outcome
+
+
+def start_course(db, settings: Settings, token: str, now: datetime) -> str:
+    """The reader pressed "Start the 28-day programme": enrol them in ``programme_series``.
+
+    ``token`` is their signed programme token (TokenError when tampered
+    with).  Pressing the button is the reader's own choice, so it turns the
+    course's stream on (also after they had stopped or paused it) and day 1
+    is queued at once (outside quiet hours).  Idempotent: returns
+    ``enrolled``, ``resumed`` (a stopped course continues after the last day
+    sent), ``already`` (on it, or finished) or ``skipped`` (the reader is not
+    active: unsubscribed, bounced...); NotFound for an erased reader.
+    """
+    from subscribers import lifecycle
+
+    sid = tokens.read_programme_token(settings, token, now)
+    series = load(settings, settings.programme_series)
+    with transaction(db):
+        sub = lifecycle.get(db, sid)
+        if sub.status == "erased":
+            raise NotFound(f"subscriber {sid} was erased")
+        if sub.status != "active":
+            return "skipped"
+        state = lifecycle.subscriptions(db, sid).get(series.stream, {}).get("status")
+        if state != "subscribed":
+            lifecycle.set_subscription(db, sid, series.stream, "subscribed", now, source="web")
+        return enroll(db, settings, sid, series.slug, now, series=series)
 
 
 # ----------------------------------------------------------------- reconciling
@@ -508,11 +542,15 @@ def _queue_step(db, settings: Settings, series: Series, sid: int, addr: str, ind
         (sid, slug, step.key, step.part, row_id, iso(now)),
     )
     following = next_step_index(keys, [*received, step.key])
-    last = {"last_due_at": iso(due), "last_step_key": step.key}
+    # A daily course counts its next day from the day this step really went, so
+    # a day held back (cap, webinar) moves the rest back instead of doubling up.
+    anchor = max(due, now) if series.cadence_days == 1 else due
+    last = {"last_due_at": iso(anchor), "last_step_key": step.key}
     if following is None:
         _set(db, sid, slug, now, status="completed", next_due_at=None, next_step=len(keys), **last)
+        log_event(db, "completed", now, sid, f"series:{slug}")
     else:
-        next_due = _nominal_due(settings, series, following, due, tz, first=False)
+        next_due = _nominal_due(settings, series, following, anchor, tz, first=False)
         _set(db, sid, slug, now, next_due_at=iso(next_due), next_step=following, **last)
 
 
@@ -540,7 +578,8 @@ def _process(db, settings: Settings, series: Series, sid: int, now: datetime) ->
     if due > now:
         _set(db, sid, slug, now, next_due_at=iso(due), next_step=index)
         return "waiting"
-    hold = holds.hold_until(db, settings, sid, now)
+    reserved = _weekly_due_today(db, settings, series, sid, tz, now)
+    hold = holds.hold_until(db, settings, sid, now, reserved=reserved)
     if hold is not None:
         later = schedule.postponed_due(
             hold[0],
@@ -555,6 +594,35 @@ def _process(db, settings: Settings, series: Series, sid: int, now: datetime) ->
         return "postponed"
     _queue_step(db, settings, series, sid, sub[1], index, received, due, tz, now)
     return "queued"
+
+
+def _weekly_due_today(db, settings: Settings, series: Series, sid: int, tz, now: datetime) -> int:
+    """How many of the reader's other series steps a daily course step makes room for.
+
+    A daily course (``cadence = "daily"``) shares the frequency cap with the
+    weekly series and yields to them: a step of another, slower series that is
+    due later the same local day keeps its place under the cap, so on a day
+    when the cap can't take both, the course's step slides to the next day.
+    Other series never yield (0).
+    """
+    if series.cadence_days != 1 or settings.frequency_cap <= 0:
+        return 0
+    end_of_day = local_to_utc(now.astimezone(tz).date() + timedelta(days=1), 0, tz)
+    count = 0
+    for slug, stream in db.execute(
+        "SELECT e.series, ss.stream FROM enrollments e JOIN subscriptions ss "
+        "ON ss.subscriber_id = e.subscriber_id AND ss.stream = 'series:' || e.series "
+        "AND ss.status = 'subscribed' WHERE e.subscriber_id = ? AND e.series != ? "
+        "AND e.status = 'active' AND e.next_due_at < ?",
+        (sid, series.slug, iso(end_of_day)),
+    ).fetchall():
+        try:
+            other = load(settings, slug)
+        except FunnelError:
+            continue
+        if other.cadence_days > 1 and other.stream == stream:
+            count += 1
+    return count
 
 
 @dataclass

@@ -141,6 +141,7 @@ def hold_until(
     *,
     row_id: int | None = None,
     priority: int | None = None,
+    reserved: int = 0,
 ) -> tuple[str, datetime] | None:
     """Why and until when a deferrable message for this reader must wait, or None.
 
@@ -148,7 +149,10 @@ def hold_until(
     of it count and it doesn't count itself); without them the question is
     "may a new series step go now?", and every capped row already due counts.
     The time returned is when the hold lifts: the end of the webinar, or the
-    moment the rolling 24 h window has room again.
+    moment the rolling 24 h window has room again.  ``reserved`` counts mail
+    due later today that this message must leave room for (a daily course
+    yields to the weekly series); when only those fill the cap, the hold lifts
+    at once and the caller moves the step to its next day.
     """
     holds: list[tuple[str, datetime]] = []
     for starts, minutes in db.execute(
@@ -192,6 +196,8 @@ def hold_until(
             # The window has room again once all but cap-1 of these are > 24 h old.
             frees = times[len(times) - cap] + CAP_WINDOW + timedelta(seconds=1)
             holds.append(("frequency cap", max(frees, now + timedelta(seconds=1))))
+        elif len(times) + reserved >= cap:
+            holds.append(("frequency cap", now + timedelta(seconds=1)))
     if not holds:
         return None
     return max(holds, key=lambda h: h[1])

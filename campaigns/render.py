@@ -56,7 +56,7 @@ from markupsafe import Markup, escape
 from mjml import mjml2html
 
 from funnel.errors import ConfigurationError
-from funnel.settings import FIELD_TO_ENV, Settings
+from funnel.settings import Settings
 
 EMAIL_KINDS = (
     "confirm",
@@ -111,10 +111,13 @@ APPOINTMENT_KEYS = (
     "appt_times", "appt_reason", "appt_newsletter", "appt_received", "appt_promise",
 )  # fmt: skip
 #: Recipient values a template may use but a recipient need not have.
-OPTIONAL_KEYS = ("webinar_url", "webinar_title", "webinar_when")
+OPTIONAL_KEYS = ("webinar_url", "webinar_title", "webinar_when", "programme_url")
 #: Stage-2 condition under which a ``webinar`` CTA is shown: the builder found
 #: an open webinar (campaigns.webinars.cta_recipient) when the email was built.
 WEBINAR_CTA_IF = 'webinar_url | default("")'
+#: The same for a ``programme`` CTA without ``programme_url``: the builder gave
+#: the reader's own start link (campaigns.course.programme_cta).
+PROGRAMME_CTA_IF = 'programme_url | default("")'
 
 
 def recipient_keys(kind: str) -> tuple[str, ...]:
@@ -429,7 +432,7 @@ def markdown_to_mjml(body_md: str, base_url: str = "") -> str:
 CTA_DEFAULT_TEXT = {
     "webinar": "Reserve my spot",
     "appointment": "Book an appointment",
-    "programme": "Start the programme",
+    "programme": "Start the 28-day programme",
     "newsletter": "Get the weekly back-care emails",
 }
 
@@ -452,16 +455,14 @@ def _cta_links(settings: Settings, ctas: Sequence[Mapping], r: _Stage2) -> list[
             href = settings.url("/")
         elif kind == "appointment":
             href = settings.appointment_link  # our own /appointment unless appointment_url is set
+        elif settings.programme_url:
+            href = settings.programme_url  # a programme the clinic sells elsewhere
         else:
-            field = f"{kind}_url"
-            href = getattr(settings, field)
-            if not href:
-                raise RenderError(
-                    f"CTA {kind!r} has no URL: set {FIELD_TO_ENV.get(field, field)} "
-                    f"({field} in funnel.toml) or remove the CTA"
-                )
+            href = r.programme_url  # the reader's own start link, chosen at build time
         text = " ".join(str(cta.get("text") or "").split()) or CTA_DEFAULT_TEXT[kind]
         show_if = WEBINAR_CTA_IF if kind == "webinar" else None
+        if kind == "programme" and not settings.programme_url:
+            show_if = PROGRAMME_CTA_IF
         out.append({"kind": kind, "text": text, "href": href, "show_if": show_if})
     return out
 
@@ -872,9 +873,11 @@ def sample_recipient(settings: Settings, kind: str = "series") -> dict:
         r["confirm_url"] = settings.url("/confirm/sample-token")
         r["reason"] = footer_reason("entered_on_form", settings.site_name)
     if kind not in WEBINAR_KINDS and kind != "confirm":
-        # A webinar CTA as it looks when an open webinar was found at build time.
+        # A webinar CTA as it looks when an open webinar was found at build time,
+        # and a programme CTA with the reader's own start link.
         r.update(
             webinar_url=settings.url("/w/sample-webinar?t=sample-token"),
+            programme_url=settings.url("/programme/start/sample-token"),
             webinar_title="Spine Health Webinar",
             webinar_when="Tuesday 3 March 2026, 7:00 pm GMT",
         )

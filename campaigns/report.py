@@ -4,6 +4,7 @@ Each step counts the *distinct people* with that event in the window:
 
     signed up -> confirmed -> received part 1 ... part N (each series)
     -> invited -> registered -> attended -> clicked the offer
+    -> started the 28-day programme -> day 7 -> day 14 -> day 28
     -> requested an appointment -> booked
 
 with the conversion from the previous step and from signups.  Counting
@@ -39,7 +40,7 @@ from .series import list_series
 class Step:
     label: str
     count: int
-    group: str  # "signup" | "series" | "webinar" | "appointment"
+    group: str  # "signup" | "series" | "webinar" | "course" | "appointment"
     short: str = ""  # the chart's label, when the full one is long
 
     @property
@@ -159,7 +160,8 @@ def compute(
             notes.append(f"could not tell which part {ref!r} is")
             continue
         people.setdefault((slug, part), set()).add(sid)
-    for slug in sorted({s for s, _ in people}):
+    course = settings.programme_series  # shown as a course below, not part by part
+    for slug in sorted({s for s, _ in people} - {course}):
         title = content.get(slug, (slug, {}))[0] or slug
         top = max(p for s, p in people if s == slug)
         for part in range(1, top + 1):
@@ -178,12 +180,39 @@ def compute(
         Step("Attended", _distinct(db, "attended", lo, hi), "webinar"),
         Step("Clicked the offer", _distinct(db, "clicked_offer", lo, hi), "webinar"),
     ]
+    steps += _course_steps(db, course, content, people, lo, hi)
     requested, booked = appointments.counts(db, lo, hi)
     steps += [
         Step("Requested an appointment", requested, "appointment"),
         Step("Booked", booked, "appointment"),
     ]
     return Report(steps, first, last, now, sorted(set(notes)))
+
+
+#: The course's days shown in the report, besides its last day.
+COURSE_MILESTONES = (7, 14)
+
+
+def _course_steps(db, slug: str, content: dict, people: dict, lo: str, hi: str) -> list[Step]:
+    """The daily course: started -> day 7 -> day 14 -> last day (28), distinct people.
+
+    "Started" counts ``enrolled`` events for the course (button or admin
+    enrol); a day counts the people who were sent it.  Left out until
+    somebody has started it, like a series part nobody was sent.
+    """
+    title, parts = content.get(slug, ("", {}))
+    last = max(parts.values(), default=0) or max((p for s, p in people if s == slug), default=0)
+    started = _distinct(db, "enrolled", lo, hi, ref_like=f"series:{slug}")
+    if not last or not (started or any(s == slug for s, _ in people)):
+        return []
+    title = title or slug
+    steps = [Step(f"Started: {title}", started, "course", short="Started the course")]
+    for day in (*(d for d in COURSE_MILESTONES if d < last), last):
+        steps.append(
+            Step(f"{title}: day {day}", len(people.get((slug, day), ())), "course",
+                 short=f"Course \u00b7 day {day}")  # fmt: skip
+        )
+    return steps
 
 
 # ----------------------------------------------------------------- output
@@ -211,7 +240,10 @@ def render_text(report: Report) -> str:
     return "\n".join(lines)
 
 
-_COLORS = {"signup": "#1d6f6b", "series": "#3b8f88", "webinar": "#c2673a", "appointment": "#7a4f9a"}
+_COLORS = {
+    "signup": "#1d6f6b", "series": "#3b8f88", "webinar": "#c2673a", "course": "#5a6fa8",
+    "appointment": "#7a4f9a",
+}
 
 
 def chart_svg(report: Report) -> str:
@@ -283,6 +315,7 @@ th {{ background: #eef3f2; }}
 <p class="legend"><span><i style="background:{_COLORS["signup"]}"></i>Signup</span>
 <span><i style="background:{_COLORS["series"]}"></i>Email series</span>
 <span><i style="background:{_COLORS["webinar"]}"></i>Webinar</span>
+<span><i style="background:{_COLORS["course"]}"></i>28-day programme</span>
 <span><i style="background:{_COLORS["appointment"]}"></i>Appointment</span></p>
 {chart_svg(report)}
 <table>

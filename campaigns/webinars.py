@@ -63,7 +63,7 @@ from funnel.spreadsheet import SafeDictWriter
 from funnel.validate import check_header_text, zone_name
 from subscribers import lifecycle, optin, tokens
 
-from . import ics, mime, render
+from . import course, ics, mime, render
 from .content import Content, SkipMessage
 from .frontmatter import toml_line
 from .schedule import (
@@ -78,6 +78,9 @@ OFFERS = {
     "appointment": ("appointment_link", "Book an appointment"),  # our page by default
     "programme": ("programme_url", "Start the 28-day programme"),
 }
+#: Offers funnel serves itself when their URL setting is empty: the programme
+#: offer starts the daily course (campaigns/course.py).
+SELF_HOSTED_OFFERS = ("programme",)
 DEFAULT_REMINDERS = policy().reminder_offsets  # [webinars] in policy.toml
 DEFAULT_DURATION = 60
 DEFAULT_FOLLOWUP_DELAY = 120
@@ -1143,7 +1146,8 @@ def authored_content(
     """The Content of a clinic-written piece (a broadcast or a series step).
 
     Its subject, preheader, Markdown body and CTAs as written, with a
-    ``webinar`` CTA's values chosen now (:func:`webinar_cta`).
+    ``webinar`` CTA's values chosen now (:func:`webinar_cta`) and a
+    ``programme`` CTA's personal start link (:func:`course.programme_cta`).
     """
     return Content(
         kind=kind,
@@ -1151,7 +1155,10 @@ def authored_content(
         preheader=piece.preheader,
         body_md=piece.body_md,
         ctas=tuple(piece.ctas),
-        recipient=webinar_cta(db, settings, piece.ctas, sub, now),
+        recipient={
+            **webinar_cta(db, settings, piece.ctas, sub, now),
+            **course.programme_cta(settings, piece.ctas, sub, now),
+        },
         extra=extra,
     )
 
@@ -1418,6 +1425,8 @@ def offer_target(db, settings: Settings, token: str, now: datetime) -> tuple[Web
     w = get_webinar(db, str(data.get("w")))
     setting, _text_ = OFFERS[w.offer]
     url = getattr(settings, setting)
+    if not url and w.offer == "programme":
+        url = course.start_url(settings, int(data["s"]), now)
     if not url:
         raise NotFound(f"the {w.offer} offer has no URL configured ({setting})")
     return w, url
@@ -1665,8 +1674,10 @@ def build_followup(db, settings: Settings, row, sub, now: datetime) -> Content:
         subject = f"Thank you for joining {w.title}"
         preheader = "A thank-you, and an offer for attendees."
         setting, _t = OFFERS[w.offer]
-        if getattr(settings, setting):
+        if getattr(settings, setting) or w.offer in SELF_HOSTED_OFFERS:
             extra["offer_url"] = settings.url(f"/o/{offer_token(settings, w.slug, sub.id, now)}")
+        if w.offer != "programme":  # the programme as a second button beside the offer
+            extra["programme_url"] = course.programme_link(settings, sub.id, now)
     elif w.replay_url:
         subject = f"The replay of {w.title}"
         preheader = "Watch the session whenever it suits you."
@@ -1688,6 +1699,7 @@ __all__ = [
     "FunnelError",
     "InviteResult",
     "OFFERS",
+    "SELF_HOSTED_OFFERS",
     "RegistrationResult",
     "Webinar",
     "cancel_webinar",

@@ -71,6 +71,7 @@ EVENT_KINDS = (
     "registration_cancelled",
     "clicked_offer",
     "admin",  # an admin's action (web/admin, the audit log): who, what, target, IP in data
+    "completed",  # a reader received the last step of a series (migration 0020)
 )
 
 
@@ -833,3 +834,11 @@ def m0021_admin(db: sqlite_utils.Database) -> None:
         CREATE INDEX subscribers_email_nocase ON subscribers(email COLLATE NOCASE);
         """
     )
+
+
+@migrations(name="0020_completed_event")
+def m0020_completed_event(db: sqlite_utils.Database) -> None:
+    """``completed``: a reader was sent the last step of a series (the 28-day
+    programme's finish line in ``funnel report``).  The events table's CHECK
+    widens to the current ``EVENT_KINDS``."""
+    _widen_event_kinds(db)

@@ -140,7 +140,10 @@ class Settings:
     content_dir: str = ""
     # Links the templates turn into buttons.
     appointment_url: str = ""
+    # Empty: "Start the 28-day programme" buttons start the bundled daily course
+    # (the series `programme_series`) with the reader's signed one-click link.
     programme_url: str = ""
+    programme_series: str = "28-day-programme"
     # Opt-in.
     confirm_max_age_days: float = 3.0
     confirm_resend_hours: float = 24.0
@@ -484,15 +487,15 @@ def _checked_urls(s: Settings) -> Settings:
     The appointment button needs no placeholder: without ``appointment_url``
     it goes to the hosted page (``Settings.appointment_link``).
     """
-    if s.dev:
-        # Dev mode runs on embedded defaults: give the CTA buttons somewhere to go.
-        s = s.replace(
-            programme_url=s.programme_url or "https://clinic.example/28-day-programme",
-        )
     for name in ("appointment_url", "programme_url"):
         value = getattr(s, name)
         if value and urlsplit(value).scheme not in ("http", "https"):
             raise SettingsError(f"{_env(name)}: {value!r} must be an http:// or https:// URL")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", s.programme_series):
+        raise SettingsError(
+            f"FUNNEL_PROGRAMME_SERIES: {s.programme_series!r} is not a series slug "
+            "(lower-case letters, digits and hyphens)"
+        )
     if s.dkim_key_file and not (s.dkim_selector and s.dkim_domain):
         raise SettingsError("FUNNEL_DKIM_SELECTOR: DKIM needs a selector and a domain with the key file")
     return s
@@ -591,7 +594,7 @@ def test_settings(tmp_path: Path | str, **overrides) -> Settings:
         site_name="Back in Motion Physiotherapy",
         postal_address="12 Harley Row, London W1 2AB",
         appointment_url="https://backinmotion-physio.co.uk/appointments",
-        programme_url="https://backinmotion-physio.co.uk/28-day-programme",
+        # No programme_url: programme buttons start the bundled course, as by default.
     )
     base.update(overrides)
     return _validate(Settings(**base))

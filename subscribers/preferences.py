@@ -30,7 +30,7 @@ from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import InputError, NotFound
 from funnel.settings import Settings
 
-from . import lifecycle, optin, streams
+from . import lifecycle, optin, streams, tokens
 
 #: The pause lengths the page offers (weeks).
 PAUSE_CHOICES = (1, 2, 4, 8, 12)
@@ -48,6 +48,8 @@ def stream_label(settings: Settings, stream: str) -> str:
     if stream.startswith("series:"):
         slug = stream.partition(":")[2]
         title = streams.series_title(settings.content_paths, slug)
+        if slug == settings.programme_series:
+            return f"{title or slug.replace('-', ' ')}: one short email a day"
         return f"The weekly series: {title or slug.replace('-', ' ')}"
     if stream.startswith(
         "webinar:"
@@ -101,6 +103,11 @@ class PreferencesView:
     timezone: str  # the subscriber's zone, or the clinic's default
     streams: list[StreamChoice] = field(default_factory=list)
     paused_until: datetime | None = None  # the latest pause of any stream still on
+    #: The reader's signed "Start the 28-day programme" token (a button that
+    #: POSTs to /programme/start/TOKEN), when they are active and not on it;
+    #: with ``programme_url`` set, ``programme_url`` is the link instead.
+    programme_token: str | None = None
+    programme_url: str | None = None
 
     @property
     def can_change_streams(self) -> bool:
@@ -143,6 +150,12 @@ def preferences_view(db, settings: Settings, subscriber_id: int, now: datetime) 
         else:
             until = None
         view.streams.append(StreamChoice(stream, stream_label(settings, stream), on, until))
+    course = subs.get(f"series:{settings.programme_series}", {}).get("status")
+    if sub.status == "active" and course not in ("subscribed", "paused"):
+        if settings.programme_url:
+            view.programme_url = settings.programme_url
+        else:
+            view.programme_token = tokens.programme_token(settings, sub.id, now)
     return view
 
 

@@ -14,6 +14,8 @@ Purposes and lifetimes:
 * ``unsubscribe``, ``preferences``, ``view``: never expire.  Unsubscribe links
   in old emails must keep working for ever (RFC 8058 one-click).
 * ``webinar``: one-click webinar registration from an invite.
+* ``programme``: the "Start the 28-day programme" button; never expires (the
+  page it opens only starts the course on the reader's POST).
 
 Signed addresses
 ----------------
@@ -55,7 +57,7 @@ from itsdangerous.encoding import base64_encode, int_to_bytes
 from funnel.errors import TokenError
 from funnel.settings import Settings
 
-PURPOSES = ("confirm", "unsubscribe", "preferences", "view", "webinar")
+PURPOSES = ("confirm", "unsubscribe", "preferences", "view", "webinar", "programme")
 
 
 def _serializer(settings: Settings, purpose: str) -> URLSafeTimedSerializer:
@@ -165,6 +167,16 @@ def read_subscriber_token(settings: Settings, purpose: str, token: str, now: dat
     if not isinstance(data.get("s"), int):
         raise TokenError("This link is not valid.")
     return data
+
+
+def programme_token(settings: Settings, subscriber_id: int, now: datetime) -> str:
+    """The reader's "Start the 28-day programme" link token (``/programme/start/TOKEN``)."""
+    return subscriber_token(settings, "programme", subscriber_id, now)
+
+
+def read_programme_token(settings: Settings, token: str, now: datetime) -> int:
+    """The subscriber a programme token names; TokenError when tampered with."""
+    return read_subscriber_token(settings, "programme", token, now)["s"]
 
 
 # ----------------------------------------------------------------- signed addresses

@@ -201,9 +201,11 @@ def test_part_6_without_an_open_webinar_leaves_the_cta_out(db, settings, clock, 
     for body in (text, html):
         assert "webinar" not in body.lower() and "Reserve my spot" not in body
         assert "/w/" not in body
-    # The article still ends as written: the thanks, the sign-off, then the footer.
+    # The article still ends as written: the thanks, the sign-off, the programme
+    # button (the CTA after the webinar's), then the footer.
     assert re.search(
-        r"Thank\s+you\s+for\s+reading\s+all\s+six\s+parts\..*\n\nSpeak soon,\s*\nThe clinic team\n\n-{20,}",
+        r"Thank\s+you\s+for\s+reading\s+all\s+six\s+parts\..*\n\nSpeak soon,\s*\nThe clinic team\n\n"
+        r"Start the 28-day programme:\n\S+\n\n-{20,}",
         text,
         re.S,
     ), text

@@ -119,15 +119,15 @@ def test_installed_wheel_lists_and_previews_the_bundled_series(installed, tmp_pa
 
     listed = _run([funnel, "series", "list"], cwd, env)
     assert listed.returncode == 0, listed.stderr
-    assert "importance-of-exercise" in listed.stdout
+    assert "importance-of-exercise" in listed.stdout and "28-day-programme" in listed.stdout
 
     out = tmp_path / "out"
     preview = _run([funnel, "preview", "--all", "--to", str(out)], cwd, env)
     assert preview.returncode == 0, preview.stderr
     names = sorted(p.name for p in out.iterdir())
-    # Six parts, each as .html, .txt, .eml and .preview.html.
-    assert len([n for n in names if n.endswith(".eml")]) == 6, names
-    assert len(names) == 24, names
+    # Six weekly parts and 28 course days, each as .html, .txt, .eml and .preview.html.
+    assert len([n for n in names if n.endswith(".eml")]) == 6 + 28, names
+    assert len(names) == 4 * 34, names
     html = next(out.glob("importance-of-exercise-*.html")).read_text(encoding="utf-8")
     assert "Back in Motion" in html and "<html" in html.lower()
     assert f"wrote {len(names)} files" in preview.stdout

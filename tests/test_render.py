@@ -368,7 +368,7 @@ def test_cta_urls_in_html_and_text(settings):
     for url in (
         sample_recipient(settings)["webinar_url"],
         settings.appointment_url,
-        settings.programme_url,
+        sample_recipient(settings)["programme_url"],  # no programme_url: the reader's start link
         settings.url("/"),
     ):
         assert f'href="{url}"' in out.html
@@ -407,14 +407,14 @@ def test_webinar_cta_is_left_out_without_an_open_webinar(settings):
     assert without.html.count("<a ") == with_one.html.count("<a ") - 1
 
 
-@pytest.mark.parametrize(
-    ("cta", "setting"),
-    [("programme", "FUNNEL_PROGRAMME_URL")],  # appointment: our own page (test_appointments.py)
-)
-def test_cta_without_url_raises_naming_the_setting(tmp_path, cta, setting):
+def test_every_cta_kind_has_somewhere_to_go_without_a_url_setting(tmp_path):
+    """appointment: our own /appointment page; programme: the reader's start link (a
+    recipient value); webinar: the next open webinar or nothing; newsletter: signup."""
     s = test_settings(tmp_path, appointment_url="", programme_url="")
-    with pytest.raises(RenderError, match=rf"CTA '{cta}'.*{setting}"):
-        compile_kind(s, "series", ctas=[{"kind": cta, "text": "Go"}])
+    ctas = [{"kind": k, "text": k} for k in ("appointment", "programme", "newsletter")]
+    out = compile_kind(s, "series", ctas=ctas).render(sample_recipient(s, "series"))
+    assert s.url("/appointment") in out.text and s.url("/") in out.text
+    assert "/programme/start/" in out.text  # the sample reader's own start link
 
 
 def test_unknown_cta_kind_raises(settings):

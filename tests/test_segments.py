@@ -178,7 +178,7 @@ def test_values_are_bound_parameters(db, settings, people):
         ("status=happy", "unknown status 'happy'"),
         ("signed_up>=yesterday", "'yesterday' is not a date like 2026-01-31"),
         ("series:importance-of-exercise>=three", "must be a part number"),
-        ("series:no-such-series>=3", "unknown series 'no-such-series' (known: importance-of-exercise"),
+        ("series:no-such-series>=3", "unknown series 'no-such-series' (known: 28-day-programme, importance-of-exercise"),
         ("tz=Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
         ("webinar:spine-health=maybe", "unknown registration state 'maybe'"),
         ("webinar:spine-health>registered", "operator '>' does not apply"),

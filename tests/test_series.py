@@ -517,8 +517,8 @@ def test_cli_preview_one_step_and_all(cli, tmp_path):
 
     result = cli("preview", "--all", "--to", str(out))
     assert result.exit_code == 0, result.output
-    assert "wrote 24 files" in result.output
-    assert len(list(out.glob("*.eml"))) == 6
+    assert "wrote 136 files" in result.output  # 4 per step: 6 weekly parts, 28 course days
+    assert len(list(out.glob("*.eml"))) == 34
 
     bad = cli("preview", "importance-of-exercise", "99", "--to", str(out))
     assert bad.exit_code == 1 and "there is no step 99" in bad.output

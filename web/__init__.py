@@ -7,6 +7,7 @@
 * :mod:`web.webinars`: webinar registration and the offer link.
 * :mod:`web.appointments`: the appointment request page and its snippet.
 * :mod:`web.admin`: the admin console under /admin (off with ``admin_enabled = false``).
+* :mod:`web.programme`: the "Start the 28-day programme" button.
 * :mod:`web.serve`: the waitress server, ``funnel serve``, ``funnel up``'s dev
   stack and the worker loop.
 
@@ -25,7 +26,7 @@ from funnel import clock as clocks
 from funnel.db import connect
 from funnel.settings import Settings
 
-from . import appointments, common, pages, webinars
+from . import appointments, common, pages, programme, webinars
 from .admin import admin_bp
 
 
@@ -51,6 +52,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = clocks.now
     common.init_app(app, settings, clock)
     app.register_blueprint(pages.bp)
     app.register_blueprint(webinars.bp)
+    app.register_blueprint(programme.bp)
     app.register_blueprint(appointments.bp)
     if settings.admin_enabled:
         app.register_blueprint(admin_bp)
