@@ -18,13 +18,13 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from campaigns import broadcasts, enrollment
+from campaigns import broadcasts, enrollment, events
 from campaigns.articles import format_preview, import_files, load_article
 from campaigns.attendance import import_attendance
 from campaigns.check import problems
 from campaigns.dkim import DkimSigner
 from campaigns.enrollment import held_steps
-from campaigns.preview import preview_steps
+from campaigns.preview import preview_campaign, preview_steps
 from campaigns.report import compute, render_html, render_text
 from campaigns.schedule import WHEN_FORMS as WHEN_HELP
 from campaigns.schedule import parse_when, step_due_times
@@ -1801,6 +1801,67 @@ def admin_totp_setup(app: App, email: str, qr_out: Path | None) -> None:
     if qr_out is not None:
         segno.make(admins.totp_uri(secret, email), error="m").save(str(qr_out), kind="svg", scale=4)
         echo_err(f"wrote {qr_out}")
+
+
+# --- campaign preview / test send, the events log ---
+
+
+@campaign_group.command("preview")
+@click.argument("campaign_id", type=int)
+@click.option("--to", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the files (made if missing).")
+@run
+def campaign_preview(app: App, campaign_id: int, out_dir: Path) -> None:
+    """Write a campaign as a sample reader gets it: HTML, text, .eml and a phone/desktop page.
+
+    \b
+    Example:
+      funnel campaign preview 3 --to out/
+    """
+    for path in preview_campaign(app.db, app.settings, campaign_id, out_dir, app.now()):
+        click.echo(f"wrote {path}")
+
+
+@campaign_group.command("test")
+@click.argument("campaign_id", type=int)
+@click.option("--to", "to_addr", required=True, help="The address that gets the test message.")
+@run
+def campaign_test(app: App, campaign_id: int, to_addr: str) -> None:
+    """Queue one test message of a campaign, subject marked "[Test]", to an address.
+
+    It goes through the outbox like every message (`funnel send` or the worker
+    delivers it) and does not count towards the campaign's progress.
+
+    \b
+    Example:
+      funnel campaign test 3 --to manager@clinic.example
+      funnel send
+    """
+    row = broadcasts.test_send(app.db, app.settings, campaign_id, to_addr, app.now())
+    click.echo(f"campaign {campaign_id}: test message queued for {to_addr} (outbox row {row}); "
+               "`funnel send` or the worker sends it")
+
+
+@main.command("events")
+@click.option("--since", default=None, help='A duration back from now ("24h", "7d") or a date.')
+@click.option("--kind", default=None, help="Only events of this kind (e.g. sent, bounced, admin).")
+@click.option("--limit", type=int, default=50, show_default=True, help="At most this many, newest first.")
+@run
+def events_cmd(app: App, since: str | None, kind: str | None, limit: int) -> None:
+    """The events log, newest first: signups, sends, bounces, clicks, admin actions.
+
+    \b
+    Example:
+      funnel events --since 24h
+      funnel events --kind bounced --limit 20
+      funnel events --since 2026-12-01 --kind admin
+    """
+    rows = events.recent(app.db, app.settings, app.now(), since=since, kind=kind, limit=limit)
+    table = [("AT (UTC)", "KIND", "WHO", "REF", "DETAIL")]
+    for e in rows:
+        detail = " ".join(f"{k}={v}" for k, v in e.data.items())
+        table.append((e.at[:19].replace("T", " "), e.kind, e.email or "-", e.ref or "-", detail[:60]))
+    click.echo(_table(table) if rows else "no events")
 
 
 if __name__ == "__main__":  # pragma: no cover

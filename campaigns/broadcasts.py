@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -40,9 +40,9 @@ from funnel.errors import InputError, NotFound, TransitionError
 from funnel.localtime import local_to_utc
 from funnel.settings import Settings
 from funnel.validate import zone_name
-from subscribers import segments
+from subscribers import optin, segments
 
-from . import render, schedule, webinars
+from . import merge_tags, render, schedule, webinars
 from .content import Content, SkipMessage
 from .frontmatter import split_front_matter, validate_ctas
 
@@ -158,6 +158,9 @@ def create(
         raise InputError("--body: the campaign needs a body (a Markdown file)")
     mime.header_value(subject, "--subject")  # CR/LF/NUL never reach a header
     mime.header_value(preheader, "--preheader")
+    merge_tags.check(subject, "--subject")
+    merge_tags.check(preheader, "--preheader")
+    merge_tags.check(body_md or "", "--body")
     segments.compile_segment(settings, segment, where=where)  # unknown segment/key fails now
     # Compile once now so a bad CTA or an oversize body fails here, not mid-send.
     render.compile_email(
@@ -456,6 +459,49 @@ def listing(db, *, limit: int = 50) -> list[dict]:
             }
         )
     return out
+
+
+# ----------------------------------------------------------------- test sends
+#: The outbox kind of a test send: the campaign's real message to one address,
+#: with no subscriber and no campaign_id, so it never counts as the campaign's progress.
+TEST_KIND = "broadcast_test"
+TEST_PREFIX = "[Test] "
+
+
+def test_send(db, settings: Settings, campaign_id: int, to_addr: str, now: datetime, *,
+              name: str = "") -> int:
+    """Queue the campaign's message, subject marked "[Test]", to ``to_addr``; returns the row id.
+
+    It goes through the outbox like every message (the worker or `funnel send`
+    delivers it).  Two requests in the same second queue one message.
+    """
+    to = optin.clean_email(to_addr, "--to")
+    c = get(db, campaign_id)
+    if c.status == "cancelled":
+        raise TransitionError(f"campaign {campaign_id} is cancelled; there is nothing to test")
+    with transaction(db):
+        row = outbox.enqueue(
+            db, settings, dedupe_key=f"campaign-test:{campaign_id}:{to}:{iso(now)}", kind=TEST_KIND,
+            subscriber_id=None, to_addr=to, due_at=now, now=now, stream=c.stream,
+            ref=f"campaign:{campaign_id}:test", priority=outbox.PRIORITY_TRANSACTIONAL,
+            data={"campaign_id": campaign_id, "name": name},
+        )  # fmt: skip
+    if row is None:
+        row = db.execute(
+            "SELECT id FROM outbox WHERE dedupe_key = ?",
+            (f"campaign-test:{campaign_id}:{to}:{iso(now)}",),
+        ).fetchone()[0]
+    return row
+
+
+def build_test(db, settings: Settings, row, sub, now: datetime) -> Content:
+    """A test send: the campaign as a reader would get it, subject marked "[Test]"."""
+    c = get(db, int(row.data["campaign_id"]))
+    content = webinars.authored_content(
+        db, settings, c, sub, now, kind="broadcast",
+        extra={"reason": render.footer_reason("newsletter", settings.site_name)},
+    )
+    return replace(content, subject=TEST_PREFIX + content.subject)
 
 
 # ----------------------------------------------------------------- builder

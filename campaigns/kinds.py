@@ -16,6 +16,7 @@ from .content import Builder
 BUILDERS: dict[str, Builder] = {
     "confirm": confirm.build_confirm,
     "broadcast": broadcasts.build_broadcast,
+    broadcasts.TEST_KIND: broadcasts.build_test,
     "series": enrollment.build_series_step,
     "webinar_invite": webinars.build_invite,
     "webinar_verify": webinars.build_verify,
@@ -26,3 +27,6 @@ BUILDERS: dict[str, Builder] = {
     "webinar_cancel": webinars.build_cancel,
     "webinar_followup": webinars.build_followup,
 }
+
+#: Kinds sent to an address with no subscriber row (a stand-in reader is used).
+WITHOUT_SUBSCRIBER = frozenset({broadcasts.TEST_KIND})

@@ -1,4 +1,4 @@
-"""Preview files for series steps: what a reader would get, written to a folder.
+"""Preview files for series steps and broadcasts: what a reader would get.
 
 Each step is rendered strictly for a sample reader and assembled by the same
 path a send takes (:func:`campaigns.messages.assemble`), so the ``.eml`` is
@@ -14,10 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import messages
+from . import broadcasts, merge_tags, messages
 from .content import list_id
 from .mime import make_message_id
-from .render import compile_email, sample_recipient
+from .render import Rendered, compile_email, footer_reason, sample_recipient
 from .series import Series, Step
 
 
@@ -118,3 +118,56 @@ def preview_steps(
             )
         )
     return results
+
+
+# ----------------------------------------------------------------- broadcasts
+@dataclass(frozen=True)
+class BroadcastPreview:
+    rendered: Rendered
+    eml: bytes
+
+
+def render_broadcast(settings: Any, now: datetime, *, subject: str, preheader: str = "",
+                     body_md: str, ctas: Sequence[dict] = (), stream: str = "broadcasts",
+                     ref: str = "draft") -> BroadcastPreview:
+    """A broadcast (saved or not yet) as a sample reader gets it: rendered parts and the .eml.
+
+    Unknown merge tags fail here with the field named, as they do on create.
+    """
+    for text, field in ((subject, "subject"), (preheader, "preheader"), (body_md, "body")):
+        merge_tags.check(text, field)
+    recipient = sample_recipient(settings, "broadcast")
+    recipient["reason"] = footer_reason("newsletter", settings.site_name)
+    compiled = compile_email(settings, "broadcast", subject=subject, preheader=preheader,
+                             body_md=body_md, ctas=list(ctas), extra={"reason": recipient["reason"]})
+    rendered = compiled.render(recipient)
+    eml = messages.assemble(
+        settings, rendered, to_name=str(recipient["first_name"]), to_addr=str(recipient["email"]),
+        date=now, message_id=make_message_id(0, settings.sender_domain, salt=f"preview:{ref}"),
+        list_id=list_id(settings, stream), unsubscribe_url=str(recipient["unsubscribe_url"]),
+        unsubscribe_mailto=f"mailto:unsubscribe@{settings.sender_domain}?subject=unsubscribe",
+    )  # fmt: skip
+    return BroadcastPreview(rendered, eml)
+
+
+def preview_campaign(db, settings: Any, campaign_id: int, out_dir: Path,
+                     now: datetime) -> list[Path]:
+    """Write campaign-ID.html, .txt, .eml and .preview.html (phone and desktop) into ``out_dir``."""
+    c = broadcasts.get(db, campaign_id)
+    p = render_broadcast(settings, now, subject=c.subject, preheader=c.preheader, body_md=c.body_md,
+                         ctas=c.ctas, stream=c.stream, ref=f"campaign:{c.id}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"campaign-{c.id}"
+    files = {
+        ".html": p.rendered.html,
+        ".txt": p.rendered.text,
+        ".preview.html": _width_preview_page(p.rendered.subject, p.rendered.html),
+    }
+    paths = []
+    for suffix, text in files.items():
+        paths.append(out_dir / (stem + suffix))
+        paths[-1].write_text(text, encoding="utf-8")
+    paths.append(out_dir / (stem + ".eml"))
+    paths[-1].write_bytes(p.eml)
+    return paths
