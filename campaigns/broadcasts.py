@@ -138,10 +138,21 @@ def create(
     ctas: list[dict] | None = None,
     template: str = "broadcast",
     stream: str = "broadcasts",
+    form_nonce: str | None = None,
 ) -> int:
-    """Create a draft broadcast; returns its id.  Options beat the body's front matter."""
+    """Create a draft broadcast; returns its id.  Options beat the body's front matter.
+
+    ``form_nonce`` (the console's compose form) makes a double submit harmless:
+    a second create with the same nonce returns the first draft's id.
+    """
     from . import mime, render
 
+    if form_nonce:
+        found = db.execute(
+            "SELECT id FROM campaigns WHERE json_extract(data, '$.form_nonce') = ?", (form_nonce,)
+        ).fetchone()
+        if found:
+            return found[0]
     if template not in TEMPLATES:
         raise InputError(f"--template: unknown template {template!r}; use {', '.join(TEMPLATES)}")
     front: dict = {}
@@ -171,7 +182,7 @@ def create(
         body_md=body_md or "",
         ctas=ctas,
     )
-    data = {"ctas": ctas, "where": list(where)}
+    data = {"ctas": ctas, "where": list(where), **({"form_nonce": form_nonce} if form_nonce else {})}
     cur = db.execute(
         "INSERT INTO campaigns (kind, template, subject, preheader, body_md, segment, stream, "
         "status, data, created_at, updated_at) VALUES ('broadcast', ?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?)",
@@ -208,8 +219,12 @@ def schedule_campaign(
     local: bool = False,
     send_now: bool = False,
     in_: str | None = None,
+    from_draft: bool = False,
 ) -> Campaign:
     """Set when a draft (or re-schedule a not yet queued) campaign goes out.
+
+    With ``from_draft`` only a draft is accepted, so a form submitted twice
+    schedules once and the second answer says it is already scheduled.
 
     ``at`` is a time in ``tz`` (default: the clinic's zone) in any form
     :func:`campaigns.schedule.parse_when` accepts ("2026-12-01 09:00",
@@ -245,6 +260,10 @@ def schedule_campaign(
             send_at, local_flag = when, 0
     with transaction(db):
         c = get(db, campaign_id)
+        if from_draft and c.status != "draft":
+            raise TransitionError(
+                f"campaign {campaign_id} is already {c.status}; nothing was changed"
+            )
         if c.status not in ("draft", "scheduled") or c.queued_at:
             raise TransitionError(
                 f"campaign {campaign_id} is {c.status}; only a draft or a scheduled campaign that "

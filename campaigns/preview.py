@@ -36,7 +36,7 @@ class PreviewResult:
         return self.html_bytes / 1024
 
 
-def _width_preview_page(title: str, html: str) -> str:
+def width_preview_page(title: str, html: str) -> str:
     """One page showing the email at phone (375 px) and desktop (800 px) widths."""
     doc = html_lib.escape(html, quote=True)
     safe_title = html_lib.escape(title)
@@ -105,7 +105,7 @@ def preview_steps(
         paths[0].write_text(rendered.html, encoding="utf-8")
         paths[1].write_text(rendered.text, encoding="utf-8")
         paths[2].write_bytes(message)
-        paths[3].write_text(_width_preview_page(rendered.subject, rendered.html), encoding="utf-8")
+        paths[3].write_text(width_preview_page(rendered.subject, rendered.html), encoding="utf-8")
         results.append(
             PreviewResult(
                 series=series.slug,
@@ -125,6 +125,11 @@ def preview_steps(
 class BroadcastPreview:
     rendered: Rendered
     eml: bytes
+
+    @property
+    def page(self) -> str:
+        """The email at phone and desktop width side by side (one HTML page)."""
+        return width_preview_page(self.rendered.subject, self.rendered.html)
 
 
 def render_broadcast(settings: Any, now: datetime, *, subject: str, preheader: str = "",
@@ -150,19 +155,34 @@ def render_broadcast(settings: Any, now: datetime, *, subject: str, preheader: s
     return BroadcastPreview(rendered, eml)
 
 
+def problem_page(message: str) -> str:
+    """What the preview frame shows instead of an email that can't be built."""
+    return (
+        '<!doctype html>\n<html><head><meta charset="utf-8"><title>Preview</title>'
+        "<style>body{font-family:sans-serif;margin:16px;color:#a3261b}</style></head>"
+        f"<body><p role=\"alert\">{html_lib.escape(message)}</p></body></html>\n"
+    )
+
+
+def render_campaign(db, settings: Any, campaign_id: int, now: datetime) -> BroadcastPreview:
+    """A saved broadcast as a sample reader gets it."""
+    c = broadcasts.get(db, campaign_id)
+    return render_broadcast(settings, now, subject=c.subject, preheader=c.preheader,
+                            body_md=c.body_md, ctas=c.ctas, stream=c.stream, ref=f"campaign:{c.id}")
+
+
 def preview_campaign(db, settings: Any, campaign_id: int, out_dir: Path,
                      now: datetime) -> list[Path]:
     """Write campaign-ID.html, .txt, .eml and .preview.html (phone and desktop) into ``out_dir``."""
+    p = render_campaign(db, settings, campaign_id, now)
     c = broadcasts.get(db, campaign_id)
-    p = render_broadcast(settings, now, subject=c.subject, preheader=c.preheader, body_md=c.body_md,
-                         ctas=c.ctas, stream=c.stream, ref=f"campaign:{c.id}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"campaign-{c.id}"
     files = {
         ".html": p.rendered.html,
         ".txt": p.rendered.text,
-        ".preview.html": _width_preview_page(p.rendered.subject, p.rendered.html),
+        ".preview.html": p.page,
     }
     paths = []
     for suffix, text in files.items():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from . import auth, common, dashboard
+from . import auth, broadcasts, common, dashboard
 
 admin_bp = Blueprint("admin", __name__, url_prefix="/admin")
 admin_bp.before_request(common.guard)
@@ -22,5 +22,6 @@ admin_bp.register_error_handler(common.FunnelError, common.funnel_error)
 admin_bp.register_error_handler(common.NotFound, common.funnel_error)
 admin_bp.register_blueprint(auth.bp)
 admin_bp.register_blueprint(dashboard.bp)
+admin_bp.register_blueprint(broadcasts.bp)
 
 __all__ = ["admin_bp"]

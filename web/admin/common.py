@@ -56,6 +56,7 @@ __all__ = [
     "csrf_field",
     "current_admin",
     "db",
+    "email_response",
     "now",
     "render_admin",
     "settings",
@@ -65,6 +66,7 @@ db = web.db
 now = web.now
 settings = web.settings
 client_ip = web.client_ip
+email_response = web.email_response  # email previews (broadcasts, series)
 
 
 # ----------------------------------------------------------------- cookie
