@@ -762,6 +762,7 @@ def m0021_admin(db: sqlite_utils.Database) -> None:
             first_at TEXT NOT NULL,
             locked_until TEXT
         );
-        CREATE INDEX subscribers_name ON subscribers(name COLLATE NOCASE);
+        CREATE INDEX subscribers_name_nocase ON subscribers(name COLLATE NOCASE);
+        CREATE INDEX subscribers_email_nocase ON subscribers(email COLLATE NOCASE);
         """
     )

@@ -489,6 +489,27 @@ def load_settings(
     return _validate(Settings(**values), require_secret=require_secret)
 
 
+#: Fields shown only as "set" / "not set" wherever settings are displayed.
+SECRET_FIELDS = ("secret_keys",)
+
+
+def effective(s: Settings) -> list[tuple[str, str, str]]:
+    """(funnel.toml key, environment variable, value) for every setting, secrets hidden:
+    the signing keys only as a count, passwords in relay URLs masked by :func:`redact`."""
+    aliases = {v: k for k, v in TOML_ALIASES.items()}
+    rows = []
+    for f in dataclasses.fields(Settings):
+        value = getattr(s, f.name)
+        if f.name in SECRET_FIELDS:
+            shown = f"{len(value)} key(s) set" if value else "not set"
+        elif isinstance(value, tuple):
+            shown = redact(", ".join(str(v) for v in value))
+        else:
+            shown = redact(str(value))
+        rows.append((aliases.get(f.name, f.name), _env(f.name), shown))
+    return rows
+
+
 DEV_CONFIG = """\
 # Written by `funnel init --dev` (`make up` runs it) for trying funnel on this
 # machine: dev mode uses a public signing key and sends every message to the
@@ -543,5 +564,6 @@ __all__ = [
     "redact",
     "test_settings",
     "DEV_SECRET_KEY",
+    "effective",
     "write_dev_config",
 ]

@@ -252,3 +252,58 @@ def test_audit_rows_say_who_what_when_and_where(console, db, clock):
     data = json.loads(rows[-1][2])
     assert data == {"who": EMAIL, "target": EMAIL, "ip": "203.0.113.5"}
     assert rows[-1][0].startswith(clock().strftime("%Y-%m-%dT%H:%M"))
+
+
+# ----------------------------------------------------------------- CLI
+def test_cli_manages_users(cli_env, db, fast_hash, tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    def run(*args, input=None):
+        return CliRunner().invoke(cli.main, list(args), input=input)
+
+    weak = run("admin", "add-user", EMAIL, input="Password1234\nPassword1234\n")
+    assert weak.exit_code == 1 and "common passwords" in weak.output
+    done = run("admin", "add-user", EMAIL, input=f"{PASSWORD}\n{PASSWORD}\n")
+    assert done.exit_code == 0, done.output
+    assert PASSWORD not in done.output  # the prompt never echoes it
+    assert admins.get_user(db, EMAIL).email == EMAIL
+    listed = run("admin", "list-users")
+    assert EMAIL in listed.output and "active" in listed.output and "totp off" in listed.output
+    qr = tmp_path / "totp.svg"
+    setup = run("admin", "totp-setup", EMAIL, "--qr", str(qr))
+    assert setup.exit_code == 0 and qr.read_text().startswith("<?xml") and "<svg" in qr.read_text()
+    secret = setup.output.split("key ")[1].split()[0]
+    assert pyotp.TOTP(secret).now().isdigit() and admins.get_user(db, EMAIL).has_totp
+    assert run("admin", "disable-user", EMAIL).exit_code == 0
+    assert admins.get_user(db, EMAIL).disabled
+    again = run("admin", "reset-password", EMAIL, input="another-long-phrase-7\nanother-long-phrase-7\n")
+    assert again.exit_code == 0 and not admins.get_user(db, EMAIL).disabled
+    for command in ("add-user", "list-users", "disable-user", "reset-password", "totp-setup"):
+        assert "Example:" in run("admin", command, "--help").output
+
+
+def test_migration_widens_the_events_check_keeping_rows_and_indexes(db, clock):
+    from funnel import db as schema
+
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    old = sql.replace(", 'admin'", "")
+    assert old != sql
+    with schema.transaction(db):  # an events table as it was before migration 0021
+        db.execute("ALTER TABLE events RENAME TO events_before")
+        db.execute(old)
+        db.execute("INSERT INTO events SELECT * FROM events_before")
+        db.execute("DROP TABLE events_before")
+        db.execute("CREATE INDEX events_kind_at ON events(kind, at)")
+        db.execute("CREATE INDEX events_subscriber ON events(subscriber_id)")
+        schema.log_event(db, "subscribed", clock(), None, "web")
+    with pytest.raises(Exception, match="CHECK"):
+        schema.log_event(db, "admin", clock())
+    with schema.transaction(db):
+        schema._widen_event_kinds(db)
+    schema.log_event(db, "admin", clock(), ref="login")
+    assert [r[0] for r in db.execute("SELECT kind FROM events ORDER BY id")][-2:] == ["subscribed", "admin"]
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'events' "
+                                        "AND type = 'index'")}
+    assert {"events_kind_at", "events_subscriber"} <= indexes

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from . import auth, broadcasts, common, dashboard
+from . import auth, broadcasts, common, config, dashboard, people
 
 admin_bp = Blueprint("admin", __name__, url_prefix="/admin")
 admin_bp.before_request(common.guard)
 admin_bp.context_processor(common.template_values)
 admin_bp.register_error_handler(common.FunnelError, common.funnel_error)
 admin_bp.register_error_handler(common.NotFound, common.funnel_error)
+admin_bp.register_error_handler(413, common.too_large)
 admin_bp.register_blueprint(auth.bp)
 admin_bp.register_blueprint(dashboard.bp)
+admin_bp.register_blueprint(people.bp)
+admin_bp.register_blueprint(config.bp)
 admin_bp.register_blueprint(broadcasts.bp)
 
 __all__ = ["admin_bp"]

@@ -47,6 +47,8 @@ NAV = (
 )
 
 __all__ = [
+    "EMAIL_CSP_ANCESTORS",
+    "UPLOAD_MARGIN",
     "FunnelError",
     "InputError",
     "NotFound",
@@ -56,17 +58,24 @@ __all__ = [
     "csrf_field",
     "current_admin",
     "db",
+    "download",
     "email_response",
     "now",
     "render_admin",
     "settings",
+    "zones",
 ]
 
 db = web.db
 now = web.now
 settings = web.settings
 client_ip = web.client_ip
-email_response = web.email_response  # email previews (broadcasts, series)
+zones = web.zones
+email_response = web.email_response
+#: A sent email shown inside the console may be framed by the console only.
+EMAIL_CSP_ANCESTORS = "'self'"
+#: The multipart envelope around an uploaded file (its size is checked on its own).
+UPLOAD_MARGIN = 1024 * 1024
 
 
 # ----------------------------------------------------------------- cookie
@@ -203,6 +212,18 @@ def template_values() -> dict:
 def render_admin(template: str, status: int = 200, **context):
     """Render ``templates/pages/admin/<template>`` with the console's common values."""
     return render_template(f"admin/{template}", s=settings(), **context), status
+
+
+def download(body: str, filename: str, mimetype: str):
+    response = current_app.response_class(body, mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def too_large(exc):
+    return render_admin("error.html.j2", 413, title="That file is too large",
+                        message="file: the file is larger than 50 MB; split it, or import it on "
+                                "the server with `funnel subscribers import`")
 
 
 def funnel_error(exc: FunnelError):
