@@ -60,7 +60,7 @@ from funnel.errors import FunnelError, RowsRejected
 from funnel.outbox import due_count
 from funnel.settings import Settings, config_path, load_settings, redact, write_dev_config
 from funnel.validate import zone_name
-from subscribers import admins, lifecycle, segments
+from subscribers import admins, bounces, history, lifecycle, segments
 from subscribers.bounces import process_paths
 from subscribers.io import add, erase, export_records, import_csv, write_export
 from subscribers.optin import confirm
@@ -1862,6 +1862,59 @@ def events_cmd(app: App, since: str | None, kind: str | None, limit: int) -> Non
         detail = " ".join(f"{k}={v}" for k, v in e.data.items())
         table.append((e.at[:19].replace("T", " "), e.kind, e.email or "-", e.ref or "-", detail[:60]))
     click.echo(_table(table) if rows else "no events")
+
+
+@subscribers_group.command("history")
+@click.argument("email")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="At most this many entries, newest first.")
+@run
+def subscribers_history(app: App, email: str, limit: int) -> None:
+    """Everything that happened to one person, newest first: emails, clicks, webinars, changes.
+
+    \b
+    Example:
+      funnel subscribers history ana@example.com
+    """
+    entries = history.timeline(app.db, email)[:limit]
+    rows = [("AT (UTC)", "WHAT", "REF", "DETAIL")]
+    for e in entries:
+        what = f"email {e.status}" if e.kind == "email" else e.kind
+        rows.append((e.at[:16].replace("T", " "), what, e.ref or "-", e.detail[:70]))
+    click.echo(_table(rows) if entries else f"{email}: nothing recorded yet")
+
+
+@subscribers_group.command("edit")
+@click.argument("email")
+@click.option("--name", default=None, help="The new name (\"\" to clear it).")
+@click.option("--tz", default=None, help='The new time zone, e.g. Europe/London ("" = the clinic\'s).')
+@run
+def subscribers_edit(app: App, email: str, name: str | None, tz: str | None) -> None:
+    """Change a person's name and/or time zone.
+
+    \b
+    Example:
+      funnel subscribers edit ana@example.com --name "Ana Silva" --tz Europe/Lisbon
+    """
+    if name is None and tz is None:
+        raise click.UsageError("give --name and/or --tz")
+    sub = lifecycle.edit_profile(app.db, email, name=name, tz=tz, now=app.now())
+    click.echo(f"{email}: name {sub.name!r}, time zone {sub.timezone or app.settings.timezone}")
+
+
+@subscribers_group.command("unsuppress")
+@click.argument("email")
+@click.option("--reason", required=True, help="Why the address can be mailed again (logged).")
+@run
+def subscribers_unsuppress(app: App, email: str, reason: str) -> None:
+    """Take a bounced address off the suppression list once it is fixed (complaints stay).
+
+    \b
+    Example:
+      funnel subscribers unsuppress ana@example.com --reason "mailbox was full, reader emptied it"
+    """
+    sub = bounces.unsuppress(app.db, email, reason, "cli", app.now())
+    click.echo(f"{email}: {sub.status} again; reason logged")
 
 
 if __name__ == "__main__":  # pragma: no cover

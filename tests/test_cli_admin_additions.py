@@ -149,3 +149,46 @@ def test_events_filter_by_kind_and_since(run, db, clock):
 ])
 def test_events_bad_options_name_the_option(run, args, option):
     assert option in error_line(run("events", *args))
+
+
+# ----------------------------------------------------------------- subscribers
+def test_subscribers_history_shows_the_timeline(run, db, settings, clock, smtp_server, body):
+    sid = add_active(db, "tl@example.com", "Tia Lane", clock)
+    log_event(db, "confirmed", clock() - timedelta(days=1), sid)
+    cid = draft(run, "--subject", "Pool news", "--body", body)
+    broadcasts.schedule_campaign(db, settings, cid, clock(), send_now=True)
+    broadcasts.queue(db, settings, cid, clock())
+    send_due(db, settings, clock)
+    r = run("subscribers", "history", "tl@example.com")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert "email sent" in lines[1] and "Pool news" in lines[1]  # newest first
+    assert "confirmed" in lines[2]
+
+
+def test_subscribers_edit_changes_name_and_zone(run, db, clock):
+    sid = add_active(db, "ed@example.com", "Ed", clock)
+    r = run("subscribers", "edit", "ed@example.com", "--name", "Edwina Park", "--tz", "Asia/Tokyo")
+    assert r.exit_code == 0, r.output
+    assert lifecycle.get(db, sid).name == "Edwina Park" and lifecycle.get(db, sid).timezone == "Asia/Tokyo"
+    line = error_line(run("subscribers", "edit", "ed@example.com", "--tz", "Mars/Olympus"))
+    assert "timezone" in line and lifecycle.get(db, sid).timezone == "Asia/Tokyo"
+    assert "--name" in error_line(run("subscribers", "edit", "ed@example.com"))
+
+
+def test_subscribers_unsuppress_needs_a_reason_and_logs_it(run, db, clock):
+    sid = add_active(db, "bo@example.com", "Bo", clock)
+    db.execute("UPDATE subscribers SET status = 'bounced' WHERE id = ?", (sid,))
+    assert "--reason" in error_line(run("subscribers", "unsuppress", "bo@example.com"))
+    assert "reason" in error_line(run("subscribers", "unsuppress", "bo@example.com", "--reason", " "))
+    assert lifecycle.get(db, sid).status == "bounced"
+    r = run("subscribers", "unsuppress", "bo@example.com", "--reason", "mailbox emptied")
+    assert r.exit_code == 0, r.output
+    assert lifecycle.get(db, sid).status == "active"
+    (data,) = db.execute("SELECT data FROM events WHERE kind = 'admin' AND ref = 'unsuppress'").fetchone()
+    assert "mailbox emptied" in data
+
+
+def test_history_of_an_unknown_address_is_one_sentence(run):
+    line = error_line(run("subscribers", "history", "nobody@example.com"))
+    assert "nobody@example.com" in line
