@@ -49,7 +49,7 @@ def width_preview_page(title: str, html: str) -> str:
         '<!doctype html>\n<html><head><meta charset="utf-8">'
         f"<title>Preview: {safe_title}</title>"
         "<style>body{font-family:sans-serif;background:#eee;margin:16px}"
-        "main{display:flex;gap:24px;align-items:flex-start;flex-wrap:wrap}"
+        "main{display:flex;gap:24px;align-items:flex-start}"
         "figure{margin:0}iframe{border:1px solid #999;background:#fff}</style>"
         f"</head><body><h1>{safe_title}</h1><main>\n{frames}\n</main></body></html>\n"
     )
