@@ -18,7 +18,7 @@ from . import broadcasts, merge_tags, messages
 from .content import list_id
 from .mime import make_message_id
 from .render import Rendered, compile_email, footer_reason, sample_recipient
-from .series import Series, Step
+from .series import Series, Step, find_series, resolve_step
 
 
 @dataclass
@@ -191,3 +191,21 @@ def preview_campaign(db, settings: Any, campaign_id: int, out_dir: Path,
     paths.append(out_dir / (stem + ".eml"))
     paths[-1].write_bytes(p.eml)
     return paths
+
+
+def render_step(settings: Any, slug: str, step_ref: str, now: datetime) -> BroadcastPreview:
+    """One series step as a sample reader gets it (strict, like ``funnel preview``)."""
+    series = find_series(settings.content_paths, slug)
+    step = resolve_step(series, step_ref)
+    recipient = sample_recipient(settings, "series")
+    compiled = compile_email(settings, "series", subject=step.subject, preheader=step.preheader,
+                             body_md=step.body_md, ctas=step.ctas, strict=True)
+    rendered = compiled.render(recipient)
+    eml = messages.assemble(
+        settings, rendered, to_name=str(recipient["first_name"]), to_addr=str(recipient["email"]),
+        date=now, message_id=make_message_id(step.part, settings.sender_domain,
+                                             salt=f"preview:{series.slug}:{step.key}"),
+        list_id=list_id(settings, series.stream), unsubscribe_url=str(recipient["unsubscribe_url"]),
+        unsubscribe_mailto=f"mailto:unsubscribe@{settings.sender_domain}?subject=unsubscribe",
+    )  # fmt: skip
+    return BroadcastPreview(rendered, eml)
