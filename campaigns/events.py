@@ -7,6 +7,7 @@ Every signup, send, bounce, click, webinar step and admin action is a row of
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,6 +16,8 @@ from funnel.errors import InputError
 from funnel.settings import Settings
 
 from . import schedule
+
+_DATE_RE = re.compile(r"(?P<day>\d{4}-\d{2}-\d{2})(?:[ T](?P<time>\d{1,2}:\d{2}))?\Z")
 
 
 @dataclass(frozen=True)
@@ -28,14 +31,21 @@ class Event:
 
 
 def since_time(text: str, settings: Settings, now: datetime) -> datetime:
-    """``--since``: a duration back from now ("24h", "7d", "2 weeks") or a time ("2026-12-01")."""
+    """``--since``: a duration back from now ("24h", "7d", "2 weeks") or a date ("2026-12-01",
+    "2026-12-01 09:00"), read in the clinic's zone."""
     cleaned = " ".join((text or "").split())
     if not cleaned:
         raise InputError("--since: give a duration such as 7d or a date such as 2026-12-01")
     if schedule.is_duration(cleaned):
         ahead = schedule.parse_when(schedule.offset_text(cleaned, "--since"), settings.zone, now)
         return now - (ahead - now)
-    return schedule.parse_when(cleaned, settings.zone, now, "--since")
+    m = _DATE_RE.match(cleaned)
+    if m is None:
+        raise InputError(
+            f"--since: {cleaned!r} is neither a duration back from now (24h, 7d, 2 weeks) nor a "
+            "date (2026-12-01, or 2026-12-01 09:00 in the clinic's zone)"
+        )
+    return schedule.parse_when(f"{m['day']} {m['time'] or '00:00'}", settings.zone, now, "--since")
 
 
 def recent(db, settings: Settings, now: datetime, *, since: str | None = None,

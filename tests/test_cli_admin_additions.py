@@ -138,6 +138,8 @@ def test_events_filter_by_kind_and_since(run, db, clock):
     r = run("events", "--kind", "bounced")
     lines = r.output.splitlines()
     assert len(lines) == 2 and "ev@example.com" in lines[1] and "row:1" in lines[1]
+    r = run("events", "--since", f"{clock() - timedelta(days=3):%Y-%m-%d}")
+    assert "bounced" in r.output and "subscribed" not in r.output
     r = run("events", "--limit", "1")
     assert len(r.output.splitlines()) == 2 and "confirmed" in r.output
 
@@ -145,6 +147,8 @@ def test_events_filter_by_kind_and_since(run, db, clock):
 @pytest.mark.parametrize("args, option", [
     (["--kind", "exploded"], "--kind"),
     (["--since", "last blue moon"], "--since"),
+    (["--since", "monday 09:00"], "--since"),
+    (["--since", "2026-13-40"], "--since"),
     (["--limit", "0"], "--limit"),
 ])
 def test_events_bad_options_name_the_option(run, args, option):
