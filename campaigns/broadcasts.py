@@ -145,8 +145,6 @@ def create(
     ``form_nonce`` (the console's compose form) makes a double submit harmless:
     a second create with the same nonce returns the first draft's id.
     """
-    from . import mime, render
-
     if form_nonce:
         found = db.execute(
             "SELECT id FROM campaigns WHERE json_extract(data, '$.form_nonce') = ?", (form_nonce,)
@@ -161,27 +159,7 @@ def create(
     subject = (subject if subject is not None else front.get("subject", "")).strip()
     preheader = (preheader if preheader is not None else front.get("preheader", "")).strip()
     ctas = ctas if ctas is not None else front.get("ctas", [])
-    if not subject:
-        raise InputError(
-            "--subject: a subject is required (or put 'subject:' in the body's front matter)"
-        )
-    if not (body_md or "").strip():
-        raise InputError("--body: the campaign needs a body (a Markdown file)")
-    mime.header_value(subject, "--subject")  # CR/LF/NUL never reach a header
-    mime.header_value(preheader, "--preheader")
-    merge_tags.check(subject, "--subject")
-    merge_tags.check(preheader, "--preheader")
-    merge_tags.check(body_md or "", "--body")
-    segments.compile_segment(settings, segment, where=where)  # unknown segment/key fails now
-    # Compile once now so a bad CTA or an oversize body fails here, not mid-send.
-    render.compile_email(
-        settings,
-        "broadcast",
-        subject=subject,
-        preheader=preheader,
-        body_md=body_md or "",
-        ctas=ctas,
-    )
+    _check_content(settings, subject, preheader, body_md or "", ctas, segment, where)
     data = {"ctas": ctas, "where": list(where), **({"form_nonce": form_nonce} if form_nonce else {})}
     cur = db.execute(
         "INSERT INTO campaigns (kind, template, subject, preheader, body_md, segment, stream, "
@@ -199,6 +177,47 @@ def create(
         ),
     )
     return cur.lastrowid
+
+
+def _check_content(settings: Settings, subject: str, preheader: str, body_md: str, ctas: list,
+                   segment: str, where: tuple[str, ...]) -> None:
+    """Everything a draft must pass before it is stored (create and update)."""
+    from . import mime, render
+
+    if not subject:
+        raise InputError(
+            "--subject: a subject is required (or put 'subject:' in the body's front matter)"
+        )
+    if not body_md.strip():
+        raise InputError("--body: the campaign needs a body (a Markdown file)")
+    mime.header_value(subject, "--subject")  # CR/LF/NUL never reach a header
+    mime.header_value(preheader, "--preheader")
+    merge_tags.check(subject, "--subject")
+    merge_tags.check(preheader, "--preheader")
+    merge_tags.check(body_md, "--body")
+    segments.compile_segment(settings, segment, where=where)  # unknown segment/key fails now
+    # Compile once now so a bad CTA or an oversize body fails here, not mid-send.
+    render.compile_email(settings, "broadcast", subject=subject, preheader=preheader,
+                         body_md=body_md, ctas=ctas)
+
+
+def update_draft(db, settings: Settings, campaign_id: int, now: datetime, *, subject: str,
+                 preheader: str, body_md: str, segment: str, where: tuple[str, ...] = ()) -> Campaign:
+    """Change a draft's words and audience (the console's Edit); only a draft can change."""
+    subject, preheader = subject.strip(), preheader.strip()
+    c = get(db, campaign_id)
+    _check_content(settings, subject, preheader, body_md, c.ctas, segment, where)
+    with transaction(db):
+        c = get(db, campaign_id)
+        if c.status != "draft":
+            raise TransitionError(f"campaign {campaign_id} is {c.status}; only a draft can be edited")
+        db.execute(
+            "UPDATE campaigns SET subject = ?, preheader = ?, body_md = ?, segment = ?, data = ?, "
+            "updated_at = ? WHERE id = ?",
+            (subject, preheader, body_md, segment, json.dumps({**c.data, "where": list(where)}),
+             iso(now), campaign_id),
+        )
+    return get(db, campaign_id)
 
 
 # ----------------------------------------------------------------- schedule

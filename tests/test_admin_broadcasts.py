@@ -193,3 +193,22 @@ def test_progress_fragment_polls_while_sending(signed_in, db, settings, clock):
     r = signed_in.get(f"/admin/broadcasts/{cid}/progress")
     body = text(r)
     assert 'hx-trigger="every 5s"' in body and ">sending<" in body and "<td>queued</td><td>1</td>" in body
+
+
+def test_a_draft_can_be_edited_until_it_is_scheduled(signed_in, db, clock):
+    cid = saved(signed_in)
+    page = text(signed_in.get(f"/admin/broadcasts/{cid}/edit"))
+    assert "Edit the draft" in page and "hydrotherapy pool" in page
+    token = signed_in.token(f"/admin/broadcasts/{cid}/edit")
+    data = {"subject": "Pool news, {{ name }}", "preheader": "", "body": "Now *Tuesday*.",
+            "segment": "all", "where": ""}
+    r = signed_in.post(f"/admin/broadcasts/{cid}/edit", {**data, "body": "{{ oops }}"}, token=token)
+    assert r.status_code == 400 and "unknown merge tag {{ oops }}" in text(r)
+    assert broadcasts.get(db, cid).subject == "Pool news"
+    r = signed_in.post(f"/admin/broadcasts/{cid}/edit", data, token=token)
+    assert r.status_code == 303
+    c = broadcasts.get(db, cid)
+    assert (c.subject, c.body_md) == ("Pool news, {{ name }}", "Now *Tuesday*.")
+    post(signed_in, cid, "schedule", action="now", zone="clinic")
+    r = signed_in.post(f"/admin/broadcasts/{cid}/edit", data, token=token)
+    assert r.status_code == 400 and "only a draft can be edited" in text(r)

@@ -37,9 +37,13 @@ def _wheres(text: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _compose(values: dict, error: str | None = None, status: int = 200):
+def _compose(values: dict, error: str | None = None, status: int = 200,
+             campaign_id: int | None = None):
+    action = (url_for(".edit_post", campaign_id=campaign_id) if campaign_id
+              else url_for(".create"))
     return render_admin(
-        "broadcast_compose.html.j2", status, values=values, error=error,
+        "broadcast_compose.html.j2", status, values=values, error=error, action=action,
+        campaign_id=campaign_id,
         segment_names=sorted(segments.load_definitions(settings())),
         tags=merge_tags.ALLOWED,
     )  # fmt: skip
@@ -69,6 +73,29 @@ def create():
         return _compose(values, str(exc), 400)
     audit("broadcast_create", f"campaign {cid}", values["subject"])
     return redirect(url_for(".show", campaign_id=cid), 303)
+
+
+@bp.get("/<int:campaign_id>/edit")
+def edit(campaign_id: int):
+    c = broadcasts.get(db(), campaign_id)
+    values = {"subject": c.subject, "preheader": c.preheader, "body": c.body_md,
+              "segment": c.segment, "where": "\n".join(c.where), "nonce": ""}
+    return _compose(values, campaign_id=campaign_id)
+
+
+@bp.post("/<int:campaign_id>/edit")
+def edit_post(campaign_id: int):
+    values = {k: request.form.get(k, d) for k, d in FIELDS.items()}
+    try:
+        broadcasts.update_draft(
+            db(), settings(), campaign_id, now(), subject=values["subject"],
+            preheader=values["preheader"], body_md=values["body"].replace("\r\n", "\n"),
+            segment=values["segment"], where=_wheres(values["where"]),
+        )  # fmt: skip
+    except FunnelError as exc:
+        return _compose({**values, "nonce": ""}, str(exc), 400, campaign_id)
+    audit("broadcast_edit", f"campaign {campaign_id}", values["subject"])
+    return _back(campaign_id, "saved")
 
 
 @bp.post("/preview")
