@@ -19,8 +19,9 @@ ALLOWED: dict[str, tuple[str, str]] = {
     "name": ("first_name", "the same as first_name: the name a reader is greeted with"),
 }
 
-#: A ``{{ word }}`` the writer meant as a merge tag (spaces optional).
-TAG_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
+#: Anything between ``{{`` and ``}}`` on one line: the writer meant a merge tag (spaces
+#: optional).  Only an allowed name alone is one; ``{{ first_name | upper }}`` is refused too.
+TAG_RE = re.compile(r"\{\{\s*([^{}\n]*?)\s*\}\}")
 
 
 def allowed_text() -> str:
@@ -41,6 +42,6 @@ def check(text: str, field: str) -> None:
     """Raise InputError naming the first unknown merge tag in ``text`` and the allowed ones."""
     bad = unknown(text)
     if bad:
-        raise InputError(
-            f"{field}: unknown merge tag {{{{ {bad[0]} }}}}; the allowed ones are {allowed_text()}"
-        )
+        inner = bad[0] if len(bad[0]) <= 40 else bad[0][:37] + "..."
+        shown = "{{ " + inner + " }}" if inner else "{{ }}"
+        raise InputError(f"{field}: unknown merge tag {shown}; the allowed ones are {allowed_text()}")

@@ -59,6 +59,19 @@ def test_create_refuses_an_unknown_merge_tag_naming_it(run, db, body, option, te
     assert db.execute("SELECT COUNT(*) FROM campaigns").fetchone()[0] == 0
 
 
+@pytest.mark.parametrize("text, shown", [
+    ("{{ first_name | upper }}", "{{ first_name | upper }}"),
+    ("{{7*7}}", "{{ 7*7 }}"),
+    ("{{ }}", "{{ }}"),
+])
+def test_anything_else_in_braces_is_refused_too(run, db, tmp_path, text, shown):
+    path = tmp_path / "braces.md"
+    path.write_text(f"Hi {text}\n", encoding="utf-8")
+    line = error_line(run("campaign", "create", "--subject", "News", "--body", path))
+    assert f"--body: unknown merge tag {shown}" in line
+    assert db.execute("SELECT COUNT(*) FROM campaigns").fetchone()[0] == 0
+
+
 def test_create_refuses_an_unknown_merge_tag_in_the_body(run, db, tmp_path):
     path = tmp_path / "typo.md"
     path.write_text("Hi {{ frist_name }}\n", encoding="utf-8")
