@@ -47,6 +47,8 @@ from .content import Content, SkipMessage
 from .frontmatter import split_front_matter, validate_ctas
 
 TEMPLATES = ("broadcast",)
+#: How errors name a broadcast's fields by default: the CLI's options.
+CLI_NAMES = {"subject": "--subject", "preheader": "--preheader", "body": "--body"}
 FRONT_MATTER_KEYS = {"subject", "preheader", "ctas", "title"}
 #: The earliest zone on Earth: a --local campaign starts queueing when it gets there.
 EARLIEST_ZONE = ZoneInfo("Pacific/Kiritimati")
@@ -139,11 +141,13 @@ def create(
     template: str = "broadcast",
     stream: str = "broadcasts",
     form_nonce: str | None = None,
+    names: dict[str, str] | None = None,
 ) -> int:
     """Create a draft broadcast; returns its id.  Options beat the body's front matter.
 
     ``form_nonce`` (the console's compose form) makes a double submit harmless:
-    a second create with the same nonce returns the first draft's id.
+    a second create with the same nonce returns the first draft's id.  ``names``: how
+    errors name the fields (see :func:`_check_content`).
     """
     if form_nonce:
         found = db.execute(
@@ -159,7 +163,7 @@ def create(
     subject = (subject if subject is not None else front.get("subject", "")).strip()
     preheader = (preheader if preheader is not None else front.get("preheader", "")).strip()
     ctas = ctas if ctas is not None else front.get("ctas", [])
-    _check_content(settings, subject, preheader, body_md or "", ctas, segment, where)
+    _check_content(settings, subject, preheader, body_md or "", ctas, segment, where, names)
     data = {"ctas": ctas, "where": list(where), **({"form_nonce": form_nonce} if form_nonce else {})}
     cur = db.execute(
         "INSERT INTO campaigns (kind, template, subject, preheader, body_md, segment, stream, "
@@ -180,21 +184,28 @@ def create(
 
 
 def _check_content(settings: Settings, subject: str, preheader: str, body_md: str, ctas: list,
-                   segment: str, where: tuple[str, ...]) -> None:
-    """Everything a draft must pass before it is stored (create and update)."""
+                   segment: str, where: tuple[str, ...], names: dict[str, str] | None = None) -> None:
+    """Everything a draft must pass before it is stored (create and update).
+
+    ``names`` says how errors name the subject, preheader and body (the CLI's
+    options by default; the console passes its form labels).
+    """
     from . import mime, render
 
+    n = {**CLI_NAMES, **(names or {})}
     if not subject:
         raise InputError(
-            "--subject: a subject is required (or put 'subject:' in the body's front matter)"
+            f"{n['subject']}: a subject is required (or put 'subject:' in the body's front matter)"
+            if not names else f"{n['subject']}: a subject is required"
         )
     if not body_md.strip():
-        raise InputError("--body: the campaign needs a body (a Markdown file)")
-    mime.header_value(subject, "--subject")  # CR/LF/NUL never reach a header
-    mime.header_value(preheader, "--preheader")
-    merge_tags.check(subject, "--subject")
-    merge_tags.check(preheader, "--preheader")
-    merge_tags.check(body_md, "--body")
+        raise InputError(f"{n['body']}: the campaign needs a body"
+                         + (" (a Markdown file)" if not names else ""))
+    mime.header_value(subject, n["subject"])  # CR/LF/NUL never reach a header
+    mime.header_value(preheader, n["preheader"])
+    merge_tags.check(subject, n["subject"])
+    merge_tags.check(preheader, n["preheader"])
+    merge_tags.check(body_md, n["body"])
     segments.compile_segment(settings, segment, where=where)  # unknown segment/key fails now
     # Compile once now so a bad CTA or an oversize body fails here, not mid-send.
     render.compile_email(settings, "broadcast", subject=subject, preheader=preheader,
@@ -202,11 +213,12 @@ def _check_content(settings: Settings, subject: str, preheader: str, body_md: st
 
 
 def update_draft(db, settings: Settings, campaign_id: int, now: datetime, *, subject: str,
-                 preheader: str, body_md: str, segment: str, where: tuple[str, ...] = ()) -> Campaign:
+                 preheader: str, body_md: str, segment: str, where: tuple[str, ...] = (),
+                 names: dict[str, str] | None = None) -> Campaign:
     """Change a draft's words and audience (the console's Edit); only a draft can change."""
     subject, preheader = subject.strip(), preheader.strip()
     c = get(db, campaign_id)
-    _check_content(settings, subject, preheader, body_md, c.ctas, segment, where)
+    _check_content(settings, subject, preheader, body_md, c.ctas, segment, where, names)
     with transaction(db):
         c = get(db, campaign_id)
         if c.status != "draft":

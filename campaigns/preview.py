@@ -139,7 +139,7 @@ def render_broadcast(settings: Any, now: datetime, *, subject: str, preheader: s
 
     Unknown merge tags fail here with the field named, as they do on create.
     """
-    for text, field in ((subject, "subject"), (preheader, "preheader"), (body_md, "body")):
+    for text, field in ((subject, "Subject"), (preheader, "Preheader"), (body_md, "Message")):
         merge_tags.check(text, field)
     recipient = sample_recipient(settings, "broadcast")
     recipient["reason"] = footer_reason("newsletter", settings.site_name)

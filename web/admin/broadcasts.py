@@ -31,6 +31,8 @@ bp = Blueprint("broadcasts", __name__, url_prefix="/broadcasts")
 
 #: The compose form's fields and their defaults.
 FIELDS = {"subject": "", "preheader": "", "body": "", "segment": "all", "where": ""}
+#: How errors name them: the form's labels.
+NAMES = {"subject": "Subject", "preheader": "Preheader", "body": "Message"}
 
 
 def _wheres(text: str) -> tuple[str, ...]:
@@ -67,7 +69,7 @@ def create():
         cid = broadcasts.create(
             db(), settings(), now(), subject=values["subject"], preheader=values["preheader"],
             body_md=values["body"].replace("\r\n", "\n"), segment=values["segment"],
-            where=_wheres(values["where"]), form_nonce=values["nonce"] or None,
+            where=_wheres(values["where"]), form_nonce=values["nonce"] or None, names=NAMES,
         )  # fmt: skip
     except FunnelError as exc:
         return _compose(values, str(exc), 400)
@@ -90,7 +92,7 @@ def edit_post(campaign_id: int):
         broadcasts.update_draft(
             db(), settings(), campaign_id, now(), subject=values["subject"],
             preheader=values["preheader"], body_md=values["body"].replace("\r\n", "\n"),
-            segment=values["segment"], where=_wheres(values["where"]),
+            segment=values["segment"], where=_wheres(values["where"]), names=NAMES,
         )  # fmt: skip
     except FunnelError as exc:
         return _compose({**values, "nonce": ""}, str(exc), 400, campaign_id)
