@@ -18,14 +18,14 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from campaigns import appointments, broadcasts, enrollment
+from campaigns import appointments, broadcasts, enrollment, events
 from campaigns.articles import format_preview, import_files, load_article
 from campaigns.attendance import import_attendance
 from campaigns.check import problems
 from campaigns.check import warnings as check_warnings
 from campaigns.dkim import DkimSigner
 from campaigns.enrollment import held_steps
-from campaigns.preview import preview_steps
+from campaigns.preview import preview_campaign, preview_steps
 from campaigns.report import compute, render_html, render_text
 from campaigns.schedule import WHEN_FORMS as WHEN_HELP
 from campaigns.schedule import parse_when, step_due_times
@@ -61,7 +61,7 @@ from funnel.errors import FunnelError, RowsRejected
 from funnel.outbox import due_count
 from funnel.settings import Settings, config_path, load_settings, redact, write_dev_config
 from funnel.validate import zone_name
-from subscribers import admins, lifecycle, segments
+from subscribers import admins, bounces, history, lifecycle, segments
 from subscribers.bounces import process_paths
 from subscribers.io import add, erase, export_records, import_csv, write_export
 from subscribers.optin import confirm
@@ -1931,6 +1931,120 @@ def admin_totp_setup(app: App, email: str, qr_out: Path | None) -> None:
     if qr_out is not None:
         segno.make(admins.totp_uri(secret, email), error="m").save(str(qr_out), kind="svg", scale=4)
         echo_err(f"wrote {qr_out}")
+
+
+# --- campaign preview / test send, the events log ---
+
+
+@campaign_group.command("preview")
+@click.argument("campaign_id", type=int)
+@click.option("--to", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the files (made if missing).")
+@run
+def campaign_preview(app: App, campaign_id: int, out_dir: Path) -> None:
+    """Write a campaign as a sample reader gets it: HTML, text, .eml and a phone/desktop page.
+
+    \b
+    Example:
+      funnel campaign preview 3 --to out/
+    """
+    for path in preview_campaign(app.db, app.settings, campaign_id, out_dir, app.now()):
+        click.echo(f"wrote {path}")
+
+
+@campaign_group.command("test")
+@click.argument("campaign_id", type=int)
+@click.option("--to", "to_addr", required=True, help="The address that gets the test message.")
+@run
+def campaign_test(app: App, campaign_id: int, to_addr: str) -> None:
+    """Queue one test message of a campaign, subject marked "[Test]", to an address.
+
+    It goes through the outbox like every message (`funnel send` or the worker
+    delivers it) and does not count towards the campaign's progress.
+
+    \b
+    Example:
+      funnel campaign test 3 --to manager@clinic.example
+      funnel send
+    """
+    row = broadcasts.test_send(app.db, app.settings, campaign_id, to_addr, app.now())
+    click.echo(f"campaign {campaign_id}: test message queued for {to_addr} (outbox row {row}); "
+               "`funnel send` or the worker sends it")
+
+
+@main.command("events")
+@click.option("--since", default=None, help='A duration back from now ("24h", "7d") or a date.')
+@click.option("--kind", default=None, help="Only events of this kind (e.g. sent, bounced, admin).")
+@click.option("--limit", type=int, default=50, show_default=True, help="At most this many, newest first.")
+@run
+def events_cmd(app: App, since: str | None, kind: str | None, limit: int) -> None:
+    """The events log, newest first: signups, sends, bounces, clicks, admin actions.
+
+    \b
+    Example:
+      funnel events --since 24h
+      funnel events --kind bounced --limit 20
+      funnel events --since 2026-12-01 --kind admin
+    """
+    rows = events.recent(app.db, app.settings, app.now(), since=since, kind=kind, limit=limit)
+    table = [("AT (UTC)", "KIND", "WHO", "REF", "DETAIL")]
+    for e in rows:
+        detail = " ".join(f"{k}={v}" for k, v in e.data.items())
+        table.append((e.at[:19].replace("T", " "), e.kind, e.email or "-", e.ref or "-", detail[:60]))
+    click.echo(_table(table) if rows else "no events")
+
+
+@subscribers_group.command("history")
+@click.argument("email")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="At most this many entries, newest first.")
+@run
+def subscribers_history(app: App, email: str, limit: int) -> None:
+    """Everything that happened to one person, newest first: emails, clicks, webinars, changes.
+
+    \b
+    Example:
+      funnel subscribers history ana@example.com
+    """
+    entries = history.timeline(app.db, email)[:limit]
+    rows = [("AT (UTC)", "WHAT", "REF", "DETAIL")]
+    for e in entries:
+        what = f"email {e.status}" if e.kind == "email" else e.kind
+        rows.append((e.at[:16].replace("T", " "), what, e.ref or "-", e.detail[:70]))
+    click.echo(_table(rows) if entries else f"{email}: nothing recorded yet")
+
+
+@subscribers_group.command("edit")
+@click.argument("email")
+@click.option("--name", default=None, help="The new name (\"\" to clear it).")
+@click.option("--tz", default=None, help='The new time zone, e.g. Europe/London ("" = the clinic\'s).')
+@run
+def subscribers_edit(app: App, email: str, name: str | None, tz: str | None) -> None:
+    """Change a person's name and/or time zone.
+
+    \b
+    Example:
+      funnel subscribers edit ana@example.com --name "Ana Silva" --tz Europe/Lisbon
+    """
+    if name is None and tz is None:
+        raise click.UsageError("give --name and/or --tz")
+    sub = lifecycle.edit_profile(app.db, email, name=name, tz=tz, now=app.now())
+    click.echo(f"{email}: name {sub.name!r}, time zone {sub.timezone or app.settings.timezone}")
+
+
+@subscribers_group.command("unsuppress")
+@click.argument("email")
+@click.option("--reason", required=True, help="Why the address can be mailed again (logged).")
+@run
+def subscribers_unsuppress(app: App, email: str, reason: str) -> None:
+    """Take a bounced address off the suppression list once it is fixed (complaints stay).
+
+    \b
+    Example:
+      funnel subscribers unsuppress ana@example.com --reason "mailbox was full, reader emptied it"
+    """
+    sub = bounces.unsuppress(app.db, email, reason, "cli", app.now())
+    click.echo(f"{email}: {sub.status} again; reason logged")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 from funnel import outbox
 from funnel.db import iso, log_event, transaction
@@ -236,3 +237,22 @@ def import_attendance(
             ):  # fmt: skip
                 report.followups_queued += 1
     return report
+
+
+#: The largest attendance file the console accepts (the people import's limit).
+UPLOAD_LIMIT = 50 * 1024 * 1024
+
+
+def import_upload(db, settings: Settings, slug: str, stream: BinaryIO, filename: str,
+                  now: datetime, *, skip_invalid: bool = False) -> AttendanceReport:
+    """:func:`import_attendance` for an uploaded file, with the CLI's errors named by ``filename``."""
+    data = stream.read(UPLOAD_LIMIT + 1)
+    if len(data) > UPLOAD_LIMIT:
+        raise InputError(f"{filename}: the file is larger than 50 MB; split it, or import it on "
+                         "the server with `funnel webinar attendance`")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{filename}: not UTF-8 text; export the CSV as UTF-8") from exc
+    return import_attendance(db, settings, slug, Path(filename), now, skip_invalid=skip_invalid,
+                             text=text)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -40,13 +40,15 @@ from funnel.errors import InputError, NotFound, TransitionError
 from funnel.localtime import local_to_utc
 from funnel.settings import Settings
 from funnel.validate import zone_name
-from subscribers import segments
+from subscribers import optin, segments
 
-from . import render, schedule, webinars
+from . import merge_tags, render, schedule, webinars
 from .content import Content, SkipMessage
 from .frontmatter import split_front_matter, validate_ctas
 
 TEMPLATES = ("broadcast",)
+#: How errors name a broadcast's fields by default: the CLI's options.
+CLI_NAMES = {"subject": "--subject", "preheader": "--preheader", "body": "--body"}
 FRONT_MATTER_KEYS = {"subject", "preheader", "ctas", "title"}
 #: The earliest zone on Earth: a --local campaign starts queueing when it gets there.
 EARLIEST_ZONE = ZoneInfo("Pacific/Kiritimati")
@@ -138,10 +140,21 @@ def create(
     ctas: list[dict] | None = None,
     template: str = "broadcast",
     stream: str = "broadcasts",
+    form_nonce: str | None = None,
+    names: dict[str, str] | None = None,
 ) -> int:
-    """Create a draft broadcast; returns its id.  Options beat the body's front matter."""
-    from . import mime, render
+    """Create a draft broadcast; returns its id.  Options beat the body's front matter.
 
+    ``form_nonce`` (the console's compose form) makes a double submit harmless:
+    a second create with the same nonce returns the first draft's id.  ``names``: how
+    errors name the fields (see :func:`_check_content`).
+    """
+    if form_nonce:
+        found = db.execute(
+            "SELECT id FROM campaigns WHERE json_extract(data, '$.form_nonce') = ?", (form_nonce,)
+        ).fetchone()
+        if found:
+            return found[0]
     if template not in TEMPLATES:
         raise InputError(f"--template: unknown template {template!r}; use {', '.join(TEMPLATES)}")
     front: dict = {}
@@ -150,25 +163,8 @@ def create(
     subject = (subject if subject is not None else front.get("subject", "")).strip()
     preheader = (preheader if preheader is not None else front.get("preheader", "")).strip()
     ctas = ctas if ctas is not None else front.get("ctas", [])
-    if not subject:
-        raise InputError(
-            "--subject: a subject is required (or put 'subject:' in the body's front matter)"
-        )
-    if not (body_md or "").strip():
-        raise InputError("--body: the campaign needs a body (a Markdown file)")
-    mime.header_value(subject, "--subject")  # CR/LF/NUL never reach a header
-    mime.header_value(preheader, "--preheader")
-    segments.compile_segment(settings, segment, where=where)  # unknown segment/key fails now
-    # Compile once now so a bad CTA or an oversize body fails here, not mid-send.
-    render.compile_email(
-        settings,
-        "broadcast",
-        subject=subject,
-        preheader=preheader,
-        body_md=body_md or "",
-        ctas=ctas,
-    )
-    data = {"ctas": ctas, "where": list(where)}
+    _check_content(settings, subject, preheader, body_md or "", ctas, segment, where, names)
+    data = {"ctas": ctas, "where": list(where), **({"form_nonce": form_nonce} if form_nonce else {})}
     cur = db.execute(
         "INSERT INTO campaigns (kind, template, subject, preheader, body_md, segment, stream, "
         "status, data, created_at, updated_at) VALUES ('broadcast', ?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?)",
@@ -185,6 +181,55 @@ def create(
         ),
     )
     return cur.lastrowid
+
+
+def _check_content(settings: Settings, subject: str, preheader: str, body_md: str, ctas: list,
+                   segment: str, where: tuple[str, ...], names: dict[str, str] | None = None) -> None:
+    """Everything a draft must pass before it is stored (create and update).
+
+    ``names`` says how errors name the subject, preheader and body (the CLI's
+    options by default; the console passes its form labels).
+    """
+    from . import mime, render
+
+    n = {**CLI_NAMES, **(names or {})}
+    if not subject:
+        raise InputError(
+            f"{n['subject']}: a subject is required (or put 'subject:' in the body's front matter)"
+            if not names else f"{n['subject']}: a subject is required"
+        )
+    if not body_md.strip():
+        raise InputError(f"{n['body']}: the campaign needs a body"
+                         + (" (a Markdown file)" if not names else ""))
+    mime.header_value(subject, n["subject"])  # CR/LF/NUL never reach a header
+    mime.header_value(preheader, n["preheader"])
+    merge_tags.check(subject, n["subject"])
+    merge_tags.check(preheader, n["preheader"])
+    merge_tags.check(body_md, n["body"])
+    segments.compile_segment(settings, segment, where=where)  # unknown segment/key fails now
+    # Compile once now so a bad CTA or an oversize body fails here, not mid-send.
+    render.compile_email(settings, "broadcast", subject=subject, preheader=preheader,
+                         body_md=body_md, ctas=ctas)
+
+
+def update_draft(db, settings: Settings, campaign_id: int, now: datetime, *, subject: str,
+                 preheader: str, body_md: str, segment: str, where: tuple[str, ...] = (),
+                 names: dict[str, str] | None = None) -> Campaign:
+    """Change a draft's words and audience (the console's Edit); only a draft can change."""
+    subject, preheader = subject.strip(), preheader.strip()
+    c = get(db, campaign_id)
+    _check_content(settings, subject, preheader, body_md, c.ctas, segment, where, names)
+    with transaction(db):
+        c = get(db, campaign_id)
+        if c.status != "draft":
+            raise TransitionError(f"campaign {campaign_id} is {c.status}; only a draft can be edited")
+        db.execute(
+            "UPDATE campaigns SET subject = ?, preheader = ?, body_md = ?, segment = ?, data = ?, "
+            "updated_at = ? WHERE id = ?",
+            (subject, preheader, body_md, segment, json.dumps({**c.data, "where": list(where)}),
+             iso(now), campaign_id),
+        )
+    return get(db, campaign_id)
 
 
 # ----------------------------------------------------------------- schedule
@@ -205,8 +250,12 @@ def schedule_campaign(
     local: bool = False,
     send_now: bool = False,
     in_: str | None = None,
+    from_draft: bool = False,
 ) -> Campaign:
     """Set when a draft (or re-schedule a not yet queued) campaign goes out.
+
+    With ``from_draft`` only a draft is accepted, so a form submitted twice
+    schedules once and the second answer says it is already scheduled.
 
     ``at`` is a time in ``tz`` (default: the clinic's zone) in any form
     :func:`campaigns.schedule.parse_when` accepts ("2026-12-01 09:00",
@@ -242,6 +291,10 @@ def schedule_campaign(
             send_at, local_flag = when, 0
     with transaction(db):
         c = get(db, campaign_id)
+        if from_draft and c.status != "draft":
+            raise TransitionError(
+                f"campaign {campaign_id} is already {c.status}; nothing was changed"
+            )
         if c.status not in ("draft", "scheduled") or c.queued_at:
             raise TransitionError(
                 f"campaign {campaign_id} is {c.status}; only a draft or a scheduled campaign that "
@@ -456,6 +509,49 @@ def listing(db, *, limit: int = 50) -> list[dict]:
             }
         )
     return out
+
+
+# ----------------------------------------------------------------- test sends
+#: The outbox kind of a test send: the campaign's real message to one address,
+#: with no subscriber and no campaign_id, so it never counts as the campaign's progress.
+TEST_KIND = "broadcast_test"
+TEST_PREFIX = "[Test] "
+
+
+def test_send(db, settings: Settings, campaign_id: int, to_addr: str, now: datetime, *,
+              name: str = "") -> int:
+    """Queue the campaign's message, subject marked "[Test]", to ``to_addr``; returns the row id.
+
+    It goes through the outbox like every message (the worker or `funnel send`
+    delivers it).  Two requests in the same second queue one message.
+    """
+    to = optin.clean_email(to_addr, "--to")
+    c = get(db, campaign_id)
+    if c.status == "cancelled":
+        raise TransitionError(f"campaign {campaign_id} is cancelled; there is nothing to test")
+    with transaction(db):
+        row = outbox.enqueue(
+            db, settings, dedupe_key=f"campaign-test:{campaign_id}:{to}:{iso(now)}", kind=TEST_KIND,
+            subscriber_id=None, to_addr=to, due_at=now, now=now, stream=c.stream,
+            ref=f"campaign:{campaign_id}:test", priority=outbox.PRIORITY_TRANSACTIONAL,
+            data={"campaign_id": campaign_id, "name": name},
+        )  # fmt: skip
+    if row is None:
+        row = db.execute(
+            "SELECT id FROM outbox WHERE dedupe_key = ?",
+            (f"campaign-test:{campaign_id}:{to}:{iso(now)}",),
+        ).fetchone()[0]
+    return row
+
+
+def build_test(db, settings: Settings, row, sub, now: datetime) -> Content:
+    """A test send: the campaign as a reader would get it, subject marked "[Test]"."""
+    c = get(db, int(row.data["campaign_id"]))
+    content = webinars.authored_content(
+        db, settings, c, sub, now, kind="broadcast",
+        extra={"reason": render.footer_reason("newsletter", settings.site_name)},
+    )
+    return replace(content, subject=TEST_PREFIX + content.subject)
 
 
 # ----------------------------------------------------------------- builder

@@ -852,3 +852,40 @@ def build_series_step(db, settings: Settings, row, sub, now: datetime) -> Conten
             "reason": render.footer_reason("series", settings.site_name, series.title),
         },
     )
+
+
+# ----------------------------------------------------------------- console
+@dataclass(frozen=True)
+class Overview:
+    """A series as the console shows it: steps, a new reader's timeline in one zone, the diff."""
+
+    series: Series
+    zone: str
+    anchor: datetime
+    due: list[datetime]  # per step, when a reader confirming at ``anchor`` in ``zone`` gets it
+    diff: SeriesDiff
+    held: list[tuple[str, int]]
+
+    @property
+    def anchor_local(self) -> datetime:
+        return self.anchor.astimezone(ZoneInfo(self.zone))
+
+    @property
+    def arrivals(self) -> list[tuple[object, datetime]]:
+        """(step, when it arrives in the reader's zone), in send order."""
+        zone = ZoneInfo(self.zone)
+        return [(step, when.astimezone(zone)) for step, when in zip(self.series.steps, self.due,
+                                                                    strict=True)]
+
+
+def overview(db, settings: Settings, slug: str, now: datetime, *, tz: str | None = None,
+             start: str | None = None) -> Overview:
+    """``series show --timeline`` and ``series diff`` in one: what the series screen shows."""
+    from funnel.validate import zone_name
+
+    series = load(settings, slug)
+    zone = zone_name(tz, "tz") if tz else settings.timezone
+    anchor = schedule.parse_when(start, ZoneInfo(zone), now, "start") if start else now
+    due = schedule.step_due_times(series, anchor, ZoneInfo(zone), settings.quiet_start_hour,
+                                  settings.quiet_end_hour)
+    return Overview(series, zone, anchor, due, diff(db, settings, slug), held_steps(db, slug))

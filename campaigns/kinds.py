@@ -19,6 +19,7 @@ from .content import Builder, DirectBuilder
 BUILDERS: dict[str, Builder] = {
     "confirm": confirm.build_confirm,
     "broadcast": broadcasts.build_broadcast,
+    broadcasts.TEST_KIND: broadcasts.build_test,
     "series": enrollment.build_series_step,
     "webinar_invite": webinars.build_invite,
     "webinar_verify": webinars.build_verify,
@@ -34,3 +35,6 @@ DIRECT_BUILDERS: dict[str, DirectBuilder] = {
     "appointment_clinic": appointments.build_clinic,
     "appointment_ack": appointments.build_ack,
 }
+
+#: Kinds sent to an address with no subscriber row (a stand-in reader is used).
+WITHOUT_SUBSCRIBER = frozenset({broadcasts.TEST_KIND})

@@ -75,9 +75,13 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
     direct = kinds.DIRECT_BUILDERS.get(row.kind)
     if direct is not None and row.to_addr is not None:
         return _build_direct(settings, row, now, direct(db, settings, row, now), signer)
-    if row.subscriber_id is None or row.to_addr is None:
+    stand_in = row.subscriber_id is None and row.kind in kinds.WITHOUT_SUBSCRIBER
+    if row.to_addr is None or (row.subscriber_id is None and not stand_in):
         raise SkipMessage("cancelled", "the recipient was erased")
-    sub = lifecycle.get(db, row.subscriber_id)
+    if stand_in:
+        sub = lifecycle.stand_in(row.to_addr, str(row.data.get("name") or ""))
+    else:
+        sub = lifecycle.get(db, row.subscriber_id)
     try:
         make = kinds.BUILDERS[row.kind]
     except KeyError as exc:
@@ -99,7 +103,9 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
     )
     if signer is not None:
         data = signer.sign(data)
-    view = replace(content, attachments=(), recipient={**content.recipient, "first_name": sub.first_name})
+    view = None if stand_in else replace(
+        content, attachments=(), recipient={**content.recipient, "first_name": sub.first_name}
+    )
     return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data, view, now)
 
 

@@ -27,9 +27,10 @@ they ask the ``r`` helper for an opaque alphanumeric *sentinel* (``r.first_name`
 rewritten to the literal ``{{ "{" }}`` and only then are the sentinels replaced
 by the real Jinja code.  Content is thus literal by construction.
 
-The one personalisation admins may use in Markdown, subjects and preheaders is
-``{{ first_name }}`` (spaces optional).  Anything else in braces is shown as
-written.  With an empty first name it renders as nothing, so prefer wording
+The personalisation admins may use in Markdown, subjects and preheaders is
+the merge tags of :data:`campaigns.merge_tags.ALLOWED` (``{{ first_name }}``,
+``{{ name }}``; spaces optional).  Anything else in braces is shown as written
+(broadcasts refuse an unknown ``{{ word }}`` before they are stored).  With an empty first name it renders as nothing, so prefer wording
 such as "{{ first_name }}, here is part 2" only where the base template's
 greeting ("Hi Alex," / "Hello,") is not enough.
 """
@@ -57,6 +58,8 @@ from mjml import mjml2html
 
 from funnel.errors import ConfigurationError
 from funnel.settings import Settings
+
+from . import merge_tags
 
 EMAIL_KINDS = (
     "confirm",
@@ -155,7 +158,7 @@ class Rendered:
 _NONCE = secrets.token_hex(5)
 _SENTINEL_RE = re.compile(rf"zq{_NONCE}x(\d+)qz")
 _JINJA_OPEN_RE = re.compile(r"\{(?=[{%#])")
-_FIRST_NAME_RE = re.compile(r"\{\{\s*first_name\s*\}\}")
+_MERGE_TAG_RE = re.compile(r"\{\{\s*(" + "|".join(merge_tags.ALLOWED) + r")\s*\}\}")
 
 
 def _neutralise(text: str) -> str:
@@ -216,8 +219,10 @@ class _Stage2:
         return self._token("{% endif %}")
 
     def personalise(self, text: str) -> str:
-        """Turn the allowed ``{{ first_name }}`` in content into a sentinel."""
-        return _FIRST_NAME_RE.sub(lambda _m: str(self.first_name), text)
+        """Turn the allowed merge tags (campaigns/merge_tags.py) in content into sentinels."""
+        return _MERGE_TAG_RE.sub(
+            lambda m: str(getattr(self, merge_tags.ALLOWED[m.group(1)][0])), text
+        )
 
     def to_jinja(self, text: str) -> str:
         """Stage-1 output → stage-2 source: everything literal except the sentinels."""

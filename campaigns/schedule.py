@@ -298,6 +298,11 @@ def is_relative(text: str) -> bool:
     return not _ABSOLUTE_RE.match(" ".join(text.split()).lower())
 
 
+def is_duration(value: str) -> bool:
+    """Whether ``value`` is a bare duration such as "2h", "3d" or "90 minutes"."""
+    return bool(_DURATION_RE.match(" ".join(value.split()).lower()))
+
+
 def offset_text(value: str, field: str = "--in") -> str:
     """``--in 2h`` / ``--in "90 minutes"`` -> the :func:`parse_when` form ``+2h`` / ``in 90 minutes``."""
     cleaned = " ".join(value.split()).lower()

@@ -1740,3 +1740,19 @@ __all__ = [
     "request_verification",
     "verify_token",
 ]
+
+
+# ================================================================= console
+@dataclass(frozen=True)
+class Overview:
+    """One webinar as the console shows it: who registered, who waits, its mail."""
+
+    webinar: Webinar
+    counts: dict[str, int]
+    people: list[dict]  # registrants, the waitlist included (status 'waitlisted')
+    mail: dict[str, dict[str, int]]  # {kind: {status: n}}: invites, reminders, follow-ups
+
+
+def overview(db, slug: str) -> Overview:
+    w = get_webinar(db, slug)
+    return Overview(w, registration_counts(db, w), registrants(db, slug), outbox_counts(db, w))

@@ -89,6 +89,11 @@ class Subscriber:
 _COLUMNS = ", ".join(Subscriber.__dataclass_fields__)
 
 
+def stand_in(email: str, name: str = "") -> Subscriber:
+    """A reader with no row (id 0), for a test send to an admin's address."""
+    return Subscriber(0, email, name, None, "test", "active", "", None, None, None)
+
+
 def get(db, subscriber_id: int) -> Subscriber:
     row = db.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
     if row is None:
