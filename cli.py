@@ -19,11 +19,12 @@ from zoneinfo import ZoneInfo
 import click
 
 from campaigns import broadcasts, enrollment
-from campaigns.articles import format_preview, import_files, load_article
+from campaigns.articles import Filters, format_preview, load_article
 from campaigns.attendance import import_attendance
 from campaigns.check import problems
 from campaigns.dkim import DkimSigner
 from campaigns.enrollment import held_steps
+from campaigns.importer import import_paths
 from campaigns.preview import preview_steps
 from campaigns.report import compute, render_html, render_text
 from campaigns.schedule import WHEN_FORMS as WHEN_HELP
@@ -527,7 +528,8 @@ def content() -> None:
 
 
 @content.command("import")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--url", "urls", multiple=True, help="A feed URL to import (repeatable).")
 @click.option(
     "--out",
     "out_dir",
@@ -536,34 +538,63 @@ def content() -> None:
     type=click.Path(file_okay=False),
     help="Directory that receives one <slug>.md per page.",
 )
+@click.option("--category", "categories", multiple=True, help="Only posts in this category.")
+@click.option("--tag", "tags", multiple=True, help="Only posts with this tag.")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Only posts published on or after this day (YYYY-MM-DD).")
+@click.option("--slug", "slugs", multiple=True, help="Only the post with this slug (repeatable).")
+@click.option("--skip-invalid", is_flag=True,
+              help="Import the good files and report the bad ones (default: all or nothing).")
+@click.option("--allow-private", is_flag=True,
+              help="Let --url fetch private and loopback addresses.")
 @click.option("--dry-run", is_flag=True, help="Show what would be removed and kept; write nothing.")
 @run
-def content_import(app: App, files: tuple[str, ...], out_dir: str, dry_run: bool) -> None:
-    """Clean scraped pages into DIR/<slug>.md (YAML front matter + Markdown).
+def content_import(app: App, files: tuple[str, ...], urls: tuple[str, ...], out_dir: str,
+                   categories: tuple[str, ...], tags: tuple[str, ...], since: datetime | None,
+                   slugs: tuple[str, ...], skip_invalid: bool, allow_private: bool,
+                   dry_run: bool) -> None:
+    """Clean scraped text, saved pages, WordPress exports and feeds into DIR/<slug>.md.
 
-    Site furniture (newsletter and appointment boxes, placeholder text, the
-    next article's title) is removed by the rules in
+    Text files (.txt), saved pages (.html, .htm, .mhtml), WordPress exports
+    (the WXR .xml from Tools > Export, or a saved /wp-json/wp/v2/posts .json),
+    RSS/Atom feeds (.xml, or --url).  Site furniture (share bars, cookie
+    banners, newsletter and appointment boxes, related posts, comments) is
+    removed by the rules in campaigns/html_rules.toml and
     campaigns/cleaning_rules.toml; calls to action become front matter.
-    Every file is checked before any is written, so one bad file writes
-    nothing.  Preview with --dry-run first.
+    Every file is checked before any is written; with --skip-invalid the good
+    files are written and each bad one is reported.  Preview with --dry-run.
 
     \b
     Example:
       funnel content import page-1.txt page-2.txt --dry-run
       funnel content import page-1.txt page-2.txt --out content/articles
+      funnel content import saved/*.html --skip-invalid
+      funnel content import export.xml --category "Back Pain" --since 2025-01-01
+      funnel content import --url https://clinic.example/feed/
     """
-    # Imported here so commands that never touch content start faster.
-    results = import_files([Path(f) for f in files], Path(out_dir), dry_run=dry_run)
+    if not files and not urls:
+        raise click.UsageError("give at least one FILE or --url")
+    filters = Filters(categories=categories, tags=tags, slugs=slugs,
+                      since=since.date() if since else None)
+    report = import_paths([Path(f) for f in files], Path(out_dir), urls=urls, filters=filters,
+                          dry_run=dry_run, skip_invalid=skip_invalid,
+                          allow_private=allow_private)
+    for problem in report.problems:
+        echo_err(f"skipped {problem}")
     if dry_run:
-        click.echo("\n\n".join(format_preview(r) for r in results))
-        click.echo(f"\ndry run: {len(results)} file(s) checked, nothing written")
-        return
-    for r in results:
-        a = r.article
-        extra = f", series {a.series} part {a.part}" if a.series else ""
-        if a.ctas:
-            extra += ", ctas: " + ", ".join(c["kind"] for c in a.ctas)
-        click.echo(f"wrote {r.out_path} ({a.words} words{extra})")
+        click.echo("\n\n".join(format_preview(r) for r in report.results))
+        click.echo(f"\ndry run: {len(report.results)} file(s) checked, nothing written")
+    else:
+        for r in report.results:
+            a = r.article
+            extra = f", series {a.series} part {a.part}" if a.series else ""
+            if a.ctas:
+                extra += ", ctas: " + ", ".join(c["kind"] for c in a.ctas)
+            click.echo(f"wrote {r.out_path} ({a.words} words{extra})")
+    for line in report.series():
+        click.echo(line)
+    if report.problems:
+        raise click.ClickException(f"{len(report.problems)} source(s) not imported (see above)")
 
 
 # === series ===
