@@ -40,14 +40,27 @@ def score(body_md: str, expected: dict) -> tuple[list[str], list[str]]:
     return left, lost
 
 
+def media_lost(body_md: str, expected: dict) -> int:
+    """Images and videos missing from the body (or out of order)."""
+    pos, lost = 0, 0
+    for md in expected["media"]:
+        at = body_md.find(md, pos)
+        if at < 0:
+            lost += 1
+        else:
+            pos = at
+    return lost
+
+
 def main() -> None:
     expectations = json.loads((PAGES / "expectations.json").read_text(encoding="utf-8"))
     paragraphs = sum(len(e["body"]) for e in expectations.values())
     furniture = sum(len(e["furniture"]) for e in expectations.values())
     print(f"{len(expectations)} pages, {paragraphs} body paragraphs, {furniture} furniture lines")
-    print(f"{'extractor':<12} {'furniture left':>15} {'paragraphs lost':>16} {'no article':>11} {'ms/page':>8}")
+    print(f"{'extractor':<12} {'furniture left':>15} {'paragraphs lost':>16} {'media lost':>11} "
+          f"{'no article':>11} {'ms/page':>8}")
     for name in EXTRACTORS:
-        left = lost = failed = 0
+        left = lost = media = failed = 0
         start = time.perf_counter()
         for page, expected in expectations.items():
             try:
@@ -55,12 +68,14 @@ def main() -> None:
             except InputError:
                 failed += 1
                 lost += len(expected["body"])
+                media += len(expected["media"])
                 continue
             page_left, page_lost = score(result.article.body_md, expected)
             left += len(page_left)
             lost += len(page_lost)
+            media += media_lost(result.article.body_md, expected)
         ms = (time.perf_counter() - start) * 1000 / len(expectations)
-        print(f"{name:<12} {left:>15} {lost:>16} {failed:>11} {ms:>8.1f}")
+        print(f"{name:<12} {left:>15} {lost:>16} {media:>11} {failed:>11} {ms:>8.1f}")
 
 
 if __name__ == "__main__":

@@ -230,19 +230,22 @@ def prune(doc, rules: HtmlRules | None = None) -> list[tuple[str, str]]:
             frame.getparent().replace(frame, p)
         else:
             frame.drop_tree()
+    for ol in doc.iter("ol"):
+        # Extractors may write every list as <ul>; the number survives as text.
+        for n, li in enumerate((c for c in ol if c.tag == "li"), 1):
+            li.text = f"{n}. " + (li.text or "")
     removed: list[tuple[str, str]] = []
-    gone: set = set()
     for el in list(doc.iter(etree.Comment)):
         el.drop_tree()
     body = doc.find("body")
-    for el in list((body if body is not None else doc).iter()):
+    # Innermost first, so a share bar inside a <footer> is reported as a share bar.
+    for el in reversed(list((body if body is not None else doc).iter())):
         if el is body or el.getparent() is None or not isinstance(el.tag, str):
             continue
         reason = _reason(el, rules)
-        if reason is None or any(a in gone for a in el.iterancestors()):
+        if reason is None:
             continue
-        gone.add(el)
-        text = " ".join(el.text_content().split())
+        text = " ".join(" ".join(t.split()) for t in el.itertext() if t.strip())
         if text:
             removed.append((text, reason))
         el.drop_tree()
@@ -349,6 +352,7 @@ def _video_block(text: str) -> Block | None:
     return None
 
 
+_NUMBERED = re.compile(r"^\d{1,3}\. ")
 _BLOCK_TAGS = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "blockquote", "table",
                "figure", "div", "section", "article", "main", "body", "img", "pre", "figcaption",
                "li", "dl", "hr", "html", "span"}
@@ -389,14 +393,17 @@ def _walk(el, base: str | None, out: list[Block]) -> None:
             out.append(Block("h", "#" * level + " " + text, _plain(el)))
         return
     if tag in ("ul", "ol"):
-        for n, li in enumerate((c for c in el if c.tag == "li"), 1):
+        items = [c for c in el if c.tag == "li"]
+        numbered = bool(items) and all(_NUMBERED.match(_plain(li)) for li in items)
+        for li in items:
             nested = [c for c in li if c.tag in ("ul", "ol")]
             for c in nested:
                 li.remove(c)
             text = _inline(li, base)
-            if text:
-                md = f"{n}. {text}" if tag == "ol" else f"- {text}"
-                out.append(Block(tag, md, _plain(li)))
+            if text and numbered:
+                out.append(Block("ol", text, _NUMBERED.sub("", _plain(li))))
+            elif text:
+                out.append(Block("ul", f"- {text}", _plain(li)))
             out.extend(_images(li, base))
             for c in nested:
                 _walk(c, base, out)
@@ -471,6 +478,31 @@ def to_blocks(fragment: str, base: str | None) -> list[Block]:
 
 
 # ------------------------------------------------------------------ pages
+def _restore_media(full: list[Block], extracted: list[Block]) -> list[Block]:
+    """Put back the images and videos an extractor dropped from inside the article.
+
+    A media block of the whole page goes back after the text block that precedes
+    it on the page, when the extractor kept that block; media before any kept
+    text (a logo, a banner) stays out.
+    """
+    have = {b.md for b in extracted if b.kind in ("img", "embed")}
+    out = list(extracted)
+    anchor = None
+    for b in full:
+        if b.kind not in ("img", "embed"):
+            anchor = b.text if b.text else anchor
+            continue
+        if b.md in have or anchor is None:
+            continue
+        at = next((i for i in range(len(out) - 1, -1, -1) if out[i].text == anchor), None)
+        if at is not None:
+            while at + 1 < len(out) and out[at + 1].kind in ("img", "embed"):
+                at += 1
+            out.insert(at + 1, b)
+            have.add(b.md)
+    return out
+
+
 def parse_page(
     data: bytes,
     source: str,
@@ -493,17 +525,15 @@ def parse_page(
     title = front.title
     if title is None:
         raise InputError(f"{label}: no discernible article (the page has no title or <h1>)")
-    blocks = [b for b in blocks if not (b.kind == "h" and b.text == title)]
+    full: list[Block] = []
+    _children(doc.find("body") if doc.find("body") is not None else doc, front.base, full)
+    blocks = _restore_media(full, [b for b in blocks if not (b.kind == "h" and b.text == title)])
     kept = {b.text for b in blocks}
-    body = doc.find("body")
-    if body is not None:
-        dropped = []
-        _children(body, front.base, dropped)
-        removed += [
-            (b.text, "not article text (extractor)")
-            for b in dropped
-            if b.text and b.text not in kept and b.text != title
-        ]
+    removed += [
+        (b.text, "not article text (extractor)")
+        for b in full
+        if b.text and b.text not in kept and b.text != title
+    ]
     return clean_blocks(
         blocks,
         title=title,

@@ -245,6 +245,20 @@ def inline(text: str, i: int) -> str:
     return " ".join(words)
 
 
+def media_md(article: dict, i: int) -> list[str]:
+    """The Markdown lines the images and videos must become, in order."""
+    out = []
+    for block in article["blocks"]:
+        if block[0] == "img":
+            url = "https://northside-physio.example" + block[1]
+            out.append(f"![{block[2]}]({url})" if block[2] else f"![]({url})\n*Caption needed: describe this image.*")
+        elif block[0] == "video" and block[1] == "youtube":
+            out.append(f"[![Watch the video on YouTube](https://img.youtube.com/vi/{block[2]}/hqdefault.jpg)](https://www.youtube.com/watch?v={block[2]})")
+        elif block[0] == "video":
+            out.append(f"[\u25b6 Watch the video on Vimeo](https://vimeo.com/{block[2]})")
+    return out
+
+
 def body_html(article: dict, i: int) -> tuple[str, list[str]]:
     out, body = [], []
     for n, block in enumerate(article["blocks"]):
@@ -343,7 +357,11 @@ def theme_page(theme: str, article: dict, i: int, picks: list[str], inside: list
         mid = content.index("</p>") + 4
         content = content[:mid] + "\n" + INLINE_NEWSLETTER[0] + content[mid:]
         furniture += INLINE_NEWSLETTER[1]
-    content += extra_inside
+    if i % 4 == 2 and extra_inside:
+        cut = content.index("</p>") + 4  # a teaser between two paragraphs
+        content = content[:cut] + extra_inside + content[cut:]
+    else:
+        content += extra_inside
     meta, _ = post_meta(article, i)
     t = esc(article["title"])
     g = w.get
@@ -450,6 +468,7 @@ def main() -> None:
                 "tags": article["tags"],
                 "categories": article["cats"],
                 "body": body,
+                "media": media_md(article, i),
                 "furniture": sorted(set(furniture)),
             }
             n += 1
