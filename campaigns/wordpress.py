@@ -18,6 +18,7 @@ import html
 import json
 import re
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,8 +132,13 @@ def iter_wxr(path: Path, label: str) -> Iterator[Post]:
     """Every ``<item>`` of a WXR file, streamed; InputError for a file that is not one."""
     with open(path, "rb") as fh:
         refuse_entities(fh.read(65536), label)
+        fh.seek(0)
+        yield from _items(fh, label)
+
+
+def _items(fh, label: str) -> Iterator[Post]:
     events = etree.iterparse(
-        str(path), events=("start", "end"), resolve_entities=False, no_network=True,
+        fh, events=("start", "end"), resolve_entities=False, no_network=True,
         huge_tree=False, load_dtd=False,
     )
     n = 0
@@ -171,7 +177,8 @@ def is_wxr(head: bytes) -> bool:
 
 def read_wxr(path: Path, filters: Filters, label: str | None = None) -> list[CleanResult]:
     label = label or str(path)
-    return [_article(post, filters) for post in iter_wxr(path, label) if _wanted(post, filters)]
+    with closing(iter_wxr(path, label)) as posts:
+        return [_article(post, filters) for post in posts if _wanted(post, filters)]
 
 
 # -------------------------------------------------------------------- REST
@@ -235,7 +242,7 @@ def _article(post: Post, filters: Filters) -> CleanResult:
     result = fragment_article(
         clean_content(post.content),
         title=post.title,
-        source=post.where.split(": ", 1)[0] + (f"#{post.slug}" if post.slug else ""),
+        source=Path(post.where.split(": ", 1)[0]).name + (f"#{post.slug}" if post.slug else ""),
         label=post.where,
         date=post.date,
         categories=post.categories,
