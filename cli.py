@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from campaigns import broadcasts, enrollment
+from campaigns import broadcasts, enrollment, feeds
 from campaigns.articles import Filters, format_preview, load_article
 from campaigns.attendance import import_attendance
 from campaigns.check import problems
@@ -1732,6 +1732,79 @@ def report_cmd(app: App, since: str | None, until: str | None, html_out: Path | 
         echo_err(f"wrote {html_out}")
 
 
+
+
+# --- feeds ---
+
+
+@main.group("feed", cls=FunnelGroup)
+def feed_group() -> None:
+    """Watch a blog's feed: each new post becomes a draft broadcast to review.
+
+    The worker checks each watch when it is due (conditional GET, so an
+    unchanged feed costs little).  The first check only notes what the feed
+    already holds; each later post becomes a draft (or one weekly digest
+    draft).  Nothing is sent until you `funnel campaign schedule ID` it.
+
+    \b
+    Example:
+      funnel feed watch https://clinic.example/feed/ --every 1h
+      funnel feed list
+    """
+
+
+@feed_group.command("watch")
+@click.argument("url")
+@click.option("--every", default="1h", show_default=True, help="How often: 30m, 1h, 1d.")
+@click.option("--digest", type=click.Choice(["none", "weekly"]), default="none", show_default=True,
+              help="One draft per post, or one weekly digest draft.")
+@click.option("--allow-private", is_flag=True,
+              help="Allow a URL on a private or loopback address (refused by default).")
+@run
+def feed_watch(app: App, url: str, every: str, digest: str, allow_private: bool) -> None:
+    """Watch the feed at URL for new posts (checked by `funnel worker`).
+
+    \b
+    Example:
+      funnel feed watch https://clinic.example/feed/ --every 1h
+      funnel feed watch https://clinic.example/feed/ --digest weekly
+    """
+    w = feeds.add_watch(app.db, url, app.now(), every=every, digest=digest,
+                        allow_private=allow_private)
+    click.echo(f"watching {w.url} (watch {w.id}, every {every}, digest {w.digest}); "
+               f"the worker checks it next at {w.next_check_at:%Y-%m-%d %H:%M} UTC")
+
+
+@feed_group.command("list")
+@run
+def feed_list(app: App) -> None:
+    """List the watched feeds, when each was checked and what it produced.
+
+    \b
+    Example:
+      funnel feed list
+    """
+    watches = feeds.list_watches(app.db)
+    if not watches:
+        click.echo("no feeds are watched; add one with `funnel feed watch URL`")
+    for w in watches:
+        checked = f"{w.last_checked_at:%Y-%m-%d %H:%M}" if w.last_checked_at else "never"
+        click.echo(f"{w.id:>3}  {w.url}  every {w.every_seconds // 60} min, digest {w.digest}, "
+                   f"checked {checked}, {w.seen} entries, {w.drafts} draft(s)"
+                   + (f"; last error: {w.last_error}" if w.last_error else ""))
+
+
+@feed_group.command("remove")
+@click.argument("ref")
+@run
+def feed_remove(app: App, ref: str) -> None:
+    """Stop watching a feed (by id or URL); drafts it made stay.
+
+    \b
+    Example:
+      funnel feed remove 1
+    """
+    click.echo(f"no longer watching {feeds.remove_watch(app.db, ref)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

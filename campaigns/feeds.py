@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import xml.sax
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -51,10 +52,12 @@ def parse_feed(data: bytes, label: str) -> list[Entry]:
     """Entries of an RSS or Atom document; InputError (naming ``label``) for anything else."""
     refuse_entities(data[:65536], label)
     parsed = feedparser.parse(data, sanitize_html=True, resolve_relative_uris=True)
+    why = parsed.get("bozo_exception")
+    if isinstance(why, xml.sax.SAXParseException):
+        raise InputError(f"{label}: not an RSS or Atom feed (not well-formed XML: "
+                         f"line {why.getLineNumber()}: {why.getMessage()})")
     if not parsed.get("version"):
-        why = parsed.get("bozo_exception")
-        reason = f" ({str(why).splitlines()[0]})" if why else ""
-        raise InputError(f"{label}: not an RSS or Atom feed{reason}")
+        raise InputError(f"{label}: not an RSS or Atom feed")
     entries = []
     for n, e in enumerate(parsed.entries, 1):
         title = " ".join(str(e.get("title", "")).split())

@@ -26,7 +26,7 @@ from funnel.errors import FunnelError
 from funnel.settings import Settings
 from subscribers import retention
 
-from . import broadcasts, enrollment, sender
+from . import broadcasts, enrollment, feeds, sender
 from .series import missing_parts_text
 
 
@@ -40,6 +40,8 @@ class Tick:
     broadcast_rows: int = 0
     campaigns_finished: int = 0
     pending_purged: int = 0
+    feeds_checked: int = 0
+    feed_drafts: int = 0
     held_series: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -63,6 +65,8 @@ class Tick:
             )
         if self.campaigns_finished:
             parts.append(f"{self.campaigns_finished} campaign(s) finished")
+        if self.feed_drafts:
+            parts.append(f"{self.feed_drafts} draft broadcast(s) from watched feeds")
         if self.pending_purged:
             parts.append(f"{self.pending_purged} never-confirmed signup(s) purged")
         return ", ".join(parts)
@@ -94,6 +98,9 @@ def tick(
     t.deferred = enrollment.defer_held(db, settings, now)
     t.campaigns_finished = broadcasts.finish_done(db, now)
     t.pending_purged = retention.purge_pending(db, settings, now)
+    watched = feeds.check_due(db, settings, now)
+    t.feeds_checked, t.feed_drafts = watched.checked, len(watched.drafts)
+    t.problems += watched.problems
     for slug in settings.enroll_series:
         try:
             series = enrollment.load(settings, slug)
