@@ -51,8 +51,14 @@ class Post:
 
 
 def refuse_entities(head: bytes, label: str) -> None:
-    """An export or a feed never declares entities; a file that does is refused unread."""
-    if re.search(rb"<!ENTITY", head, re.I):
+    """An export or a feed never declares entities; a file that does is refused unread.
+
+    ``head`` is the file's first 64 KB; a DOCTYPE that does not end in it (one
+    padded to hide its declarations further on) is refused too.
+    """
+    doctype = re.search(rb"<!DOCTYPE", head, re.I)
+    unended = doctype and not re.search(rb"<[A-Za-z]", head[doctype.end() :].split(b"]>")[-1])
+    if re.search(rb"<!ENTITY", head, re.I) or unended:
         raise InputError(
             f"{label}: the XML declares entities (<!ENTITY>), which exports and feeds never "
             f"need; refused so that entity expansion cannot exhaust memory"
