@@ -19,7 +19,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from campaigns.htmlpage import EXTRACTORS, parse_page, plain_lines  # noqa: E402
+import lxml.html  # noqa: E402
+
+from campaigns.articles import clean_blocks  # noqa: E402
+from campaigns.htmlpage import (  # noqa: E402
+    EXTRACTORS,
+    decode_page,
+    parse_document,
+    parse_page,
+    plain_lines,
+    read_front,
+    to_blocks,
+)
 from funnel.errors import InputError  # noqa: E402
 
 PAGES = ROOT / "tests" / "data" / "pages"
@@ -52,19 +63,36 @@ def media_lost(body_md: str, expected: dict) -> int:
     return lost
 
 
+def extractor_alone(data: bytes, name: str, extractor: str):
+    """The extractor on the whole page (no pruning by html_rules.toml), then our text rules."""
+    doc = parse_document(decode_page(data), name)
+    front = read_front(doc)
+    html = lxml.html.tostring(doc, encoding="unicode")
+    blocks = to_blocks(EXTRACTORS[extractor](html, front.base) or "", front.base)
+    blocks = [b for b in blocks if not (b.kind == "h" and b.text == front.title)]
+    return clean_blocks(blocks, title=front.title or name, source=name)
+
+
 def main() -> None:
     expectations = json.loads((PAGES / "expectations.json").read_text(encoding="utf-8"))
     paragraphs = sum(len(e["body"]) for e in expectations.values())
     furniture = sum(len(e["furniture"]) for e in expectations.values())
-    print(f"{len(expectations)} pages, {paragraphs} body paragraphs, {furniture} furniture lines")
-    print(f"{'extractor':<12} {'furniture left':>15} {'paragraphs lost':>16} {'media lost':>11} "
+    media = sum(len(e["media"]) for e in expectations.values())
+    print(f"{len(expectations)} pages, {paragraphs} body paragraphs, {furniture} furniture lines, "
+          f"{media} images and videos")
+    print(f"{'extractor':<18} {'furniture left':>15} {'paragraphs lost':>16} {'media lost':>11} "
           f"{'no article':>11} {'ms/page':>8}")
-    for name in EXTRACTORS:
+    runs = [(name, name, parse_page) for name in EXTRACTORS]
+    runs += [(f"{name} alone", name, extractor_alone) for name in EXTRACTORS]
+    for label, name, how in runs:
         left = lost = media = failed = 0
         start = time.perf_counter()
         for page, expected in expectations.items():
             try:
-                result = parse_page((PAGES / page).read_bytes(), page, extractor=name)
+                if how is parse_page:
+                    result = parse_page((PAGES / page).read_bytes(), page, extractor=name)
+                else:
+                    result = how((PAGES / page).read_bytes(), page, name)
             except InputError:
                 failed += 1
                 lost += len(expected["body"])
@@ -75,7 +103,7 @@ def main() -> None:
             lost += len(page_lost)
             media += media_lost(result.article.body_md, expected)
         ms = (time.perf_counter() - start) * 1000 / len(expectations)
-        print(f"{name:<12} {left:>15} {lost:>16} {media:>11} {failed:>11} {ms:>8.1f}")
+        print(f"{label:<18} {left:>15} {lost:>16} {media:>11} {failed:>11} {ms:>8.1f}")
 
 
 if __name__ == "__main__":
