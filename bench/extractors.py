@@ -11,6 +11,7 @@ no article in counts all its paragraphs as lost.  Also prints the time taken.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -34,6 +35,7 @@ from campaigns.htmlpage import (  # noqa: E402
 from funnel.errors import InputError  # noqa: E402
 
 PAGES = ROOT / "tests" / "data" / "pages"
+MODULES = {"trafilatura": "trafilatura", "readability": "readability"}
 
 
 def score(body_md: str, expected: dict) -> tuple[list[str], list[str]]:
@@ -82,8 +84,11 @@ def main() -> None:
           f"{media} images and videos")
     print(f"{'extractor':<18} {'furniture left':>15} {'paragraphs lost':>16} {'media lost':>11} "
           f"{'no article':>11} {'ms/page':>8}")
-    runs = [(name, name, parse_page) for name in EXTRACTORS]
-    runs += [(f"{name} alone", name, extractor_alone) for name in EXTRACTORS]
+    names = [n for n in EXTRACTORS if importlib.util.find_spec(MODULES[n])]
+    for n in sorted(set(EXTRACTORS) - set(names)):
+        print(f"{n}: not installed (pip install -e '.[bench]'), left out")
+    runs = [(name, name, parse_page) for name in names]
+    runs += [(f"{name} alone", name, extractor_alone) for name in names]
     for label, name, how in runs:
         left = lost = media = failed = 0
         start = time.perf_counter()

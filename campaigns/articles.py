@@ -812,6 +812,7 @@ def format_preview(result: CleanResult, width: int = 72) -> str:
         f"  slug:     {a.slug}",
         f"  date:     {a.date.isoformat() if a.date else '-'}",
         f"  category: {a.category or '-'}",
+        f"  tags:     {', '.join(a.tags) or '-'}",
         f"  series:   {a.series + f' (part {a.part})' if a.series else '-'}",
         f"  ctas:     {ctas or '-'}",
         f"  words:    {a.words}",

@@ -141,8 +141,7 @@ def add_watch(db, url: str, now: datetime, *, every: str = "1h", digest: str = "
     """Store a watch, due at once; the URL must be http(s) and is checked on each fetch."""
     if digest not in ("none", "weekly"):
         raise InputError(f"--digest: {digest!r} is not one of none, weekly")
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise InputError(f"URL: {url!r} is not an http:// or https:// address")
+    fetch.check_url(url, allow_private=allow_private)
     seconds = parse_every(every)
     with transaction(db):
         if db.execute("SELECT 1 FROM feed_watches WHERE url = ?", (url,)).fetchone():

@@ -177,8 +177,10 @@ def read_front(doc, base: str | None = None) -> Front:
         found = doc.find(".//title")
         raw = " ".join((found.text_content() if found is not None else "").split())
         pieces = [p.strip() for p in re.split(r"\s+[|–—-]\s+", raw) if p.strip()]
-        if len(pieces) > 1 and (site is None or pieces[-1] == site or len(pieces) > 1):
-            pieces = pieces[:-1]
+        if site and site in pieces and len(pieces) > 1:
+            pieces.remove(site)
+        elif len(pieces) > 1:
+            pieces = pieces[:-1]  # "Title | Site": the site name comes last
         title = " - ".join(pieces) or None
     date = _date(_meta(doc, "article:published_time"))
     if date is None:

@@ -91,9 +91,8 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 
 def _once(url: str, headers: dict[str, str], *, allow_private: bool, timeout: float,
           max_bytes: int):
+    check_url(url, allow_private=allow_private)
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"{url}: only http:// and https:// URLs can be fetched")
     host = parts.hostname
     port = parts.port or (443 if parts.scheme == "https" else 80)
     addresses = _addresses(host, port, url)
@@ -119,6 +118,24 @@ def _once(url: str, headers: dict[str, str], *, allow_private: bool, timeout: fl
         raise InputError(f"{url}: cannot fetch ({exc})") from exc
     finally:
         conn.close()
+
+
+def check_url(url: str, *, allow_private: bool = False) -> None:
+    """Refuse, without any network use, a URL that can never be fetched: not http(s),
+    or a literal private/loopback address or ``localhost`` (unless ``allow_private``)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"{url}: only http:// and https:// URLs can be fetched")
+    if allow_private:
+        return
+    host = parts.hostname
+    if host == "localhost" or host.endswith(".localhost"):
+        _check_public(["127.0.0.1"], host, url)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return
+    _check_public([host], host, url)
 
 
 def get(

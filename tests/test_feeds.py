@@ -8,6 +8,7 @@ first sends If-None-Match / If-Modified-Since.
 
 from __future__ import annotations
 
+import socket
 import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -187,7 +188,8 @@ def test_watch_errors_are_reported_and_retried(db, settings, clock, site):
     site.routes["/html/"] = (200, {"Content-Type": "text/html"}, b"<html><p>hello</p></html>")
     for path in ("/gone/", "/broken/", "/loop/", "/html/"):
         feeds.add_watch(db, site.base + path, clock(), allow_private=True)
-    feeds.add_watch(db, "http://127.0.0.1:9/private/", clock())  # not allowed to go private
+    with pytest.raises(InputError, match=r"^http://127\.0\.0\.1:9/private/: 127\.0\.0\.1 resolves to the private"):
+        feeds.add_watch(db, "http://127.0.0.1:9/private/", clock())  # refused before any fetch
     ticked = tick(db, settings, clock())
     problems = [p.replace(site.base, "BASE") for p in ticked["problems"]]
     assert problems == [
@@ -195,9 +197,6 @@ def test_watch_errors_are_reported_and_retried(db, settings, clock, site):
         "BASE/broken/: the server answered 500 Internal Server Error",
         "BASE/loop/: the server redirects in a loop (BASE/loop2/ -> BASE/loop/)",
         "BASE/html/: not an RSS or Atom feed",
-        "http://127.0.0.1:9/private/: 127.0.0.1 resolves to the private or local address "
-        "127.0.0.1, which is refused so that a URL cannot probe the local network; pass "
-        "--allow-private to fetch it",
     ]
     listed = {w.url.replace(site.base, "BASE"): w for w in feeds.list_watches(db)}
     assert listed["BASE/gone/"].last_error.endswith("404 Not Found")
@@ -228,6 +227,22 @@ def test_get_refuses_private_loopback_and_link_local_addresses():
             fetch.get(url)
     with pytest.raises(InputError, match="only http:// and https://"):
         fetch.get("file:///etc/passwd")
+
+
+def test_get_checks_every_address_a_name_resolves_to(monkeypatch, site):
+    """A public-looking name that resolves (also) to a private address is refused."""
+    real = socket.getaddrinfo
+
+    def fake(host, port, *args, **kwargs):
+        if host == "feeds.clinic.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port)),
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(fetch.socket, "getaddrinfo", fake)
+    with pytest.raises(InputError, match=r"^http://feeds\.clinic\.example/feed/: feeds\.clinic\.example "
+                                         r"resolves to the private or local address 10\.0\.0\.7"):
+        fetch.get("http://feeds.clinic.example/feed/")
 
 
 def test_get_conditional_and_size_cap(site):

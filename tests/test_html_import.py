@@ -229,3 +229,21 @@ def test_the_seed_texts_still_import_through_the_same_command(tmp_path):
     old = [r.article for r in import_files(seeds, tmp_path / "a", dry_run=True)]
     new = [r.article for r in import_paths(seeds, tmp_path / "b", dry_run=True).results]
     assert new == old
+
+
+def test_a_saved_mhtml_page_imports_like_the_html(tmp_path):
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+
+    name = "kadence-2-lifting-without-hurting-your-back.html"
+    msg = MIMEMultipart("related", type="text/html")
+    msg["Subject"] = "Lifting Without Hurting Your Back"
+    part = MIMEText(page(name).decode("utf-8"), "html", "utf-8")
+    part["Content-Location"] = "https://northside-physio.example/lifting-without-hurting-your-back/"
+    msg.attach(part)
+    f = tmp_path / "lifting.mhtml"
+    f.write_bytes(msg.as_bytes())
+    (result,) = import_paths([f], tmp_path / "out").results
+    assert result.article.body_md == parse_page(page(name), name).article.body_md
+    left, lost = score(result.article.body_md, EXPECTED[name])
+    assert left == [] and lost == []
