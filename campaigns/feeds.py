@@ -195,9 +195,25 @@ def _draft(db, settings: Settings, now: datetime, items: list[tuple[str, str | N
            subject: str) -> int:
     parts = []
     for title, link, body_md in items:
-        more = f"\n\n[Read it on the website]({link})" if link else ""
-        parts.append(f"## {title}\n\n{body_md}{more}" if len(items) > 1 else f"{body_md}{more}")
+        more = f"[Read it on the website]({link})" if link else ""
+        text = "\n\n".join(x for x in (body_md, more) if x)
+        parts.append(f"## {title}\n\n{text}" if len(items) > 1 else text)
     return broadcasts.create(db, settings, now, subject=subject, body_md="\n\n".join(parts))
+
+
+def _entry_body(entry: Entry, report: CheckReport) -> str | None:
+    """The entry's cleaned Markdown ("" when only its link can be offered); None when no
+    draft can be made from it (no title, or neither text nor link), reported as a problem."""
+    if not entry.title:
+        report.problems.append(f"{entry.where}: the entry has no title, so no draft was made")
+        return None
+    try:
+        return entry_article(entry).article.body_md
+    except InputError as exc:
+        if entry.link:
+            return ""
+        report.problems.append(f"{exc}; no draft was made")
+        return None
 
 
 def _check_one(db, settings: Settings, w: tuple, now: datetime, report: CheckReport) -> None:
@@ -219,9 +235,11 @@ def _check_one(db, settings: Settings, w: tuple, now: datetime, report: CheckRep
             if db.execute("SELECT 1 FROM feed_entries WHERE watch_id = ? AND entry_key = ?",
                           (wid, entry.key)).fetchone():
                 continue
-            body_md = "" if baseline else entry_article(entry).article.body_md
+            body_md = "" if baseline else _entry_body(entry, report)
             campaign = None
-            if not baseline and digest == "none":
+            if body_md is None:  # nothing to draft from; noted so it is not retried
+                baseline, body_md = True, ""
+            elif not baseline and digest == "none":
                 campaign = _draft(db, settings, now, [(entry.title, entry.link, body_md)],
                                   entry.title)
                 report.drafts.append(campaign)

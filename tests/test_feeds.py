@@ -255,3 +255,35 @@ def test_get_conditional_and_size_cap(site):
     site.routes["/big/"] = (200, {}, b"x" * 2000)
     with pytest.raises(InputError, match=r"/big/: the answer is 2,000 bytes, more than the 1,000 allowed"):
         fetch.get(site.base + "/big/", allow_private=True, max_bytes=1000)
+
+
+def test_an_entry_without_text_drafts_its_link_and_one_without_a_title_none(db, settings, clock, site):
+    url = site.feed("/feed/", rss(("Old Post", "old")))
+    feeds.add_watch(db, url, clock(), allow_private=True)
+    tick(db, settings, clock())
+    body = rss(("Old Post", "old")).replace(
+        b"<item>", b"<item><title>Only a Link</title><link>https://clinic.example/link-only/</link>"
+                   b"<guid>link-only</guid></item><item><guid>untitled</guid>"
+                   b"<description>text</description></item><item>", 1)
+    site.feed("/feed/", body)
+    clock.advance(hours=1)
+    ticked = tick(db, settings, clock())
+    assert ticked["problems"] == [f"{url}: entry 2: the entry has no title, so no draft was made"]
+    (subject, status, text), = drafts(db)
+    assert (subject, status) == ("Only a Link", "draft")
+    assert text == "[Read it on the website](https://clinic.example/link-only/)"
+    clock.advance(hours=1)
+    assert tick(db, settings, clock())["problems"] == []  # noted once, not retried
+
+
+def test_get_gives_up_on_long_redirect_chains_and_silent_servers(site):
+    for n in range(8):
+        site.routes[f"/r{n}/"] = (302, {"Location": f"/r{n + 1}/"}, b"")
+    with pytest.raises(InputError, match=r"/r0/: more than 5 redirects$"):
+        fetch.get(site.base + "/r0/", allow_private=True)
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        with pytest.raises(InputError, match=rf"^http://127\.0\.0\.1:{port}/: no answer within 0\.5 s$"):
+            fetch.get(f"http://127.0.0.1:{port}/", allow_private=True, timeout=0.5)
