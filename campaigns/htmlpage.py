@@ -156,14 +156,10 @@ def _date(text: str | None) -> dt.date | None:
         return None
 
 
-def _texts(elements) -> list[str]:
-    seen: list[str] = []
-    for el in elements:
-        text = " ".join(el.text_content().split()) if hasattr(el, "text_content") else el
-        text = " ".join(str(text).split())
-        if text and text not in seen:
-            seen.append(text)
-    return seen
+def _texts(found) -> list[str]:
+    """Distinct non-empty texts of elements (or attribute values), in order."""
+    texts = (el.text_content() if hasattr(el, "text_content") else str(el) for el in found)
+    return list(dict.fromkeys(t for t in (" ".join(x.split()) for x in texts) if t))
 
 
 def read_front(doc, base: str | None = None) -> Front:
@@ -190,14 +186,12 @@ def read_front(doc, base: str | None = None) -> Front:
         )
         date = next((d for d in map(_date, stamps) if d), None)
     cats = _texts(doc.xpath("//a[contains(concat(' ', @rel, ' '), ' category ')]"))
-    tags = _texts(
-        doc.xpath("//a[@rel='tag']")
-    ) + [t for t in _texts(doc.xpath("//meta[@property='article:tag']/@content"))]
+    tags = _texts(doc.xpath("//a[@rel='tag'] | //meta[@property='article:tag']/@content"))
     canonical = doc.xpath("//link[@rel='canonical']/@href") or doc.xpath(
         "//meta[@property='og:url']/@content"
     )
     base = canonical[0].strip() if canonical else base
-    return Front(title, date, cats, list(dict.fromkeys(tags)), base)
+    return Front(title, date, cats, tags, base)
 
 
 # ---------------------------------------------------------------- pruning
@@ -251,6 +245,7 @@ def prune(doc, rules: HtmlRules | None = None) -> list[tuple[str, str]]:
         if text:
             removed.append((text, reason))
         el.drop_tree()
+    removed.reverse()  # page order for the dry run
     return removed
 
 
@@ -396,14 +391,16 @@ def _walk(el, base: str | None, out: list[Block]) -> None:
         return
     if tag in ("ul", "ol"):
         items = [c for c in el if c.tag == "li"]
-        numbered = bool(items) and all(_NUMBERED.match(_plain(li)) for li in items)
-        for li in items:
+        # prune() writes an <ol>'s numbers as text, since extractors may turn it into a <ul>.
+        numbered = tag == "ol" or (bool(items) and all(_NUMBERED.match(_plain(li)) for li in items))
+        for n, li in enumerate(items, 1):
             nested = [c for c in li if c.tag in ("ul", "ol")]
             for c in nested:
                 li.remove(c)
             text = _inline(li, base)
             if text and numbered:
-                out.append(Block("ol", text, _NUMBERED.sub("", _plain(li))))
+                plain = _NUMBERED.sub("", _plain(li))
+                out.append(Block("ol", f"{n}. {_NUMBERED.sub('', text)}", plain))
             elif text:
                 out.append(Block("ul", f"- {text}", _plain(li)))
             out.extend(_images(li, base))

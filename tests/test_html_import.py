@@ -247,3 +247,14 @@ def test_a_saved_mhtml_page_imports_like_the_html(tmp_path):
     assert result.article.body_md == parse_page(page(name), name).article.body_md
     left, lost = score(result.article.body_md, EXPECTED[name])
     assert left == [] and lost == []
+
+
+def test_a_posts_html_keeps_ordered_lists_without_extraction():
+    from campaigns.htmlpage import fragment_article
+
+    html = ("<p>Three steps for getting out of bed without a twist.</p>"
+            "<ol><li>Roll onto your side.</li><li>Drop your feet over the edge.</li>"
+            "<li>Push up with your arms.</li></ol>")
+    a = fragment_article(html, title="Out of Bed", source="x", label="x").article
+    assert a.body_md.endswith("1. Roll onto your side.\n2. Drop your feet over the edge.\n"
+                              "3. Push up with your arms.")
