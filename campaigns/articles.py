@@ -756,35 +756,6 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def import_files(
-    paths: Iterable[Path | str], out_dir: Path, dry_run: bool = False, rules: Rules | None = None
-) -> list[CleanResult]:
-    """Clean every file, then (unless ``dry_run``) write ``out_dir/<slug>.md``.
-
-    All files are read and validated before anything is written, so one bad
-    file fails the whole import with nothing written.  Existing articles with
-    the same slug are replaced (re-importing is how a rule fix is applied).
-    """
-    out_dir = Path(out_dir)
-    results: list[CleanResult] = []
-    by_slug: dict[str, Path] = {}
-    for p in paths:
-        p = Path(p)
-        result = parse_raw(read_text_file(p), source=p.name, rules=rules, label=str(p))
-        slug = result.article.slug
-        if slug in by_slug:
-            raise InputError(
-                f"{p}: its title gives the slug {slug!r}, which {by_slug[slug]} already uses"
-            )
-        by_slug[slug] = p
-        result.source_path = p
-        result.out_path = out_dir / f"{slug}.md"
-        results.append(result)
-    if dry_run:
-        return results
-    return write_results(results, out_dir)
-
-
 def write_results(results: list[CleanResult], out_dir: Path) -> list[CleanResult]:
     """Write each result to its ``out_path`` (atomically, file by file)."""
     try:

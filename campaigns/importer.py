@@ -125,9 +125,9 @@ def import_paths(
             for r in found:
                 slug = r.article.slug
                 if slug in by_slug:
+                    what = "its title" if len(found) == 1 else repr(r.article.title)
                     raise InputError(
-                        f"{name}: {r.article.title!r} gives the slug {slug!r}, which "
-                        f"{by_slug[slug]} already uses"
+                        f"{name}: {what} gives the slug {slug!r}, which {by_slug[slug]} already uses"
                     )
         except FunnelError as exc:
             if not skip_invalid:

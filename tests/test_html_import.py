@@ -220,17 +220,6 @@ def test_filters_choose_pages(tmp_path):
     assert {r.article.slug for r in report.results} == {"core-strength-for-a-stronger-back-part-2"}
 
 
-def test_the_seed_texts_still_import_through_the_same_command(tmp_path):
-    if not SEEDS.is_dir():
-        pytest.skip(f"{SEEDS} is missing (the clinic's scraped pages live outside the repo)")
-    from campaigns.articles import import_files
-
-    seeds = sorted(SEEDS.glob("*.txt"))
-    old = [r.article for r in import_files(seeds, tmp_path / "a", dry_run=True)]
-    new = [r.article for r in import_paths(seeds, tmp_path / "b", dry_run=True).results]
-    assert new == old
-
-
 def test_a_saved_mhtml_page_imports_like_the_html(tmp_path):
     from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
