@@ -18,13 +18,14 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from campaigns import appointments, broadcasts, enrollment, events
-from campaigns.articles import format_preview, import_files, load_article
+from campaigns import appointments, broadcasts, enrollment, events, feeds
+from campaigns.articles import Filters, format_preview, load_article
 from campaigns.attendance import import_attendance
 from campaigns.check import problems
 from campaigns.check import warnings as check_warnings
 from campaigns.dkim import DkimSigner
 from campaigns.enrollment import held_steps
+from campaigns.importer import import_paths
 from campaigns.preview import preview_campaign, preview_steps
 from campaigns.report import compute, render_html, render_text
 from campaigns.schedule import WHEN_FORMS as WHEN_HELP
@@ -532,7 +533,8 @@ def content() -> None:
 
 
 @content.command("import")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--url", "urls", multiple=True, help="A feed URL to import (repeatable).")
 @click.option(
     "--out",
     "out_dir",
@@ -541,34 +543,63 @@ def content() -> None:
     type=click.Path(file_okay=False),
     help="Directory that receives one <slug>.md per page.",
 )
+@click.option("--category", "categories", multiple=True, help="Only posts in this category.")
+@click.option("--tag", "tags", multiple=True, help="Only posts with this tag.")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Only posts published on or after this day (YYYY-MM-DD).")
+@click.option("--slug", "slugs", multiple=True, help="Only the post with this slug (repeatable).")
+@click.option("--skip-invalid", is_flag=True,
+              help="Import the good files and report the bad ones (default: all or nothing).")
+@click.option("--allow-private", is_flag=True,
+              help="Let --url fetch private and loopback addresses.")
 @click.option("--dry-run", is_flag=True, help="Show what would be removed and kept; write nothing.")
 @run
-def content_import(app: App, files: tuple[str, ...], out_dir: str, dry_run: bool) -> None:
-    """Clean scraped pages into DIR/<slug>.md (YAML front matter + Markdown).
+def content_import(app: App, files: tuple[str, ...], urls: tuple[str, ...], out_dir: str,
+                   categories: tuple[str, ...], tags: tuple[str, ...], since: datetime | None,
+                   slugs: tuple[str, ...], skip_invalid: bool, allow_private: bool,
+                   dry_run: bool) -> None:
+    """Clean scraped text, saved pages, WordPress exports and feeds into DIR/<slug>.md.
 
-    Site furniture (newsletter and appointment boxes, placeholder text, the
-    next article's title) is removed by the rules in
+    Text files (.txt), saved pages (.html, .htm, .mhtml), WordPress exports
+    (the WXR .xml from Tools > Export, or a saved /wp-json/wp/v2/posts .json),
+    RSS/Atom feeds (.xml, or --url).  Site furniture (share bars, cookie
+    banners, newsletter and appointment boxes, related posts, comments) is
+    removed by the rules in campaigns/html_rules.toml and
     campaigns/cleaning_rules.toml; calls to action become front matter.
-    Every file is checked before any is written, so one bad file writes
-    nothing.  Preview with --dry-run first.
+    Every file is checked before any is written; with --skip-invalid the good
+    files are written and each bad one is reported.  Preview with --dry-run.
 
     \b
     Example:
       funnel content import page-1.txt page-2.txt --dry-run
       funnel content import page-1.txt page-2.txt --out content/articles
+      funnel content import saved/*.html --skip-invalid
+      funnel content import export.xml --category "Back Pain" --since 2025-01-01
+      funnel content import --url https://clinic.example/feed/
     """
-    # Imported here so commands that never touch content start faster.
-    results = import_files([Path(f) for f in files], Path(out_dir), dry_run=dry_run)
+    if not files and not urls:
+        raise click.UsageError("give at least one FILE or --url")
+    filters = Filters(categories=categories, tags=tags, slugs=slugs,
+                      since=since.date() if since else None)
+    report = import_paths([Path(f) for f in files], Path(out_dir), urls=urls, filters=filters,
+                          dry_run=dry_run, skip_invalid=skip_invalid,
+                          allow_private=allow_private)
+    for problem in report.problems:
+        echo_err(f"skipped {problem}")
     if dry_run:
-        click.echo("\n\n".join(format_preview(r) for r in results))
-        click.echo(f"\ndry run: {len(results)} file(s) checked, nothing written")
-        return
-    for r in results:
-        a = r.article
-        extra = f", series {a.series} part {a.part}" if a.series else ""
-        if a.ctas:
-            extra += ", ctas: " + ", ".join(c["kind"] for c in a.ctas)
-        click.echo(f"wrote {r.out_path} ({a.words} words{extra})")
+        click.echo("\n\n".join(format_preview(r) for r in report.results))
+        click.echo(f"\ndry run: {len(report.results)} file(s) checked, nothing written")
+    else:
+        for r in report.results:
+            a = r.article
+            extra = f", series {a.series} part {a.part}" if a.series else ""
+            if a.ctas:
+                extra += ", ctas: " + ", ".join(c["kind"] for c in a.ctas)
+            click.echo(f"wrote {r.out_path} ({a.words} words{extra})")
+    for line in report.series():
+        click.echo(line)
+    if report.problems:
+        raise click.ClickException(f"{len(report.problems)} source(s) not imported (see above)")
 
 
 # === series ===
@@ -2045,6 +2076,77 @@ def subscribers_unsuppress(app: App, email: str, reason: str) -> None:
     """
     sub = bounces.unsuppress(app.db, email, reason, "cli", app.now())
     click.echo(f"{email}: {sub.status} again; reason logged")
+# --- feeds ---
+
+
+@main.group("feed", cls=FunnelGroup)
+def feed_group() -> None:
+    """Watch a blog's feed: each new post becomes a draft broadcast to review.
+
+    The worker checks each watch when it is due (conditional GET, so an
+    unchanged feed costs little).  The first check only notes what the feed
+    already holds; each later post becomes a draft (or one weekly digest
+    draft).  Nothing is sent until you `funnel campaign schedule ID` it.
+
+    \b
+    Example:
+      funnel feed watch https://clinic.example/feed/ --every 1h
+      funnel feed list
+    """
+
+
+@feed_group.command("watch")
+@click.argument("url")
+@click.option("--every", default="1h", show_default=True, help="How often: 30m, 1h, 1d.")
+@click.option("--digest", type=click.Choice(["none", "weekly"]), default="none", show_default=True,
+              help="One draft per post, or one weekly digest draft.")
+@click.option("--allow-private", is_flag=True,
+              help="Allow a URL on a private or loopback address (refused by default).")
+@run
+def feed_watch(app: App, url: str, every: str, digest: str, allow_private: bool) -> None:
+    """Watch the feed at URL for new posts (checked by `funnel worker`).
+
+    \b
+    Example:
+      funnel feed watch https://clinic.example/feed/ --every 1h
+      funnel feed watch https://clinic.example/feed/ --digest weekly
+    """
+    w = feeds.add_watch(app.db, url, app.now(), every=every, digest=digest,
+                        allow_private=allow_private)
+    click.echo(f"watching {w.url} (watch {w.id}, every {every}, digest {w.digest}); "
+               f"the worker checks it next at {w.next_check_at:%Y-%m-%d %H:%M} UTC")
+
+
+@feed_group.command("list")
+@run
+def feed_list(app: App) -> None:
+    """List the watched feeds, when each was checked and what it produced.
+
+    \b
+    Example:
+      funnel feed list
+    """
+    watches = feeds.list_watches(app.db)
+    if not watches:
+        click.echo("no feeds are watched; add one with `funnel feed watch URL`")
+    for w in watches:
+        checked = f"{w.last_checked_at:%Y-%m-%d %H:%M}" if w.last_checked_at else "never"
+        click.echo(f"{w.id:>3}  {w.url}  every {w.every_seconds // 60} min, digest {w.digest}, "
+                   f"checked {checked}, {w.seen} entries, {w.drafts} draft(s)"
+                   + (f"; last error: {w.last_error}" if w.last_error else ""))
+
+
+@feed_group.command("remove")
+@click.argument("ref")
+@run
+def feed_remove(app: App, ref: str) -> None:
+    """Stop watching a feed (by id or URL); drafts it made stay.
+
+    \b
+    Example:
+      funnel feed remove 1
+    """
+    click.echo(f"no longer watching {feeds.remove_watch(app.db, ref)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

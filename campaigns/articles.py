@@ -65,6 +65,7 @@ class Article:
     source: str | None = None
     date: dt.date | None = None
     category: str | None = None
+    tags: list[str] = field(default_factory=list)
     series: str | None = None
     part: int | None = None
     ctas: list[dict] = field(default_factory=list)  # each {"kind": str, "text": str}
@@ -528,7 +529,7 @@ def _detect_ctas(lines: list[_Line], rules: Rules) -> list[tuple[int, CtaRule]]:
 _MD_BLOCK_START = re.compile(r"^(#{1,6}(\s|$)|>|[-+*](\s|$)|\d+[.)](\s|$)|={3,}\s*$|[-*_]{3,}\s*$)")
 
 
-def _escape(text: str) -> str:
+def escape_block(text: str) -> str:
     """Stop a plain line from being read as Markdown block syntax (heading, quote...)."""
     return "\\" + text if _MD_BLOCK_START.match(text) else text
 
@@ -556,7 +557,7 @@ def _markdown(lines: list[_Line], body: list[_Line], rules: Rules) -> tuple[str,
         elif _is_heading(text, rules):
             kind, md, plain = "h", f"## {text}", text
         else:
-            kind, md, plain = "p", _escape(text), text
+            kind, md, plain = "p", escape_block(text), text
         words += len(plain.split())
         between = lines[prev.no : ln.no - 1] if prev else []
         only_blank = all(b.blank for b in between)
@@ -624,8 +625,112 @@ def parse_raw(
     return CleanResult(article, removed, kept, [(no, rule.kind) for no, rule in cta_hits])
 
 
+@dataclass(frozen=True)
+class Filters:
+    """Which posts an import takes (``--category``, ``--tag``, ``--since``, ``--slug``)."""
+
+    categories: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    since: dt.date | None = None
+    slugs: tuple[str, ...] = ()
+
+    def accepts(self, *, slug: str | None, date: dt.date | None,
+                categories: Iterable[str] = (), tags: Iterable[str] = ()) -> bool:
+        def folded(values: Iterable[str | None]) -> set[str]:
+            return {v.casefold() for v in values if v}
+
+        if self.categories and not folded(self.categories) & folded(categories):
+            return False
+        if self.tags and not folded(self.tags) & folded(tags):
+            return False
+        if self.since and (date is None or date < self.since):
+            return False
+        return not self.slugs or (slug or "") in self.slugs
+
+
+@dataclass
+class Block:
+    """One block of an extracted HTML page: its Markdown and the plain text the rules read.
+
+    ``kind`` is "p", "h", "ul", "ol", "quote", "table", "img" or "embed"; list
+    items are one block each (consecutive items of one kind form one list).
+    """
+
+    kind: str
+    md: str
+    text: str
+
+
+_TEXT_KINDS = ("p", "h", "ul", "ol", "quote")
+
+
+def clean_blocks(
+    blocks: list[Block],
+    *,
+    title: str,
+    source: str,
+    label: str | None = None,
+    date: dt.date | None = None,
+    category: str | None = None,
+    tags: Iterable[str] = (),
+    removed: Iterable[tuple[str, str]] = (),
+    rules: Rules | None = None,
+) -> CleanResult:
+    """The text importer's rules applied to blocks taken out of HTML.
+
+    Block and line rules, the next/related article's title, CTA and "Part N"
+    detection are the ones :func:`parse_raw` uses, so one set of rules serves
+    both paths.  Block numbers stand in for line numbers in the result;
+    ``removed`` are (text, reason) pairs the HTML stage already took out, reported
+    with number 0.
+    """
+    rules = rules or default_rules()
+    label = label or source
+    lines = [_Line(i, _normalise(b.text, rules), blank=False) for i, b in enumerate(blocks, 1)]
+    for ln, b in zip(lines, blocks, strict=True):
+        if not ln.text and b.kind in _TEXT_KINDS:
+            ln.blank = True
+    text_lines = [ln for ln, b in zip(lines, blocks, strict=True) if b.kind in _TEXT_KINDS]
+    _apply_blocks(text_lines, rules)
+    _apply_line_rules(text_lines, rules)
+    paragraphs = [ln for ln, b in zip(lines, blocks, strict=True) if b.kind == "p" and not ln.blank]
+    _remove_stray_titles(paragraphs, 0, rules)
+    kept_blocks = [(ln, b) for ln, b in zip(lines, blocks, strict=True) if not ln.blank and not ln.rule]
+    if not any(b.kind in _TEXT_KINDS for _, b in kept_blocks):
+        raise InputError(f"{label}: no discernible article; nothing is left once site furniture is removed")
+    parts: list[str] = []
+    prev = None
+    for _, b in kept_blocks:
+        if prev is not None and prev == b.kind and b.kind in ("ul", "ol"):
+            parts[-1] += "\n" + b.md
+        else:
+            parts.append(b.md)
+        prev = b.kind
+    body_md = "\n\n".join(parts)
+    words = sum(len(b.text.split()) for _, b in kept_blocks if b.kind in _TEXT_KINDS)
+    series, part = detect_series(title, rules)
+    cta_hits = _detect_ctas(text_lines, rules)
+    article = Article(
+        slug=slugify(title),
+        title=title,
+        body_md=body_md,
+        source=source,
+        date=date,
+        category=category,
+        tags=list(tags),
+        series=series,
+        part=part,
+        ctas=[{"kind": rule.kind, "text": rule.text} for _, rule in cta_hits],
+        words=words,
+    )
+    gone = [(0, text, reason) for text, reason in removed]
+    gone += [(ln.no, ln.text, ln.rule) for ln in lines if ln.rule]
+    kept = [(ln.no, b.md) for ln, b in kept_blocks]
+    return CleanResult(article, gone, kept, [(no, rule.kind) for no, rule in cta_hits])
+
+
 # ------------------------------------------------------------------ files
-def _read_text(path: Path) -> str:
+def read_text_file(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -651,32 +756,8 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def import_files(
-    paths: Iterable[Path | str], out_dir: Path, dry_run: bool = False, rules: Rules | None = None
-) -> list[CleanResult]:
-    """Clean every file, then (unless ``dry_run``) write ``out_dir/<slug>.md``.
-
-    All files are read and validated before anything is written, so one bad
-    file fails the whole import with nothing written.  Existing articles with
-    the same slug are replaced (re-importing is how a rule fix is applied).
-    """
-    out_dir = Path(out_dir)
-    results: list[CleanResult] = []
-    by_slug: dict[str, Path] = {}
-    for p in paths:
-        p = Path(p)
-        result = parse_raw(_read_text(p), source=p.name, rules=rules, label=str(p))
-        slug = result.article.slug
-        if slug in by_slug:
-            raise InputError(
-                f"{p}: its title gives the slug {slug!r}, which {by_slug[slug]} already uses"
-            )
-        by_slug[slug] = p
-        result.source_path = p
-        result.out_path = out_dir / f"{slug}.md"
-        results.append(result)
-    if dry_run:
-        return results
+def write_results(results: list[CleanResult], out_dir: Path) -> list[CleanResult]:
+    """Write each result to its ``out_path`` (atomically, file by file)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for result in results:
@@ -702,6 +783,7 @@ def format_preview(result: CleanResult, width: int = 72) -> str:
         f"  slug:     {a.slug}",
         f"  date:     {a.date.isoformat() if a.date else '-'}",
         f"  category: {a.category or '-'}",
+        f"  tags:     {', '.join(a.tags) or '-'}",
         f"  series:   {a.series + f' (part {a.part})' if a.series else '-'}",
         f"  ctas:     {ctas or '-'}",
         f"  words:    {a.words}",
@@ -709,7 +791,7 @@ def format_preview(result: CleanResult, width: int = 72) -> str:
     rows = [(no, "keep", "", text) for no, text in result.kept]
     rows += [(no, "remove", f"[{rule}] ", text) for no, text, rule in result.removed]
     for no, action, rule, text in sorted(rows):
-        line = f"  {no:4d} {action:<6} {rule}{text}"
+        line = f"  {no or '-':>4} {action:<6} {rule}{text}"
         out.append(line if len(line) <= width else line[: width - 1] + "…")
     return "\n".join(out)
 
@@ -720,6 +802,7 @@ _FRONT_ORDER = (
     "date",
     "source",
     "category",
+    "tags",
     "series",
     "part",
     "subject",
@@ -738,7 +821,7 @@ def dump_article(article: Article) -> str:
     data = {}
     for key in _FRONT_ORDER:
         value = getattr(article, key)
-        if value is None or (key == "ctas" and not value):
+        if value is None or (key in ("ctas", "tags") and not value):
             continue
         if key == "ctas":
             value = [{"kind": c["kind"], "text": c["text"]} for c in value]
@@ -780,6 +863,12 @@ def _check_front(path: Path, data: dict) -> dict:
                     raise _front_error(path, key, "a date written YYYY-MM-DD") from None
             if not isinstance(value, dt.date) or isinstance(value, dt.datetime):
                 raise _front_error(path, key, "a date written YYYY-MM-DD")
+        elif key == "tags":
+            if not isinstance(value, list) or not all(
+                isinstance(t, str) and t.strip() for t in value
+            ):
+                raise _front_error(path, key, "a list of non-empty strings")
+            value = list(value)
         elif key == "ctas":
             what = f"a list of {{kind, text}} items with kind one of {', '.join(CTA_KINDS)}"
             try:
@@ -794,7 +883,7 @@ def _check_front(path: Path, data: dict) -> dict:
 def load_article(path: Path) -> Article:
     """Read ``<slug>.md`` (front matter + Markdown body) and validate the front matter."""
     path = Path(path)
-    text = _read_text(path).removeprefix("\ufeff").replace("\r\n", "\n")
+    text = read_text_file(path).removeprefix("\ufeff").replace("\r\n", "\n")
     # An article file's own words for a missing or open block; the rest is the shared parser.
     lines = text.split("\n")
     if lines[0].rstrip() != "---":

@@ -26,7 +26,7 @@ from funnel.errors import FunnelError
 from funnel.settings import Settings
 from subscribers import retention
 
-from . import appointments, broadcasts, enrollment, sender
+from . import appointments, broadcasts, enrollment, feeds, sender
 from .series import missing_parts_text
 
 
@@ -43,6 +43,8 @@ class Tick:
     appointments_purged: int = 0
     webhooks_delivered: int = 0
     webhooks_failed: int = 0
+    feeds_checked: int = 0
+    feed_drafts: int = 0
     held_series: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -66,6 +68,8 @@ class Tick:
             )
         if self.campaigns_finished:
             parts.append(f"{self.campaigns_finished} campaign(s) finished")
+        if self.feed_drafts:
+            parts.append(f"{self.feed_drafts} draft broadcast(s) from watched feeds")
         if self.pending_purged:
             parts.append(f"{self.pending_purged} never-confirmed signup(s) purged")
         if self.appointments_purged:
@@ -107,6 +111,9 @@ def tick(
     t.appointments_purged = retention.purge_appointments(db, settings, now)
     hooks = appointments.deliver_webhooks(db, settings, now)
     t.webhooks_delivered, t.webhooks_failed = hooks.delivered, hooks.failed
+    watched = feeds.check_due(db, settings, now)
+    t.feeds_checked, t.feed_drafts = watched.checked, len(watched.drafts)
+    t.problems += watched.problems
     for slug in settings.enroll_series:
         try:
             series = enrollment.load(settings, slug)

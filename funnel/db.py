@@ -842,3 +842,47 @@ def m0020_completed_event(db: sqlite_utils.Database) -> None:
     programme's finish line in ``funnel report``).  The events table's CHECK
     widens to the current ``EVENT_KINDS``."""
     _widen_event_kinds(db)
+
+
+@migrations(name="0023_feed_watches")
+def m0023_feed_watches(db: sqlite_utils.Database) -> None:
+    """Feeds watched for new posts (campaigns/feeds.py, `funnel feed watch`).
+
+    ``feed_watches`` holds each URL, how often it is checked and the validators
+    of the last answer (conditional GET).  ``synced_at`` is the last successful
+    read: the first one only records what the feed already holds.
+    ``feed_entries`` is the dedupe ledger, one row per entry id (or link); a new
+    entry's draft broadcast is ``campaign_id`` (NULL while it waits for the
+    weekly digest; baseline rows never get one).
+    """
+    db.executescript(
+        """
+        CREATE TABLE feed_watches (
+            id INTEGER PRIMARY KEY,
+            url TEXT NOT NULL UNIQUE,
+            every_seconds INTEGER NOT NULL CHECK (every_seconds >= 60),
+            digest TEXT NOT NULL DEFAULT 'none' CHECK (digest IN ('none', 'weekly')),
+            allow_private INTEGER NOT NULL DEFAULT 0 CHECK (allow_private IN (0, 1)),
+            etag TEXT,
+            last_modified TEXT,
+            next_check_at TEXT NOT NULL,
+            last_checked_at TEXT,
+            synced_at TEXT,
+            last_error TEXT,
+            digest_due_at TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE feed_entries (
+            id INTEGER PRIMARY KEY,
+            watch_id INTEGER NOT NULL REFERENCES feed_watches(id) ON DELETE CASCADE,
+            entry_key TEXT NOT NULL,
+            title TEXT NOT NULL,
+            link TEXT,
+            body_md TEXT NOT NULL DEFAULT '',
+            baseline INTEGER NOT NULL DEFAULT 0 CHECK (baseline IN (0, 1)),
+            campaign_id INTEGER REFERENCES campaigns(id) ON DELETE SET NULL,
+            seen_at TEXT NOT NULL,
+            UNIQUE (watch_id, entry_key)
+        );
+        """
+    )

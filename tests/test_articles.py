@@ -21,13 +21,13 @@ from campaigns.articles import (
     Article,
     detect_series,
     dump_article,
-    import_files,
     load_article,
     load_rules,
     parse_raw,
     rules_from_dict,
     slugify,
 )
+from campaigns.importer import import_paths
 from cli import App, main
 from funnel.errors import FunnelError, InputError
 from funnel.settings import test_settings as make_settings
@@ -171,7 +171,7 @@ def test_seed_check_catches_a_missing_furniture_rule(seeds):
 
 
 def test_seed_articles_round_trip_through_files(seeds, tmp_path):
-    results = import_files(sorted(seeds.glob("*.txt")), tmp_path / "out")
+    results = import_paths(sorted(seeds.glob("*.txt")), tmp_path / "out").results
     assert len(list((tmp_path / "out").glob("*.md"))) == len(EXPECTATIONS)
     for result in results:
         loaded = load_article(result.out_path)
@@ -331,7 +331,7 @@ def write(path: Path, data: bytes) -> Path:
 def test_non_utf8_file_is_reported_with_line(tmp_path):
     bad = write(tmp_path / "bad.txt", b"A title\n\nSome text \xff here\n")
     with pytest.raises(InputError, match=r"bad\.txt:3: not UTF-8 text \(byte 0xff"):
-        import_files([bad], tmp_path / "out")
+        import_paths([bad], tmp_path / "out")
 
 
 @pytest.mark.parametrize(
@@ -340,7 +340,7 @@ def test_non_utf8_file_is_reported_with_line(tmp_path):
 def test_empty_file_is_reported(tmp_path, data):
     f = write(tmp_path / "empty.txt", data)
     with pytest.raises(InputError, match=r"empty\.txt: the file is empty"):
-        import_files([f], tmp_path / "out")
+        import_paths([f], tmp_path / "out")
 
 
 @pytest.mark.parametrize(
@@ -360,12 +360,12 @@ def test_empty_file_is_reported(tmp_path, data):
 def test_pages_without_a_usable_title_or_body(tmp_path, text, reason):
     f = write(tmp_path / "p.txt", text.encode())
     with pytest.raises(InputError, match=reason):
-        import_files([f], tmp_path / "out")
+        import_paths([f], tmp_path / "out")
 
 
 def test_missing_file_is_reported(tmp_path):
     with pytest.raises(InputError, match=r"nope\.txt: cannot read the file"):
-        import_files([tmp_path / "nope.txt"], tmp_path / "out")
+        import_paths([tmp_path / "nope.txt"], tmp_path / "out")
 
 
 def test_one_bad_file_writes_nothing(tmp_path):
@@ -373,7 +373,7 @@ def test_one_bad_file_writes_nothing(tmp_path):
     bad = write(tmp_path / "bad.txt", b"\xfe\xff")
     out = tmp_path / "out"
     with pytest.raises(InputError, match="bad.txt"):
-        import_files([good, bad], out)
+        import_paths([good, bad], out)
     assert not out.exists()
 
 
@@ -381,14 +381,14 @@ def test_two_files_with_the_same_slug_are_refused(tmp_path):
     a = write(tmp_path / "a.txt", b"Same Title\n\nOne.\n")
     b = write(tmp_path / "b.txt", b"Same title!\n\nTwo.\n")
     with pytest.raises(InputError, match=r"b\.txt: its title gives the slug 'same-title'"):
-        import_files([a, b], tmp_path / "out")
+        import_paths([a, b], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_dry_run_writes_nothing(tmp_path):
     f = write(tmp_path / "page.txt", PAGE.encode())
     out = tmp_path / "out"
-    results = import_files([f], out, dry_run=True)
+    results = import_paths([f], out, dry_run=True).results
     assert not out.exists()
     assert results[0].out_path == out / "sitting-well-at-a-desk-part-2.md"
     assert results[0].article.path is None
@@ -397,13 +397,13 @@ def test_dry_run_writes_nothing(tmp_path):
 def test_import_writes_and_reimport_replaces(tmp_path):
     f = write(tmp_path / "page.txt", PAGE.encode())
     out = tmp_path / "out"
-    (result,) = import_files([f], out)
+    (result,) = import_paths([f], out).results
     target = out / "sitting-well-at-a-desk-part-2.md"
     assert result.article.path == target
     first = target.read_text(encoding="utf-8")
     assert first.startswith("---\ntitle: Sitting Well At A Desk, Part 2\ndate: 2021-03-03\n")
     assert "\nsource: page.txt\n" in first and "\npart: 2\n" in first
-    import_files([f], out)
+    import_paths([f], out)
     assert target.read_text(encoding="utf-8") == first
     assert sorted(p.name for p in out.iterdir()) == [target.name]  # no temp files left
 
