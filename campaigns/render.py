@@ -58,6 +58,8 @@ from mjml import mjml2html
 from funnel.errors import ConfigurationError
 from funnel.settings import FIELD_TO_ENV, Settings
 
+from . import links as tracking
+
 EMAIL_KINDS = (
     "confirm",
     "series",
@@ -134,6 +136,8 @@ class Rendered:
     preheader: str
     html: str
     text: str
+    #: the message's tracked links (campaigns/links.py), empty when untracked
+    links: tuple = ()
 
 
 # ------------------------------------------------------------ sentinels
@@ -579,6 +583,7 @@ class CompiledEmail:
         mjml: str,
         html_source: str,
         text_source: str,
+        links: tuple = (),
     ):
         self.kind = kind
         self._parts = (subject, preheader, html, text)
@@ -588,6 +593,8 @@ class CompiledEmail:
         #: The stage-2 Jinja sources (compiled HTML / text with placeholders).
         self.html_source = html_source
         self.text_source = text_source
+        #: The links behind ``{{ click_url }}N`` (campaigns/links.py); empty when untracked.
+        self.links = links
 
     def render(self, recipient: Mapping[str, object]) -> Rendered:
         # Template.render() copies the context and merges Jinja's globals for
@@ -605,7 +612,7 @@ class CompiledEmail:
                 f"{self.kind}.mjml.j2: the recipient value {name!r} is missing "
                 f"(a {self.kind} email needs {', '.join(recipient_keys(self.kind))})"
             ) from None
-        return Rendered(subject, preheader, html, text)
+        return Rendered(subject, preheader, html, text, self.links)
 
     def __repr__(self) -> str:
         return f"<CompiledEmail {self.kind}>"
@@ -654,9 +661,11 @@ def _check_kind(kind: str, extra: Mapping) -> None:
 
 
 def _stage2_templates(kind: str, sources: Mapping[str, str], strict: bool,
-                      constants: Mapping) -> dict:
+                      constants: Mapping, track: bool = False) -> dict:
     """Each compiled part parsed as a per-recipient Jinja template; only recipient values allowed."""
     allowed = set(recipient_keys(kind) + OPTIONAL_KEYS) | set(constants)
+    if track:
+        allowed.add(tracking.CLICK_KEY)
     templates = {}
     for part, source in sources.items():
         env = _STAGE2[(strict, {"html": "html", "text": "text"}.get(part, "line"))]
@@ -685,6 +694,7 @@ def _compile(
     ctas: Sequence[Mapping],
     extra: Mapping,
     strict: bool,
+    track: bool = False,
 ) -> CompiledEmail:
     _check_kind(kind, extra)
     r = _Stage2(kind)
@@ -733,8 +743,12 @@ def _compile(
         "subject": r.to_jinja(subject_s),
         "preheader": r.to_jinja(preheader_s),
     }
+    links: tuple = ()
+    if track:
+        tracked = tracking.track(sources["html"], sources["text"])
+        sources["html"], sources["text"], links = tracked.html, tracked.text, tracked.links
     constants: dict = {}
-    templates = _stage2_templates(kind, sources, strict, constants)
+    templates = _stage2_templates(kind, sources, strict, constants, track)
     compiled = CompiledEmail(
         kind,
         templates["subject"],
@@ -745,6 +759,7 @@ def _compile(
         mjml=mjml_src,
         html_source=sources["html"],
         text_source=sources["text"],
+        links=links,
     )
     size = len(compiled.render(_long_sample(settings, kind)).html.encode("utf-8"))
     if size > CLIP_LIMIT_BYTES:
@@ -792,6 +807,7 @@ def compile_email(
     ctas: Sequence[Mapping] = (),
     extra: Mapping | None = None,
     strict: bool = False,
+    track: bool = False,
 ) -> CompiledEmail:
     """Compile ``kind`` with this content (stage 1), cached; see the module docstring.
 
@@ -799,6 +815,8 @@ def compile_email(
     (series), ``attended`` (required bool for webinar_followup), ``greeting``
     (False drops "Hi Alex,"), or overrides of ``site_name`` / ``postal_address``.
     ``strict`` uses StrictUndefined in both stages (tests, previews).
+    ``track`` sends the links through ``/c/`` (campaigns/links.py): the
+    recipient then needs a ``click_url``.
     """
     global _hits, _misses
     extra = dict(extra or {})
@@ -816,6 +834,7 @@ def compile_email(
         _freeze(list(ctas)),
         _freeze(extra),
         bool(strict),
+        bool(track),
     )
     with _cache_lock:
         found = _cache.get(key)
@@ -824,7 +843,7 @@ def compile_email(
             _hits += 1
             return found
         _misses += 1
-    compiled = _compile(settings, kind, subject, preheader, body_md, ctas, extra, strict)
+    compiled = _compile(settings, kind, subject, preheader, body_md, ctas, extra, strict, track)
     with _cache_lock:
         _cache[key] = compiled
         while len(_cache) > _CACHE_MAX:
@@ -855,6 +874,7 @@ def sample_recipient(settings: Settings, kind: str = "series") -> dict:
         "preferences_url": settings.url("/p/sample-token"),
         "view_url": settings.url("/m/sample-token"),
         "reason": footer_reason("signed_up", settings.site_name),
+        tracking.CLICK_KEY: settings.url("/c/sample-token."),
     }
     if kind == "confirm":
         r["confirm_url"] = settings.url("/confirm/sample-token")

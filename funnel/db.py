@@ -40,6 +40,9 @@ CAMPAIGN_STATES = ("draft", "scheduled", "sending", "paused", "finished", "cance
 ENROLLMENT_STATES = ("active", "completed", "stopped")
 WEBINAR_STATES = ("scheduled", "cancelled")
 REGISTRATION_STATES = ("registered", "waitlisted", "attended", "no_show", "cancelled")
+#: A click on a tracked link (campaigns/clicks.py): the first human click per
+#: message and link, a later one, or one a link scanner made.
+CLICK_VERDICTS = ("human", "repeat", "scanner")
 BOUNCE_KINDS = ("hard", "soft", "complaint")
 CONSENT_ACTIONS = ("requested", "confirmed", "imported", "withdrawn", "erased")
 #: Streams a subscriber can be on.  Series streams are ``series:<slug>``.
@@ -691,5 +694,50 @@ def m0012_held_config(db: sqlite_utils.Database) -> None:
         """
         ALTER TABLE outbox ADD COLUMN held_config TEXT;
         CREATE INDEX outbox_held ON outbox(held_config) WHERE held_config IS NOT NULL;
+        """
+    )
+
+
+@migrations(name="0019_clicks")
+def m0019_clicks(db: sqlite_utils.Database) -> None:
+    """Click tracking and opens (issue 12, part 2; campaigns/clicks.py).
+
+    ``click_links`` keeps each distinct list of links a tracked content has
+    (JSON ``[["u", url] | ["r", recipient key], ...]``), once; a sent row's
+    view names its list (``views.links_id``), so ``/c/TOKEN.N`` redirects only
+    to link N of that very message.  ``clicks`` holds no address, IP or user
+    agent: the row, the link, the moment, the verdict and, for a scanner,
+    why.  ``link`` is the address for a fixed link, ``{key}`` for a
+    per-recipient one (whose address carries a personal token).  Only one
+    ``human`` click per row and link (the unique index); ``opens`` is filled
+    only with ``track_opens``.
+    """
+    db.executescript(
+        f"""
+        CREATE TABLE click_links (
+            id INTEGER PRIMARY KEY,
+            digest TEXT NOT NULL UNIQUE,
+            links TEXT NOT NULL
+        );
+        ALTER TABLE views ADD COLUMN links_id INTEGER REFERENCES click_links(id);
+        CREATE TABLE clicks (
+            id INTEGER PRIMARY KEY,
+            outbox_id INTEGER NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
+            link_index INTEGER NOT NULL,
+            link TEXT NOT NULL,
+            at TEXT NOT NULL,
+            verdict TEXT NOT NULL {_check("verdict", CLICK_VERDICTS)},
+            reason TEXT
+        );
+        CREATE UNIQUE INDEX clicks_first_human ON clicks(outbox_id, link_index)
+            WHERE verdict = 'human';
+        CREATE INDEX clicks_outbox ON clicks(outbox_id, at);
+        CREATE TABLE opens (
+            id INTEGER PRIMARY KEY,
+            outbox_id INTEGER NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
+            at TEXT NOT NULL,
+            apple INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX opens_outbox ON opens(outbox_id);
         """
     )

@@ -191,6 +191,10 @@ class Settings:
     # older than this many seconds (0 = don't check the worker).
     healthz_min_free_mb: float = 50.0
     healthz_worker_seconds: float = 90.0
+    # Click tracking (campaigns/links.py, campaigns/clicks.py): bulk email links
+    # go through /c/; opens (a 1x1 pixel) are off unless asked for.
+    click_tracking: bool = True
+    track_opens: bool = False
 
     # ----------------------------------------------------------------- derived
     @property

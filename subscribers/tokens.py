@@ -14,6 +14,9 @@ Purposes and lifetimes:
 * ``unsubscribe``, ``preferences``, ``view``: never expire.  Unsubscribe links
   in old emails must keep working for ever (RFC 8058 one-click).
 * ``webinar``: one-click webinar registration from an invite.
+* ``click``: names an outbox row in a tracked link (``/c/TOKEN.N``, N the
+  link's index, checked against that message's own links); never expires.
+* ``attr``: the ``funnel_attr`` cookie naming a click (attribution, 30 days).
 
 Signed addresses
 ----------------
@@ -55,7 +58,7 @@ from itsdangerous.encoding import base64_encode, int_to_bytes
 from funnel.errors import TokenError
 from funnel.settings import Settings
 
-PURPOSES = ("confirm", "unsubscribe", "preferences", "view", "webinar")
+PURPOSES = ("confirm", "unsubscribe", "preferences", "view", "webinar", "click", "attr")
 
 
 def _serializer(settings: Settings, purpose: str) -> URLSafeTimedSerializer:

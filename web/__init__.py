@@ -5,6 +5,7 @@
 * :mod:`web.pages`: signup, confirm, unsubscribe, preferences, view in
   browser, /healthz and the dev inbox.
 * :mod:`web.webinars`: webinar registration and the offer link.
+* :mod:`web.clicks`: tracked links (``/c/``) and the attribution cookie.
 * :mod:`web.serve`: the waitress server, ``funnel serve``, ``funnel up``'s dev
   stack and the worker loop.
 
@@ -23,7 +24,7 @@ from funnel import clock as clocks
 from funnel.db import connect
 from funnel.settings import Settings
 
-from . import common, pages, webinars
+from . import clicks, common, pages, webinars
 
 
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = clocks.now) -> Flask:
@@ -48,6 +49,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = clocks.now
     common.init_app(app, settings, clock)
     app.register_blueprint(pages.bp)
     app.register_blueprint(webinars.bp)
+    app.register_blueprint(clicks.bp)
     return app
 
 

@@ -1,0 +1,169 @@
+"""Click tracking: bulk links go through /c/, the redirect only reaches the message's own link,
+the first human click counts, and a click on a site page carries attribution for 30 days."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from click_support import add_readers, click_links, html_links, path_of, send_broadcast
+
+import web
+from campaigns import clicks
+from campaigns.sender import send_due
+from subscribers import io, optin
+
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0"
+FOOTER = ("/u/", "/p/", "/m/")
+
+
+@pytest.fixture
+def client(settings, clock):
+    return web.create_app(settings, clock=clock).test_client()
+
+
+def counts(db) -> dict[str, int]:
+    return dict(db.execute("SELECT verdict, COUNT(*) FROM clicks GROUP BY verdict").fetchall())
+
+
+def test_every_bulk_link_but_the_footer_goes_through_c(db, settings, clock, smtp_server):
+    add_readers(db, clock, 1)
+    send_broadcast(db, settings, clock)
+    (msg,) = smtp_server.messages
+    base = settings.base_url
+    for url in html_links(msg) + msg.links():
+        if not url.startswith("http"):
+            continue
+        assert url.startswith(base + "/c/") or any(url.startswith(base + p) for p in FOOTER), url
+    footer = [u for u in msg.links() if any(u.startswith(base + p) for p in FOOTER)]
+    assert len({u.split("/")[3] for u in footer}) == 3  # unsubscribe, preferences, view
+    assert "/c/" not in msg.message["List-Unsubscribe"]
+    # The three body links, the same index in both parts; one signature for the message.
+    links = click_links(msg)
+    assert len(links) == 3 and len({u.rsplit(".", 1)[0] for u in links}) == 1
+    assert set(links) == {u for u in msg.links() if "/c/" in u}
+
+
+def test_confirmation_mail_is_not_tracked(db, settings, clock, smtp_server):
+    optin.signup(db, settings, "new@example.com", clock(), source="test")
+    send_due(db, settings, clock)
+    (msg,) = smtp_server.messages
+    assert msg.links() and not click_links(msg)
+
+
+def test_tracking_off_leaves_links_alone(db, settings, clock, smtp_server):
+    off = settings.replace(click_tracking=False)
+    add_readers(db, clock, 1)
+    send_broadcast(db, off, clock)
+    (msg,) = smtp_server.messages
+    assert not click_links(msg)
+    assert "https://backinmotion-physio.co.uk/walking" in msg.links()
+
+
+def test_click_redirects_counts_once_and_attributes(db, settings, clock, smtp_server, client):
+    add_readers(db, clock, 1)
+    cid = send_broadcast(db, settings, clock)
+    (msg,) = smtp_server.messages
+    clock.advance(minutes=5)
+    targets = {}
+    for url in click_links(msg):
+        clock.advance(seconds=3)  # a person, not a crawler opening every link at once
+        r = client.get(path_of(url), headers={"User-Agent": BROWSER})
+        assert r.status_code == 302
+        targets[r.headers["Location"]] = r
+    assert set(targets) == {
+        "https://backinmotion-physio.co.uk/stretch?a=1&b=2",
+        settings.url("/appointment"),
+        "https://backinmotion-physio.co.uk/walking",
+    }
+    # Only the site's own page gets the attribution cookie.
+    cookie = targets[settings.url("/appointment")].headers["Set-Cookie"]
+    assert cookie.startswith("funnel_attr=") and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Max-Age=2592000" in cookie
+    assert "Set-Cookie" not in targets["https://backinmotion-physio.co.uk/walking"].headers
+    assert counts(db) == {"human": 3}
+    clock.advance(minutes=1)
+    client.get(path_of(click_links(msg)[0]), headers={"User-Agent": BROWSER})
+    assert counts(db) == {"human": 3, "repeat": 1}
+
+    value = cookie.split(";")[0].split("=", 1)[1]
+    attr = clicks.attribution(db, settings, value, clock())
+    assert attr is not None and attr["attr_kind"] == "broadcast"
+    assert attr["attr_broadcast_id"] == cid and attr["attr_series"] is None
+    assert attr["attr_click_id"] == db.execute(
+        "SELECT id FROM clicks WHERE link = ?", (settings.url("/appointment"),)
+    ).fetchone()[0]
+    assert clicks.attribution(db, settings, value, clock() + timedelta(days=29)) is not None
+    assert clicks.attribution(db, settings, value, clock() + timedelta(days=31)) is None
+    assert clicks.attribution(db, settings, value[:-2] + "xx", clock()) is None
+    assert clicks.attribution(db, settings, None, clock()) is None
+
+
+def test_view_in_browser_shows_the_same_tracked_links(db, settings, clock, smtp_server, client):
+    add_readers(db, clock, 1)
+    send_broadcast(db, settings, clock)
+    (msg,) = smtp_server.messages
+    view = next(u for u in msg.links() if u.startswith(settings.url("/m/")))
+    page = client.get(path_of(view)).get_data(as_text=True)
+    for url in click_links(msg):
+        assert url.replace("&", "&amp;") in page or url in page
+
+
+# ----------------------------------------------------------------- no open redirect
+def _two_messages(db, settings, clock, smtp_server):
+    add_readers(db, clock, 2)
+    send_broadcast(db, settings, clock)
+    small = "Just [one link](https://backinmotion-physio.co.uk/one).\n"
+    send_broadcast(db, settings, clock, subject="One link", body=small)
+    by_subject = {m.message["Subject"]: m for m in smtp_server.messages}
+    clock.advance(minutes=5)
+    return click_links(by_subject["Stretch with us"]), click_links(by_subject["One link"])
+
+
+def test_tampered_tokens_and_foreign_indexes_are_404(db, settings, clock, smtp_server, client):
+    three, one = _two_messages(db, settings, clock, smtp_server)
+    assert len(three) == 3 and len(one) == 1
+    token, index = path_of(three[0]).rsplit(".", 1)
+    other = path_of(one[0]).rsplit(".", 1)[0]
+    bad = [
+        token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB") + "." + index,  # signature
+        token.replace("/c/", "/c/x") + "." + index,  # payload
+        token + ".99",  # unknown index
+        token + ".",  # no index
+        token,  # no index at all
+        other + ".1",  # another message's token, an index only the first message has
+        other + ".2",
+        "/c/" + "a" * 40 + ".0",
+        "/c/..0",
+    ]
+    for path in bad:
+        for method in (client.get, client.head):
+            r = method(path, headers={"User-Agent": BROWSER})
+            assert r.status_code == 404, path
+            assert "Location" not in r.headers
+    assert counts(db) == {}
+    assert client.get(other + ".0", headers={"User-Agent": BROWSER}).headers["Location"] == (
+        "https://backinmotion-physio.co.uk/one"
+    )
+
+
+def test_erased_reader_and_deleted_campaign_are_404(db, settings, clock, smtp_server, client):
+    three, one = _two_messages(db, settings, clock, smtp_server)
+    first = smtp_server.messages[0].rcpt_tos[0]
+    mine = [m for m in smtp_server.messages if m.rcpt_tos == [first]]
+    io.erase(db, first, clock())
+    for m in mine:
+        for url in click_links(m):
+            assert client.get(path_of(url), headers={"User-Agent": BROWSER}).status_code == 404
+    others = [m for m in smtp_server.messages if m.rcpt_tos != [first]]
+    one_link = next(m for m in others if m.message["Subject"] == "One link")
+    cid = db.execute(
+        "SELECT campaign_id FROM outbox WHERE to_addr IS NOT NULL AND campaign_id IS NOT NULL "
+        "ORDER BY id DESC LIMIT 1"
+    ).fetchone()[0]
+    db.execute("PRAGMA foreign_keys = OFF")
+    db.execute("DELETE FROM campaigns WHERE id = ?", (cid,))
+    db.execute("PRAGMA foreign_keys = ON")
+    r = client.get(path_of(click_links(one_link)[0]), headers={"User-Agent": BROWSER})
+    assert r.status_code == 404
+    assert counts(db) == {}
