@@ -3,14 +3,16 @@ the first human click counts, and a click on a site page carries attribution for
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
 
 import pytest
 from click_support import add_readers, click_links, html_links, path_of, send_broadcast
 
 import web
-from campaigns import clicks
+from campaigns import clicks, report
 from campaigns.sender import send_due
+from funnel.db import iso, log_event, transaction
 from subscribers import io, optin
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0"
@@ -167,3 +169,68 @@ def test_erased_reader_and_deleted_campaign_are_404(db, settings, clock, smtp_se
     r = client.get(path_of(click_links(one_link)[0]), headers={"User-Agent": BROWSER})
     assert r.status_code == 404
     assert counts(db) == {}
+
+
+# ----------------------------------------------------------------- the report
+def test_report_counts_clicks_per_email_and_top_links(db, settings, clock, smtp_server, client):
+    add_readers(db, clock, 3)
+    cid = send_broadcast(db, settings, clock)
+    clock.advance(minutes=5)
+    first = click_links(smtp_server.messages[0])
+    for url in first[:2]:
+        clock.advance(seconds=5)
+        client.get(path_of(url), headers={"User-Agent": BROWSER})
+    client.head(path_of(click_links(smtp_server.messages[1])[0]))
+    rep = report.compute(db, settings, now=clock())
+    (rate,) = rep.click_rates
+    assert (rate.group, rate.sent, rate.clicked, rate.filtered) == ("broadcast", 3, 1, 1)
+    assert rate.label == f"broadcast {cid}: Stretch with us"
+    assert dict(rep.top_links) == {
+        "https://backinmotion-physio.co.uk/stretch?a=1&b=2": 1, settings.url("/appointment"): 1,
+    }
+    assert next(s for s in rep.steps if s.label == "Clicked a link in an email").count == 1
+    text = report.render_text(rep)
+    assert "Click rate per email" in text and "33.3%" in text and "Top links" in text
+    page = report.render_html(rep)
+    assert "Click rate per email" in page and "Top links" in page
+    assert "Stretch with us" in page and 'href="http' not in page
+
+
+def _seed(db, clock, people: dict[str, list[int]]):
+    now = clock()
+    with transaction(db):
+        for sid in sorted({s for sids in people.values() for s in sids}):
+            db.execute(
+                "INSERT INTO subscribers (id, email, email_hash, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'active', ?, ?)", (sid, f"p{sid}@example.com", f"h{sid}", iso(now), iso(now)),
+            )  # fmt: skip
+        for kind, sids in people.items():
+            for sid in sids:
+                if kind.startswith("part"):
+                    log_event(db, "sent", now, sid, f"series:importance-of-exercise:0{kind[-1]}-x")
+                else:
+                    log_event(db, kind, now, sid, "webinar:spine-health")
+
+
+def _percentages(rep) -> list[float]:
+    return [p for _s, a, b in rep.rows() for p in (a, b) if p is not None]
+
+
+def test_no_stage_shows_over_100_percent(db, settings, clock):
+    # Everyone had part 1, one reader part 3, three were invited: once "300%".
+    _seed(db, clock, {"subscribed": [1, 2, 3], "confirmed": [1, 2, 3], "part1": [1, 2, 3],
+                      "part3": [1], "invited": [1, 2, 3], "registered": [2]})
+    rep = report.compute(db, settings)
+    rows = {s.label: (a, b) for s, a, b in rep.rows()}
+    assert rows["Invited to a webinar"] == (100.0, 100.0)  # of part 1, which contains them
+    assert rows["Registered"] == (pytest.approx(100 / 3), pytest.approx(100 / 3))
+    assert max(_percentages(rep)) <= 100.0
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_no_percentage_over_100_for_any_event_log(db, settings, clock, seed):
+    rnd = random.Random(seed)
+    kinds = ["subscribed", "confirmed", "part1", "part2", "part3", "invited", "registered",
+             "attended", "clicked_offer"]
+    _seed(db, clock, {k: rnd.sample(range(1, 21), rnd.randint(0, 20)) for k in kinds})
+    assert all(0 <= p <= 100.0 for p in _percentages(report.compute(db, settings)))
