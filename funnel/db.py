@@ -741,3 +741,34 @@ def m0019_clicks(db: sqlite_utils.Database) -> None:
         CREATE INDEX opens_outbox ON opens(outbox_id);
         """
     )
+
+
+@migrations(name="0025_ab_subjects")
+def m0025_ab_subjects(db: sqlite_utils.Database) -> None:
+    """A/B subjects for a broadcast (issue 12, part 3; campaigns/broadcasts.py).
+
+    The campaign's own ``subject`` is variant A; ``subject_b`` is B.  When the
+    campaign starts, an equal random slice of ``test_share`` of the audience
+    gets each variant (the outbox row's data says which: ``{"variant": "B"}``)
+    and ``decide_at`` is set; at that moment the worker picks the variant with
+    more human clicks (A on a tie or under the minimum; ``reason`` says why)
+    and queues it to everyone else.
+    """
+    db.executescript(
+        """
+        CREATE TABLE ab_tests (
+            campaign_id INTEGER PRIMARY KEY REFERENCES campaigns(id) ON DELETE CASCADE,
+            subject_b TEXT NOT NULL,
+            test_share REAL NOT NULL CHECK (test_share > 0 AND test_share < 1),
+            decide_after_seconds INTEGER NOT NULL CHECK (decide_after_seconds > 0),
+            test_queued_at TEXT,
+            decide_at TEXT,
+            decided_at TEXT,
+            winner TEXT CHECK (winner IN ('A', 'B')),
+            clicks_a INTEGER,
+            clicks_b INTEGER,
+            reason TEXT
+        );
+        CREATE INDEX ab_tests_due ON ab_tests(decide_at) WHERE decided_at IS NULL;
+        """
+    )
