@@ -20,6 +20,14 @@ the message does not have, a message whose view is gone (its reader was
 erased), a deleted campaign.  The redirect only ever goes to that message's
 own link, so ``/c/`` is no open redirect.
 
+Opens
+-----
+Only with ``track_opens``: the 1x1 image ``/px/TOKEN`` (:func:`record_open`).
+Reported as "opens (unreliable)": images load without the mail being read
+(Apple Mail Privacy Protection's proxy loads all of them; such loads are
+flagged by a heuristic, a bare ``Mozilla/5.0`` user agent or an address in
+Apple's network, neither of which is stored) and are blocked while it is.
+
 Attribution
 -----------
 A click whose link is on this site (the appointment page or any same-origin
@@ -97,13 +105,17 @@ def _row_id(settings: Settings, value: str, now: datetime) -> tuple[int, int]:
     parts = split_token(value)
     if parts is None:
         raise NotFound("click: not a tracked link")
+    return _read_row(settings, parts[0], now), parts[1]
+
+
+def _read_row(settings: Settings, token: str, now: datetime) -> int:
     try:
-        payload = tokens.read_token(settings, "click", parts[0], now)
+        payload = tokens.read_token(settings, "click", token, now)
     except TokenError as exc:
         raise NotFound("click: not a tracked link") from exc
     if not isinstance(payload.get("r"), int):
         raise NotFound("click: not a tracked link")
-    return payload["r"], parts[1]
+    return payload["r"]
 
 
 def _target(db, settings: Settings, value: str, now: datetime) -> _Target:
@@ -184,6 +196,39 @@ def follow(db, settings: Settings, value: str, now: datetime, *, head: bool = Fa
     return Click(t.url, click_id, verdict, reason, _same_origin(settings, t.url))
 
 
+def is_apple_proxy(r: Rules, user_agent: str, ip: str) -> bool:
+    """The heuristic for an open by Apple Mail Privacy Protection's proxy (module docstring)."""
+    if user_agent.strip() in r.apple_user_agents:
+        return True
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in net for net in r.apple_networks)
+
+
+def record_open(db, settings: Settings, token: str, now: datetime, *, user_agent: str = "",
+                ip: str = "") -> bool:
+    """Count one load of a message's opens image; NotFound as for a click.
+
+    Analytics only, like a click (see :func:`follow`); returns whether the
+    load looks like Apple's proxy.
+    """
+    row_id = _read_row(settings, token, now)
+    apple = is_apple_proxy(rules(), user_agent, ip)
+    with transaction(db):
+        found = db.execute(
+            "SELECT o.to_addr, s.status FROM outbox o JOIN views v ON v.outbox_id = o.id "
+            "LEFT JOIN subscribers s ON s.id = o.subscriber_id WHERE o.id = ?",
+            (row_id,),
+        ).fetchone()
+        if found is None or found[0] is None or found[1] in (None, "erased"):
+            raise NotFound("open: no such message")
+        db.execute("INSERT INTO opens (outbox_id, at, apple) VALUES (?, ?, ?)",
+                   (row_id, iso(now), int(apple)))
+    return apple
+
+
 def _burst(db, t: _Target, since: datetime) -> bool:
     """Every link of the message clicked since ``since``: re-mark those clicks as a scanner's."""
     n = db.execute(
@@ -247,4 +292,4 @@ def attribution(db, settings: Settings, cookie: str | None, now: datetime) -> di
     }
 
 
-__all__ = ["ATTRIBUTION_DAYS", "COOKIE", "Click", "attribution", "cookie_value", "destination", "follow", "rules"]
+__all__ = ["ATTRIBUTION_DAYS", "COOKIE", "Click", "attribution", "cookie_value", "destination", "follow", "record_open", "rules"]

@@ -33,6 +33,10 @@ TRACKED_KINDS = frozenset({"series", "broadcast", "webinar_invite", "webinar_rem
 FOOTER_KEYS = frozenset({"unsubscribe_url", "preferences_url", "view_url"})
 #: The one recipient value a tracked email adds.
 CLICK_KEY = "click_url"
+#: ... and, with ``track_opens``, the address of its 1x1 image.
+OPEN_KEY = "open_url"
+_PIXEL = ('<img src="{{ open_url }}" width="1" height="1" alt="" '
+          'style="display:block;width:1px;height:1px;border:0;" />')
 
 _HREF = re.compile(r'href="([^"]*)"')
 _VALUE = re.compile(r"\{\{ (\w+) \}\}")
@@ -84,13 +88,31 @@ def track(html_source: str, text_source: str) -> Tracked:
     return Tracked(new_html, new_text, tuple(links))
 
 
+def with_pixel(html_source: str) -> str:
+    """The HTML with the opens image as the last thing in its body."""
+    at = html_source.rfind("</body>")
+    return html_source + _PIXEL if at < 0 else html_source[:at] + _PIXEL + html_source[at:]
+
+
 def is_tracked(settings: Settings, kind: str) -> bool:
     return settings.click_tracking and kind in TRACKED_KINDS
 
 
-def click_prefix(settings: Settings, row_id: int, now: datetime) -> str:
-    """``{base_url}/c/<token>.``: the link index follows the dot."""
-    return settings.url(f"/c/{tokens.make_token(settings, 'click', {'r': row_id}, now)}.")
+def has_pixel(settings: Settings, kind: str) -> bool:
+    return settings.track_opens and kind in TRACKED_KINDS
+
+
+def recipient_values(settings: Settings, row_id: int, now: datetime, *, track: bool,
+                     pixel: bool) -> dict[str, str]:
+    """``click_url`` (``{base_url}/c/<token>.``, the link index follows the dot) and/or
+    ``open_url`` (``{base_url}/px/<token>``): one signature for both."""
+    token = tokens.make_token(settings, "click", {"r": row_id}, now)
+    out = {}
+    if track:
+        out[CLICK_KEY] = settings.url(f"/c/{token}.")
+    if pixel:
+        out[OPEN_KEY] = settings.url(f"/px/{token}")
+    return out
 
 
 def split_token(value: str) -> tuple[str, int] | None:

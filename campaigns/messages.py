@@ -57,10 +57,11 @@ def standard_links(settings: Settings, sub: lifecycle.Subscriber, now: datetime,
 
 @lru_cache(maxsize=256)
 def _compiled(settings: Settings, kind: str, subject: str, preheader: str, body_md: str,
-              ctas: tuple, extra: tuple, track: bool = False) -> render.CompiledEmail:
+              ctas: tuple, extra: tuple, track: bool = False,
+              pixel: bool = False) -> render.CompiledEmail:
     return render.compile_email(
         settings, kind, subject=subject, preheader=preheader, body_md=body_md,
-        ctas=[dict(c) for c in ctas], extra=dict(extra), track=track,
+        ctas=[dict(c) for c in ctas], extra=dict(extra), track=track, pixel=pixel,
     )
 
 
@@ -137,9 +138,10 @@ def render_for(settings: Settings, content: Content, sub: lifecycle.Subscriber,
     the same tokens, which is how view-in-browser repeats the emailed links.
     """
     track = row is not None and tracking.is_tracked(settings, content.kind)
+    pixel = row is not None and tracking.has_pixel(settings, content.kind)
     compiled = _compiled(
         settings, content.kind, content.subject, content.preheader, content.body_md,
-        _freeze(list(content.ctas)), _freeze(content.extra), track,
+        _freeze(list(content.ctas)), _freeze(content.extra), track, pixel,
     )
     view = tokens.subscriber_token(settings, "view", sub.id, now, r=row.id if row else 0)
     recipient = {
@@ -151,6 +153,6 @@ def render_for(settings: Settings, content: Content, sub: lifecycle.Subscriber,
         **(links or standard_links(settings, sub, now, row.stream if row else None)),
         **content.recipient,
     }
-    if track:  # one signature for every link of the message
-        recipient[tracking.CLICK_KEY] = tracking.click_prefix(settings, row.id, now)
+    if track or pixel:  # one signature for every link (and the image) of the message
+        recipient.update(tracking.recipient_values(settings, row.id, now, track=track, pixel=pixel))
     return compiled.render(recipient)

@@ -661,11 +661,13 @@ def _check_kind(kind: str, extra: Mapping) -> None:
 
 
 def _stage2_templates(kind: str, sources: Mapping[str, str], strict: bool,
-                      constants: Mapping, track: bool = False) -> dict:
+                      constants: Mapping, track: bool = False, pixel: bool = False) -> dict:
     """Each compiled part parsed as a per-recipient Jinja template; only recipient values allowed."""
     allowed = set(recipient_keys(kind) + OPTIONAL_KEYS) | set(constants)
     if track:
         allowed.add(tracking.CLICK_KEY)
+    if pixel:
+        allowed.add(tracking.OPEN_KEY)
     templates = {}
     for part, source in sources.items():
         env = _STAGE2[(strict, {"html": "html", "text": "text"}.get(part, "line"))]
@@ -695,6 +697,7 @@ def _compile(
     extra: Mapping,
     strict: bool,
     track: bool = False,
+    pixel: bool = False,
 ) -> CompiledEmail:
     _check_kind(kind, extra)
     r = _Stage2(kind)
@@ -747,8 +750,10 @@ def _compile(
     if track:
         tracked = tracking.track(sources["html"], sources["text"])
         sources["html"], sources["text"], links = tracked.html, tracked.text, tracked.links
+    if pixel:
+        sources["html"] = tracking.with_pixel(sources["html"])
     constants: dict = {}
-    templates = _stage2_templates(kind, sources, strict, constants, track)
+    templates = _stage2_templates(kind, sources, strict, constants, track, pixel)
     compiled = CompiledEmail(
         kind,
         templates["subject"],
@@ -808,6 +813,7 @@ def compile_email(
     extra: Mapping | None = None,
     strict: bool = False,
     track: bool = False,
+    pixel: bool = False,
 ) -> CompiledEmail:
     """Compile ``kind`` with this content (stage 1), cached; see the module docstring.
 
@@ -816,7 +822,8 @@ def compile_email(
     (False drops "Hi Alex,"), or overrides of ``site_name`` / ``postal_address``.
     ``strict`` uses StrictUndefined in both stages (tests, previews).
     ``track`` sends the links through ``/c/`` (campaigns/links.py): the
-    recipient then needs a ``click_url``.
+    recipient then needs a ``click_url``; ``pixel`` adds the opens image
+    (``open_url``).
     """
     global _hits, _misses
     extra = dict(extra or {})
@@ -835,6 +842,7 @@ def compile_email(
         _freeze(extra),
         bool(strict),
         bool(track),
+        bool(pixel),
     )
     with _cache_lock:
         found = _cache.get(key)
@@ -843,7 +851,8 @@ def compile_email(
             _hits += 1
             return found
         _misses += 1
-    compiled = _compile(settings, kind, subject, preheader, body_md, ctas, extra, strict, track)
+    compiled = _compile(settings, kind, subject, preheader, body_md, ctas, extra, strict, track,
+                        pixel)
     with _cache_lock:
         _cache[key] = compiled
         while len(_cache) > _CACHE_MAX:
@@ -875,6 +884,7 @@ def sample_recipient(settings: Settings, kind: str = "series") -> dict:
         "view_url": settings.url("/m/sample-token"),
         "reason": footer_reason("signed_up", settings.site_name),
         tracking.CLICK_KEY: settings.url("/c/sample-token."),
+        tracking.OPEN_KEY: settings.url("/px/sample-token"),
     }
     if kind == "confirm":
         r["confirm_url"] = settings.url("/confirm/sample-token")

@@ -64,6 +64,8 @@ class ClickRate:
     sent: int
     clicked: int  # messages with at least one human click
     filtered: int  # clicks counted as a link scanner's
+    opened: int = 0  # messages whose image loaded (track_opens; unreliable)
+    apple: int = 0  # ... of which only Apple's proxy loaded it
 
     @property
     def rate(self) -> float | None:
@@ -252,15 +254,19 @@ def click_rates(db, lo: str, hi: str, parts: dict[tuple[str, str], int]) -> list
     rows = db.execute(
         f"""SELECT o.kind, o.ref, c.subject, COUNT(*),
                SUM(EXISTS (SELECT 1 FROM clicks k WHERE k.outbox_id = o.id AND k.verdict = 'human')),
-               SUM((SELECT COUNT(*) FROM clicks k WHERE k.outbox_id = o.id AND k.verdict = 'scanner'))
+               SUM((SELECT COUNT(*) FROM clicks k WHERE k.outbox_id = o.id AND k.verdict = 'scanner')),
+               SUM(EXISTS (SELECT 1 FROM opens p WHERE p.outbox_id = o.id)),
+               SUM(EXISTS (SELECT 1 FROM opens p WHERE p.outbox_id = o.id)
+                   AND NOT EXISTS (SELECT 1 FROM opens p WHERE p.outbox_id = o.id AND p.apple = 0))
            FROM outbox o LEFT JOIN campaigns c ON c.id = o.campaign_id
            WHERE o.status = 'sent' AND o.sent_at >= ? AND o.sent_at < ?
              AND o.kind IN ({",".join("?" * len(_TRACKED))})
            GROUP BY o.kind, o.ref ORDER BY o.kind, o.ref""",
         (lo, hi, *_TRACKED),
     ).fetchall()
-    out = [ClickRate(*_email_label(kind, ref, subject, parts), sent, clicked, filtered)
-           for kind, ref, subject, sent, clicked, filtered in rows]
+    out = [ClickRate(*_email_label(kind, ref, subject, parts), sent, clicked, filtered, opened,
+                     apple)
+           for kind, ref, subject, sent, clicked, filtered, opened, apple in rows]
     order = {"series": 0, "broadcast": 1, "webinar": 2}
     return sorted(out, key=lambda r: (order[r.group], r.label))
 
@@ -304,6 +310,11 @@ def render_text(report: Report) -> str:
         for r in report.click_rates:
             lines.append(f"{r.label.ljust(w)}  {r.sent:>6}  {r.clicked:>7}  {_pct(r.rate):>6}  "
                          f"{r.filtered:>8}")
+    if any(r.opened for r in report.click_rates):
+        lines += ["", "Opens (unreliable: images load unread, or are blocked when read)"]
+        for r in report.click_rates:
+            lines.append(f"{r.label}  opened {r.opened} of {r.sent}; "
+                         f"{r.apple} only by Apple's proxy (Mail Privacy Protection, a heuristic)")
     if report.top_links:
         lines += ["", "Top links (human clicks)"]
         lines += [f"{n:>6}  {link}" for link, n in report.top_links]
@@ -413,12 +424,19 @@ def _clicks_html(report: Report) -> str:
     links = "".join(
         f"<tr><td>{html.escape(link)}</td><td>{n}</td></tr>" for link, n in report.top_links
     )
+    opens = "".join(
+        f"<tr><td>{html.escape(r.label)}</td><td>{r.opened}</td><td>{r.apple}</td></tr>"
+        for r in report.click_rates if r.opened
+    )
     return (
         "<h2>Click rate per email</h2>"
         "<table><thead><tr><th>Email</th><th>Sent</th><th>Clicked</th><th>Rate</th>"
         f"<th>Scanner clicks</th></tr></thead><tbody>{rows}</tbody></table>"
         + (f"<h2>Top links</h2><table><thead><tr><th>Link</th><th>Human clicks</th></tr></thead>"
            f"<tbody>{links}</tbody></table>" if links else "")
+        + ("<h2>Opens (unreliable)</h2><table><thead><tr><th>Email</th><th>Opened</th>"
+           f"<th>Only Apple's proxy (heuristic)</th></tr></thead><tbody>{opens}</tbody></table>"
+           if opens else "")
     )
 
 

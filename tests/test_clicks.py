@@ -4,6 +4,7 @@ the first human click counts, and a click on a site page carries attribution for
 from __future__ import annotations
 
 import random
+import re
 from datetime import timedelta
 
 import pytest
@@ -234,3 +235,36 @@ def test_no_percentage_over_100_for_any_event_log(db, settings, clock, seed):
              "attended", "clicked_offer"]
     _seed(db, clock, {k: rnd.sample(range(1, 21), rnd.randint(0, 20)) for k in kinds})
     assert all(0 <= p <= 100.0 for p in _percentages(report.compute(db, settings)))
+
+
+# ----------------------------------------------------------------- opens
+def test_opens_are_off_by_default(db, settings, clock, smtp_server):
+    add_readers(db, clock, 1)
+    send_broadcast(db, settings, clock)
+    assert "/px/" not in smtp_server.messages[0].part("html")
+
+
+def test_opens_with_track_opens_flag_apple_and_are_reported_as_unreliable(
+        db, settings, clock, smtp_server):
+    on = settings.replace(track_opens=True)
+    client = web.create_app(on, clock=clock).test_client()
+    add_readers(db, clock, 3)
+    send_broadcast(db, on, clock)
+    pixels = [re.search(r'<img src="([^"]+/px/[^"]+)"', m.part("html")).group(1)
+              for m in smtp_server.messages]
+    assert len(set(pixels)) == 3
+    assert "/px/" not in smtp_server.messages[0].part("plain")
+    clock.advance(minutes=5)
+    r = client.get(path_of(pixels[0]), headers={"User-Agent": BROWSER})
+    assert r.status_code == 200 and r.headers["Content-Type"] == "image/gif"
+    client.get(path_of(pixels[1]), headers={"User-Agent": "Mozilla/5.0"})  # Apple's proxy
+    client.get(path_of(pixels[1]), headers={"User-Agent": BROWSER},
+               environ_base={"REMOTE_ADDR": "17.58.1.2"})
+    assert client.get(path_of(pixels[2])[:-3] + "abc").status_code == 404
+    assert db.execute("SELECT COUNT(*), SUM(apple) FROM opens").fetchone() == (3, 2)
+    rep = report.compute(db, on, now=clock())
+    (rate,) = rep.click_rates
+    assert (rate.opened, rate.apple) == (2, 1)
+    text = report.render_text(rep)
+    assert "Opens (unreliable" in text and "opened 2 of 3; 1 only by Apple's proxy" in text
+    assert "Opens (unreliable)" in report.render_html(rep)

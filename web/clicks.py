@@ -1,4 +1,5 @@
-"""Tracked links: ``GET /c/TOKEN.N`` records a click and redirects (302).
+"""Tracked links: ``GET /c/TOKEN.N`` records a click and redirects (302);
+``GET /px/TOKEN`` (only in mail sent with ``track_opens``) records an open.
 
 Registered by ``web.create_app``.  The domain is :mod:`campaigns.clicks`: it
 verifies the token, finds link N of that very message (so this is no open
@@ -15,7 +16,7 @@ from flask import Blueprint, redirect, request
 
 from campaigns import clicks
 
-from .common import db, now, settings
+from .common import client_ip, db, now, settings
 
 bp = Blueprint("clicks", __name__)
 
@@ -35,3 +36,15 @@ def click(value: str):
             secure=settings().https, path="/",
         )
     return response
+
+
+#: A transparent 1x1 GIF.
+PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00"
+         b"\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+
+
+@bp.get("/px/<token>")
+def opened(token: str):
+    clicks.record_open(db(), settings(), token[:400], now(),
+                       user_agent=request.headers.get("User-Agent", "")[:400], ip=client_ip())
+    return PIXEL, 200, {"Content-Type": "image/gif"}
