@@ -227,6 +227,7 @@ def compute(
         _step("Attended", _people(db, "attended", lo, hi), "webinar"),
         _step("Clicked the offer", _people(db, "clicked_offer", lo, hi), "webinar"),
     ]
+    notes += ab_notes(db, lo, hi)
     parts = {(slug, key): part for (slug, key), part in known_parts.items()}
     for slug, (_title, keys) in content.items():
         for key, part in keys.items():
@@ -269,6 +270,21 @@ def click_rates(db, lo: str, hi: str, parts: dict[tuple[str, str], int]) -> list
            for kind, ref, subject, sent, clicked, filtered, opened, apple in rows]
     order = {"series": 0, "broadcast": 1, "webinar": 2}
     return sorted(out, key=lambda r: (order[r.group], r.label))
+
+
+def ab_notes(db, lo: str, hi: str) -> list[str]:
+    """One line per A/B broadcast tested in the window: its decision and why."""
+    out = []
+    for cid, winner, reason, decide_at in db.execute(
+        "SELECT campaign_id, winner, reason, decide_at FROM ab_tests "
+        "WHERE test_queued_at >= ? AND test_queued_at < ? ORDER BY campaign_id",
+        (lo, hi),
+    ):
+        if winner:
+            out.append(f"broadcast {cid} A/B subjects: {winner} went to the rest; {reason}")
+        else:
+            out.append(f"broadcast {cid} A/B subjects: undecided until {decide_at[:16]} UTC")
+    return out
 
 
 def top_links(db, lo: str, hi: str, limit: int = 10) -> list[tuple[str, int]]:

@@ -11,7 +11,9 @@ offer links are the stored strings, never minted afresh.
 This works for every kind, before and after the reader acts (confirms,
 registers, unsubscribes...), because nothing is rebuilt from today's state.
 Content shared by many readers is stored once (``view_contents``, keyed by
-digest); a row costs one small ``views`` row.
+digest); a row costs one small ``views`` row.  A tracked email's list of links
+(campaigns/links.py) is stored once too (``click_links``); its view names it
+(``links_id``), which is how ``/c/TOKEN.N`` finds link N of that message.
 
 A confirmation viewed after its link expired (``confirm_max_age_days`` after
 it was built) is not shown as a live email: the page says so and offers a new

@@ -10,7 +10,7 @@ import pytest
 from click_support import BODY, add_readers, click_links, path_of
 
 import web
-from campaigns import broadcasts
+from campaigns import broadcasts, report
 from campaigns.sender import send_due
 from campaigns.worker import tick
 from funnel.db import parse_iso
@@ -112,6 +112,9 @@ def test_ties_and_low_counts_fall_back_to_a(db, settings, clock, smtp_server, cl
     assert Counter(str(m.message["Subject"]) for m in smtp_server.messages) == {A: 80}
     assert broadcasts.ab_test(db, cid).reason == reason
     assert f"decision: A goes to the rest; {reason}" in run("campaign", "status", cid).output
+    rep = report.compute(db, settings, now=clock())
+    assert f"broadcast {cid} A/B subjects: A went to the rest; {reason}" in rep.notes
+    assert reason in report.render_text(rep)
 
 
 def test_a_local_campaign_sends_the_winner_at_each_readers_local_time(db, settings, clock):
