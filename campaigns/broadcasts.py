@@ -438,7 +438,15 @@ def queue(
         return 0
     ab = ab_test(db, campaign_id)
     if ab is not None and ab.test_queued_at and not ab.decided_at:
-        return 0  # the test slices are out; the rest waits for the decision
+        # The test slices are out; the rest waits for the decision (decide_due), which
+        # looks at sending campaigns: one resumed after a pause is sending again.
+        with transaction(db):
+            db.execute(
+                "UPDATE campaigns SET status = 'sending', updated_at = ? "
+                "WHERE id = ? AND status = 'scheduled'",
+                (iso(now), campaign_id),
+            )
+        return 0
     slices = None
     if ab is not None and not ab.test_queued_at:
         total = segments.count(db, settings, c.segment, where=c.where, now=now, stream=c.stream)

@@ -161,3 +161,19 @@ def test_the_domain_refuses_a_zero_wait(db, settings, clock):
     with pytest.raises(InputError, match="--decide-after"):
         broadcasts.create(db, settings, clock(), subject="A", body_md="x", ab_subjects=("B",),
                           decide_after="0h")
+
+
+def test_a_paused_test_waits_and_decides_once_resumed(db, settings, clock, smtp_server):
+    add_readers(db, clock, 50)
+    cid = start(db, settings, clock, test_share="20%", decide_after="1h")
+    broadcasts.queue(db, settings, cid, clock())
+    send_due(db, settings, clock)
+    broadcasts.pause(db, cid, clock())
+    clock.advance(hours=2)
+    assert tick(db, settings, clock())["ab_decided"] == 0  # paused: nothing decided or sent
+    broadcasts.resume(db, cid, clock())
+    t = tick(db, settings, clock())
+    assert t["ab_decided"] == 1, t
+    smtp_server.clear()
+    send_due(db, settings, clock)
+    assert len(smtp_server.messages) == 40

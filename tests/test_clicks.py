@@ -268,3 +268,34 @@ def test_opens_with_track_opens_flag_apple_and_are_reported_as_unreliable(
     text = report.render_text(rep)
     assert "Opens (unreliable" in text and "opened 2 of 3; 1 only by Apple's proxy" in text
     assert "Opens (unreliable)" in report.render_html(rep)
+
+
+# ----------------------------------------------------------------- per-recipient links
+def test_an_invites_personal_link_redirects_to_that_readers_registration(
+        db, settings, clock, smtp_server, client):
+    from test_webinars import active, create
+
+    from campaigns import webinars
+
+    now = clock()
+    sids = {e: active(db, settings, e, now) for e in ("ann@example.com", "ben@example.com")}
+    send_due(db, settings, clock)
+    smtp_server.clear()
+    w = create(db, settings, now)
+    webinars.invite(db, settings, w.slug, "all", now)
+    send_due(db, settings, clock)
+    clock.advance(minutes=5)
+    for email, sid in sids.items():
+        (msg,) = smtp_server.to(email)
+        assert not [u for u in msg.links() if "/w/spine-health?t=" in u]  # only through /c/
+        places = []
+        for url in click_links(msg):
+            clock.advance(seconds=5)
+            places.append(client.get(path_of(url), headers={"User-Agent": BROWSER}).headers["Location"])
+        mine = [p for p in places if "/w/spine-health?t=" in p]
+        assert len(mine) == 1
+        token = mine[0].split("?t=", 1)[1]
+        assert webinars.read_invite_token(settings, w.slug, token, clock()) == sid
+    links = {link for (link,) in db.execute("SELECT DISTINCT link FROM clicks")}
+    assert "{register_url}" in links  # personal links are counted by name, not by their token
+    assert not [x for x in links if "?t=" in x]
