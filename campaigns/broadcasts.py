@@ -199,28 +199,19 @@ def create(
     )
     data = {"ctas": ctas, "where": list(where)}
     with transaction(db):
-        cur = db.execute(
+        cid = db.execute(
             "INSERT INTO campaigns (kind, template, subject, preheader, body_md, segment, stream, "
             "status, data, created_at, updated_at) VALUES ('broadcast', ?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?)",
-            (
-                template,
-                subject,
-                preheader,
-                body_md or "",
-                segment,
-                stream,
-                json.dumps(data),
-                iso(now),
-                iso(now),
-            ),
-        )
+            (template, subject, preheader, body_md or "", segment, stream, json.dumps(data),
+             iso(now), iso(now)),
+        ).lastrowid
         if ab:
             db.execute(
                 "INSERT INTO ab_tests (campaign_id, subject_b, test_share, decide_after_seconds) "
                 "VALUES (?, ?, ?, ?)",
-                (cur.lastrowid, *ab),
+                (cid, *ab),
             )
-    return cur.lastrowid
+    return cid
 
 
 # ----------------------------------------------------------------- A/B subjects
@@ -416,6 +407,58 @@ def schedule_campaign(
 
 
 # ----------------------------------------------------------------- queue
+@dataclass
+class _Plan:
+    """Who of the members get a row now, with which variant and when (see :func:`queue`)."""
+
+    c: Campaign
+    settings: Settings
+    now: datetime
+    slices: _Slices | None = None  # A/B, first go: the test slices
+    winner: str | None = None  # A/B, second go: everyone else gets this
+
+    def __post_init__(self):
+        c = self.c
+        self.wall = (datetime.strptime(c.local_at, "%Y-%m-%d %H:%M")
+                     if c.local_time and c.local_at else None)
+        self.due_default = max(parse_iso(c.send_at) or self.now, self.now) if not self.wall else self.now
+        self.expiry = timedelta(hours=self.settings.newsletter_expiry_hours)
+
+    def due(self, tz_name: str | None) -> datetime:
+        wall = self.wall
+        if wall is None:
+            return self.due_default
+        tz = self.settings.zone_for(tz_name)
+        if self.winner:
+            return _next_local(wall.time(), tz, self.now)
+        return local_to_utc(wall.date(), wall.hour, tz, wall.minute)
+
+    def rows(self, members) -> list[dict]:
+        out = []
+        cid = self.c.id
+        for sid, email, tz_name in members:
+            variant = self.slices.pick() if self.slices else self.winner
+            if self.slices and variant is None:
+                continue  # not in the test slices: gets the winner later
+            due = self.due(tz_name)
+            row = {
+                "dedupe_key": f"campaign:{cid}:{sid}",
+                "kind": "broadcast",
+                "subscriber_id": sid,
+                "to_addr": email,
+                "due_at": due,
+                "stream": self.c.stream,
+                "ref": f"campaign:{cid}",
+                "campaign_id": cid,
+                "priority": outbox.PRIORITY_BROADCAST,
+                "expires_at": max(due, self.now) + self.expiry,
+            }
+            if variant:
+                row["data"] = {"variant": variant, **({"rest": 1} if self.winner else {})}
+            out.append(row)
+        return out
+
+
 def queue(
     db,
     settings: Settings,
@@ -447,14 +490,10 @@ def queue(
                 (iso(now), campaign_id),
             )
         return 0
-    slices = None
+    plan = _Plan(c, settings, now, winner=ab.winner if ab is not None and ab.decided_at else None)
     if ab is not None and not ab.test_queued_at:
         total = segments.count(db, settings, c.segment, where=c.where, now=now, stream=c.stream)
-        slices = _Slices(campaign_id, total, round(total * ab.test_share / 2))
-    winner = ab.winner if ab is not None and ab.decided_at else None
-    wall = datetime.strptime(c.local_at, "%Y-%m-%d %H:%M") if c.local_time and c.local_at else None
-    due_default = max(parse_iso(c.send_at) or now, now) if not wall else now
-    expiry = timedelta(hours=settings.newsletter_expiry_hours)
+        plan.slices = _Slices(campaign_id, total, round(total * ab.test_share / 2))
     created = 0
     for rows in segments.iter_rows(
         db,
@@ -466,32 +505,7 @@ def queue(
         now=now,
         stream=c.stream,
     ):
-        batch_rows = []
-        for sid, email, tz_name in rows:
-            variant = slices.pick() if slices else winner
-            if slices and variant is None:
-                continue  # not in the test slices: gets the winner later
-            if wall is None:
-                due = due_default
-            elif winner:
-                due = _next_local(wall.time(), settings.zone_for(tz_name), now)
-            else:
-                due = local_to_utc(wall.date(), wall.hour, settings.zone_for(tz_name), wall.minute)
-            row = {
-                "dedupe_key": f"campaign:{campaign_id}:{sid}",
-                "kind": "broadcast",
-                "subscriber_id": sid,
-                "to_addr": email,
-                "due_at": due,
-                "stream": c.stream,
-                "ref": f"campaign:{campaign_id}",
-                "campaign_id": campaign_id,
-                "priority": outbox.PRIORITY_BROADCAST,
-                "expires_at": max(due, now) + expiry,
-            }
-            if variant:
-                row["data"] = {"variant": variant, **({"rest": 1} if winner else {})}
-            batch_rows.append(row)
+        batch_rows = plan.rows(rows)
         with transaction(db):
             if get(db, campaign_id).status == "cancelled":
                 return created
@@ -499,7 +513,7 @@ def queue(
         if progress:
             progress(len(rows))
     with transaction(db):
-        if slices is not None:
+        if plan.slices is not None:
             _tested(db, ab, now)
         else:
             db.execute(
