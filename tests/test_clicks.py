@@ -47,6 +47,32 @@ def test_every_bulk_link_but_the_footer_goes_through_c(db, settings, clock, smtp
     assert set(links) == {u for u in msg.links() if "/c/" in u}
 
 
+def _untracked(settings, msg) -> list[str]:
+    """http links of both parts that neither go through /c/ nor are footer links."""
+    base = settings.base_url
+    return [u for u in html_links(msg) + msg.links() if u.startswith("http")
+            and not u.startswith(base + "/c/") and not any(u.startswith(base + p) for p in FOOTER)]
+
+
+def test_a_series_step_from_the_real_signup_path_is_tracked(db, settings, clock, smtp_server):
+    from campaigns.worker import tick
+    from subscribers import lifecycle, tokens
+
+    r = optin.signup(db, settings, "walker@example.com", clock())
+    send_due(db, settings, clock)
+    (confirm,) = smtp_server.messages
+    assert not click_links(confirm) and "/confirm/" in " ".join(confirm.links())
+    sub = lifecycle.get(db, r.subscriber_id)
+    optin.confirm(db, settings, tokens.confirm_token(settings, sub.id, sub.confirm_nonce, clock()),
+                  clock())
+    tick(db, settings, clock())
+    send_due(db, settings, clock)
+    (part1,) = [m for m in smtp_server.messages if m is not confirm]
+    assert db.execute("SELECT kind FROM outbox WHERE id = ?",
+                      (int(part1.message["X-Funnel-Row"]),)).fetchone()[0] == "series"
+    assert click_links(part1) and _untracked(settings, part1) == []
+
+
 def test_confirmation_mail_is_not_tracked(db, settings, clock, smtp_server):
     optin.signup(db, settings, "new@example.com", clock(), source="test")
     send_due(db, settings, clock)

@@ -23,6 +23,8 @@ bp = Blueprint("clicks", __name__)
 
 @bp.route("/c/<value>", methods=["GET", "HEAD"])
 def click(value: str):
+    # This GET records an event: a click is analytics only, never consent or a
+    # change of anyone's state, so the rule "a GET never changes state" holds.
     moment = now()
     found = clicks.follow(
         db(), settings(), value[:400], moment,
