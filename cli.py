@@ -860,29 +860,41 @@ def campaign_group() -> None:
 @click.option("--template", default="broadcast", show_default=True, help="Email template.")
 @click.option("--segment", default="all", show_default=True, help="Named segment (see `funnel segments list`).")
 @click.option("--where", "where", multiple=True, help="Extra filter, ANDed; repeatable.")
-@click.option("--subject", default=None, help="Subject line (or 'subject:' in the body's front matter).")
+@click.option("--subject", "subjects", multiple=True,
+              help="Subject line (or 'subject:' in the body's front matter); twice for an A/B test.")
+@click.option("--test-share", default=None, help="A/B: share of the audience tested, split evenly (default 20%).")
+@click.option("--decide-after", default=None, help="A/B: wait before the winner goes to the rest (default 4h).")
 @click.option("--preheader", default=None, help="Preview text shown after the subject.")
 @click.option("--body", "body", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Markdown file, optionally with front matter (subject, preheader, ctas); "
                    "without it the Markdown is read from standard input.")
 @run
-def campaign_create(app: App, template: str, segment: str, where: tuple[str, ...], subject: str | None,
-                    preheader: str | None, body: Path | None) -> None:
+def campaign_create(app: App, template: str, segment: str, where: tuple[str, ...], subjects: tuple[str, ...],
+                    test_share: str | None, decide_after: str | None, preheader: str | None,
+                    body: Path | None) -> None:
     """Create a draft broadcast and print its id.
 
-    The body is Markdown from --body FILE, or from standard input.
+    The body is Markdown from --body FILE, or from standard input.  Two
+    --subject values make an A/B test: each goes to an equal random slice of
+    --test-share of the audience; after --decide-after the subject with more
+    human clicks goes to everyone else (A on a tie or with under 5 clicks).
 
     \b
     Example:
       funnel campaign create --template broadcast --segment all \\
           --subject "Winter opening hours" --body winter.md
       echo "We now open on **Saturdays**." | funnel campaign create --subject "Saturdays"
+      funnel campaign create --subject "Open on Saturdays" --subject "Your weekend physio" \\
+          --test-share 20% --decide-after 4h --body saturdays.md
     """
     body_md = None
     if body is None and not sys.stdin.isatty():
         body_md = sys.stdin.read()
-    cid = broadcasts.create(app.db, app.settings, app.now(), subject=subject, segment=segment, where=where,
-                 preheader=preheader, body_path=body, body_md=body_md, template=template)
+    cid = broadcasts.create(app.db, app.settings, app.now(), subject=subjects[0] if subjects else None,
+                            segment=segment, where=where, preheader=preheader, body_path=body,
+                            body_md=body_md, template=template,
+                            ab_subjects=subjects[1:],
+                            test_share=test_share, decide_after=decide_after)
     click.echo(cid)
 
 
@@ -986,7 +998,28 @@ def campaign_status(app: App, campaign_id: int) -> None:
     click.echo(f"  total      {st.total}")
     for reason, n in st.held:
         click.echo(f"  held       {n}  {reason}")
+    for line in _ab_lines(st):
+        click.echo(line)
     click.echo("  finished: " + ("yes" if st.finished else "no"))
+
+
+def _ab_lines(st) -> list[str]:
+    """An A/B campaign's variants (test slices) and its decision, for `campaign status`."""
+    if st.ab is None:
+        return []
+    lines = [f"  A/B test: {st.ab.test_share:.0%} of the audience, decided "
+             f"{st.ab.decide_after_seconds // 60} min after it starts"]
+    for name, v in st.variants.items():
+        rate = "-" if v["rate"] is None else f"{v['rate']:.1f}%"
+        lines.append(f"  variant {name}  sent {v['sent']}  human clicks {v['human_clicks']}  "
+                     f"click rate {rate}  {v['subject']!r}")
+    if st.ab.decided_at:
+        lines.append(f"  decision: {st.ab.winner} goes to the rest; {st.ab.reason}")
+    elif st.ab.decide_at:
+        lines.append(f"  decision: due {st.ab.decide_at[:16].replace('T', ' ')} UTC")
+    else:
+        lines.append("  decision: after the test slices go out")
+    return lines
 
 
 @campaign_group.command("list")

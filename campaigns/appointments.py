@@ -41,7 +41,7 @@ from funnel.settings import Settings
 from funnel.spreadsheet import SafeDictWriter
 from subscribers import lifecycle, optin
 
-from . import render, webhooks
+from . import clicks, render, webhooks
 from .content import Content, Direct, SkipMessage
 
 #: How the reader wants to be contacted: key -> words used on the page and in emails.
@@ -264,14 +264,19 @@ def create_request(
     source: str = "web",
     ip: str | None = None,
     user_agent: str | None = None,
+    click_cookie: str | None = None,
 ) -> Appointment:
     """Store a request and queue everything it sets off, in one transaction.
 
     ``fields``: name, email, phone, contact_method, times (list), reason,
     consent (bool), newsletter (bool).  ``attribution``: the ``attr_*``
-    values of the click that brought the reader, or None.
+    values of the click that brought the reader, or None; without it, the
+    ``funnel_attr`` cookie the page received (``click_cookie``) names that
+    click when it is at most 30 days old (campaigns/clicks.py).
     """
     f = clean_fields(fields)
+    if attribution is None and click_cookie:
+        attribution = clicks.attribution(db, settings, click_cookie, now)
     attr = _attribution(attribution)
     with transaction(db):
         rid = db.execute(
@@ -366,13 +371,13 @@ def export_csv(db, fh: IO[str], *, status: str | None = None) -> int:
     return len(rows)
 
 
-def counts(db, lo: str, hi: str) -> tuple[int, int]:
-    """(requests made in [lo, hi), of which booked) for the funnel report."""
-    row = db.execute(
-        "SELECT COUNT(*), COUNT(booked_at) FROM appointments WHERE created_at >= ? AND created_at < ?",
+def request_ids(db, lo: str, hi: str) -> tuple[frozenset[int], frozenset[int]]:
+    """(ids of requests made in [lo, hi), the ids of those booked) for the funnel report."""
+    rows = db.execute(
+        "SELECT id, booked_at IS NOT NULL FROM appointments WHERE created_at >= ? AND created_at < ?",
         (lo, hi),
-    ).fetchone()
-    return row[0], row[1]
+    ).fetchall()
+    return frozenset(i for i, _ in rows), frozenset(i for i, booked in rows if booked)
 
 
 # ================================================================= the two emails

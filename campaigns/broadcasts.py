@@ -23,14 +23,28 @@ uninterrupted run would.
 ``--local`` campaigns go out at the same wall-clock time in each reader's own
 zone: queueing starts when the earliest zone on Earth (UTC+14) reaches that
 time, and each row is due at the reader's local instant.
+
+A/B subjects (``ab_tests``, migration 0025): the campaign's subject is A and
+``subject_b`` is B.  Queueing first sends each variant to an equal random
+slice of ``test_share`` of the audience (selection sampling over the
+streamed members, seeded by the campaign id, so a re-run picks the same
+people); the row's data carries its variant.  At ``decide_at`` the worker
+(:func:`decide_due`) counts the human clicks per variant
+(campaigns/clicks.py) and queues the winner to everyone else; the UNIQUE
+dedupe key skips those already tested.  A tie, or fewer than
+``AB_MIN_CLICKS`` human clicks in all, falls back to A, and the decision's
+reason says so.  A ``--local`` campaign's rest goes at the same wall-clock
+time in each reader's zone, the first time it comes after the decision.
 """
 
 from __future__ import annotations
 
 import json
+import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -52,6 +66,8 @@ CLI_NAMES = {"subject": "--subject", "preheader": "--preheader", "body": "--body
 FRONT_MATTER_KEYS = {"subject", "preheader", "ctas", "title"}
 #: The earliest zone on Earth: a --local campaign starts queueing when it gets there.
 EARLIEST_ZONE = ZoneInfo("Pacific/Kiritimati")
+#: Fewer human clicks than this on both variants together decide nothing: A goes.
+AB_MIN_CLICKS = 5
 
 
 @dataclass(frozen=True)
@@ -142,13 +158,22 @@ def create(
     stream: str = "broadcasts",
     form_nonce: str | None = None,
     names: dict[str, str] | None = None,
+    ab_subjects: tuple[str, ...] = (),
+    test_share: str | None = None,
+    decide_after: str | None = None,
 ) -> int:
     """Create a draft broadcast; returns its id.  Options beat the body's front matter.
+
+    With a subject B in ``ab_subjects`` it is an A/B test (module docstring):
+    ``test_share`` ("20%") of the audience is tested, and the winner goes to
+    the rest ``decide_after`` ("4h") later.
 
     ``form_nonce`` (the console's compose form) makes a double submit harmless:
     a second create with the same nonce returns the first draft's id.  ``names``: how
     errors name the fields (see :func:`_check_content`).
     """
+    from . import mime
+
     if form_nonce:
         found = db.execute(
             "SELECT id FROM campaigns WHERE json_extract(data, '$.form_nonce') = ?", (form_nonce,)
@@ -164,23 +189,148 @@ def create(
     preheader = (preheader if preheader is not None else front.get("preheader", "")).strip()
     ctas = ctas if ctas is not None else front.get("ctas", [])
     _check_content(settings, subject, preheader, body_md or "", ctas, segment, where, names)
+    if len(ab_subjects) > 1:
+        raise InputError("--subject: give one subject, or two for an A/B test")
+    ab = _ab_options(subject, ab_subjects[0] if ab_subjects else None, test_share, decide_after)
+    if ab:
+        mime.header_value(ab[0], "--subject")
+        merge_tags.check(ab[0], "--subject")
     data = {"ctas": ctas, "where": list(where), **({"form_nonce": form_nonce} if form_nonce else {})}
-    cur = db.execute(
-        "INSERT INTO campaigns (kind, template, subject, preheader, body_md, segment, stream, "
-        "status, data, created_at, updated_at) VALUES ('broadcast', ?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?)",
-        (
-            template,
-            subject,
-            preheader,
-            body_md or "",
-            segment,
-            stream,
-            json.dumps(data),
-            iso(now),
-            iso(now),
-        ),
-    )
-    return cur.lastrowid
+    with transaction(db):
+        cid = db.execute(
+            "INSERT INTO campaigns (kind, template, subject, preheader, body_md, segment, stream, "
+            "status, data, created_at, updated_at) VALUES ('broadcast', ?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?)",
+            (template, subject, preheader, body_md or "", segment, stream, json.dumps(data),
+             iso(now), iso(now)),
+        ).lastrowid
+        if ab:
+            db.execute(
+                "INSERT INTO ab_tests (campaign_id, subject_b, test_share, decide_after_seconds) "
+                "VALUES (?, ?, ?, ?)",
+                (cid, *ab),
+            )
+    return cid
+
+
+# ----------------------------------------------------------------- A/B subjects
+_SHARE_RE = re.compile(r"(\d{1,2}(?:\.\d+)?)\s*%?")
+_AFTER_RE = re.compile(r"(\d{1,4})\s*(m|min|minutes?|h|hours?|d|days?)")
+_AFTER_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def _ab_options(subject: str, subject_b: str | None, share: str | None,
+                after: str | None) -> tuple[str, float, int] | None:
+    """(subject B, test share, seconds to wait) for an A/B campaign, None for a plain one."""
+    if subject_b is None:
+        if share is not None or after is not None:
+            flag = "--test-share" if share is not None else "--decide-after"
+            raise InputError(f"{flag}: only an A/B test has one; give two --subject values")
+        return None
+    subject_b = subject_b.strip()
+    if not subject_b or subject_b == subject:
+        raise InputError("--subject: an A/B test needs two different, non-empty subjects")
+    m = _SHARE_RE.fullmatch((share or "20%").strip())
+    value = float(m.group(1)) if m else -1.0
+    if not 2 <= value <= 90:
+        raise InputError(
+            f"--test-share: {share!r} is not a share of the audience between 2% and 90%, e.g. 20%"
+        )
+    m = _AFTER_RE.fullmatch((after or "4h").strip().lower())
+    if not m or int(m.group(1)) == 0:
+        raise InputError(f"--decide-after: {after!r} is not a wait like 4h, 90m or 1d")
+    return subject_b, value / 100, int(m.group(1)) * _AFTER_UNITS[m.group(2)[0]]
+
+
+@dataclass(frozen=True)
+class ABTest:
+    campaign_id: int
+    subject_b: str
+    test_share: float
+    decide_after_seconds: int
+    test_queued_at: str | None
+    decide_at: str | None
+    decided_at: str | None
+    winner: str | None
+    clicks_a: int | None
+    clicks_b: int | None
+    reason: str | None
+
+
+def ab_test(db, campaign_id: int) -> ABTest | None:
+    row = db.execute(
+        "SELECT campaign_id, subject_b, test_share, decide_after_seconds, test_queued_at, decide_at, "
+        "decided_at, winner, clicks_a, clicks_b, reason FROM ab_tests WHERE campaign_id = ?",
+        (campaign_id,),
+    ).fetchone()
+    return ABTest(*row) if row else None
+
+
+class _Slices:
+    """Selection sampling: exactly ``each`` readers per variant out of ``total``, streamed."""
+
+    def __init__(self, campaign_id: int, total: int, each: int):
+        self.rng = random.Random(f"funnel.ab.{campaign_id}")
+        self.left, self.a, self.b = total, each, each
+
+    def pick(self) -> str | None:
+        need = self.a + self.b
+        chosen = self.left > 0 and self.rng.random() * self.left < need
+        self.left -= 1
+        if not chosen:
+            return None
+        if self.rng.random() * need < self.a:
+            self.a -= 1
+            return "A"
+        self.b -= 1
+        return "B"
+
+
+def _next_local(wall: time, tz: ZoneInfo, now: datetime) -> datetime:
+    """The first instant at or after ``now`` when it is ``wall`` o'clock in ``tz``."""
+    day = now.astimezone(tz).date()
+    due = local_to_utc(day, wall.hour, tz, wall.minute)
+    return due if due >= now else local_to_utc(day + timedelta(days=1), wall.hour, tz, wall.minute)
+
+
+def _decision(counts: dict[str, int]) -> tuple[str, str]:
+    a, b = counts.get("A", 0), counts.get("B", 0)
+    if a + b < AB_MIN_CLICKS:
+        return "A", f"too few human clicks to decide ({a + b}, fewer than {AB_MIN_CLICKS}): A goes"
+    if a == b:
+        return "A", f"a tie ({a} human clicks each): A goes"
+    winner = "A" if a > b else "B"
+    return winner, f"{winner} had more human clicks ({max(a, b)} against {min(a, b)})"
+
+
+def variant_clicks(db, campaign_id: int) -> dict[str, int]:
+    """Human clicks per variant of an A/B campaign."""
+    return dict(db.execute(
+        "SELECT json_extract(o.data, '$.variant'), COUNT(*) FROM clicks k "
+        "JOIN outbox o ON o.id = k.outbox_id WHERE o.campaign_id = ? AND k.verdict = 'human' "
+        "GROUP BY 1",
+        (campaign_id,),
+    ).fetchall())
+
+
+def decide_due(db, settings: Settings, now: datetime) -> int:
+    """Decide every A/B test whose wait is over and queue its winner; returns how many."""
+    due = [r[0] for r in db.execute(
+        "SELECT a.campaign_id FROM ab_tests a JOIN campaigns c ON c.id = a.campaign_id "
+        "WHERE a.decided_at IS NULL AND a.decide_at <= ? AND c.status = 'sending' "
+        "ORDER BY a.decide_at",
+        (iso(now),),
+    ).fetchall()]
+    for cid in due:
+        with transaction(db):
+            counts = variant_clicks(db, cid)
+            winner, reason = _decision(counts)
+            db.execute(
+                "UPDATE ab_tests SET decided_at = ?, winner = ?, clicks_a = ?, clicks_b = ?, "
+                "reason = ? WHERE campaign_id = ? AND decided_at IS NULL",
+                (iso(now), winner, counts.get("A", 0), counts.get("B", 0), reason, cid),
+            )
+        queue(db, settings, cid, now)
+    return len(due)
 
 
 def _check_content(settings: Settings, subject: str, preheader: str, body_md: str, ctas: list,
@@ -312,6 +462,58 @@ def schedule_campaign(
 
 
 # ----------------------------------------------------------------- queue
+@dataclass
+class _Plan:
+    """Who of the members get a row now, with which variant and when (see :func:`queue`)."""
+
+    c: Campaign
+    settings: Settings
+    now: datetime
+    slices: _Slices | None = None  # A/B, first go: the test slices
+    winner: str | None = None  # A/B, second go: everyone else gets this
+
+    def __post_init__(self):
+        c = self.c
+        self.wall = (datetime.strptime(c.local_at, "%Y-%m-%d %H:%M")
+                     if c.local_time and c.local_at else None)
+        self.due_default = max(parse_iso(c.send_at) or self.now, self.now) if not self.wall else self.now
+        self.expiry = timedelta(hours=self.settings.newsletter_expiry_hours)
+
+    def due(self, tz_name: str | None) -> datetime:
+        wall = self.wall
+        if wall is None:
+            return self.due_default
+        tz = self.settings.zone_for(tz_name)
+        if self.winner:
+            return _next_local(wall.time(), tz, self.now)
+        return local_to_utc(wall.date(), wall.hour, tz, wall.minute)
+
+    def rows(self, members) -> list[dict]:
+        out = []
+        cid = self.c.id
+        for sid, email, tz_name in members:
+            variant = self.slices.pick() if self.slices else self.winner
+            if self.slices and variant is None:
+                continue  # not in the test slices: gets the winner later
+            due = self.due(tz_name)
+            row = {
+                "dedupe_key": f"campaign:{cid}:{sid}",
+                "kind": "broadcast",
+                "subscriber_id": sid,
+                "to_addr": email,
+                "due_at": due,
+                "stream": self.c.stream,
+                "ref": f"campaign:{cid}",
+                "campaign_id": cid,
+                "priority": outbox.PRIORITY_BROADCAST,
+                "expires_at": max(due, self.now) + self.expiry,
+            }
+            if variant:
+                row["data"] = {"variant": variant, **({"rest": 1} if self.winner else {})}
+            out.append(row)
+        return out
+
+
 def queue(
     db,
     settings: Settings,
@@ -324,15 +526,29 @@ def queue(
     """Materialise one outbox row per member; returns rows created now (0 if all existed).
 
     Safe to repeat and to run in two processes at once (UNIQUE dedupe key).
+    An A/B campaign is queued in two goes: the test slices now, everyone else
+    once :func:`decide_due` has picked the winner.
     """
     c = get(db, campaign_id)
     if c.status not in ("scheduled", "sending", "paused"):
         raise TransitionError(f"campaign {campaign_id} is {c.status}; it can't be queued")
     if c.queued_at:
         return 0
-    wall = datetime.strptime(c.local_at, "%Y-%m-%d %H:%M") if c.local_time and c.local_at else None
-    due_default = max(parse_iso(c.send_at) or now, now) if not wall else now
-    expiry = timedelta(hours=settings.newsletter_expiry_hours)
+    ab = ab_test(db, campaign_id)
+    if ab is not None and ab.test_queued_at and not ab.decided_at:
+        # The test slices are out; the rest waits for the decision (decide_due), which
+        # looks at sending campaigns: one resumed after a pause is sending again.
+        with transaction(db):
+            db.execute(
+                "UPDATE campaigns SET status = 'sending', updated_at = ? "
+                "WHERE id = ? AND status = 'scheduled'",
+                (iso(now), campaign_id),
+            )
+        return 0
+    plan = _Plan(c, settings, now, winner=ab.winner if ab is not None and ab.decided_at else None)
+    if ab is not None and not ab.test_queued_at:
+        total = segments.count(db, settings, c.segment, where=c.where, now=now, stream=c.stream)
+        plan.slices = _Slices(campaign_id, total, round(total * ab.test_share / 2))
     created = 0
     for rows in segments.iter_rows(
         db,
@@ -344,27 +560,7 @@ def queue(
         now=now,
         stream=c.stream,
     ):
-        batch_rows = []
-        for sid, email, tz_name in rows:
-            if wall is not None:
-                tz = settings.zone_for(tz_name)
-                due = local_to_utc(wall.date(), wall.hour, tz, wall.minute)
-            else:
-                due = due_default
-            batch_rows.append(
-                {
-                    "dedupe_key": f"campaign:{campaign_id}:{sid}",
-                    "kind": "broadcast",
-                    "subscriber_id": sid,
-                    "to_addr": email,
-                    "due_at": due,
-                    "stream": c.stream,
-                    "ref": f"campaign:{campaign_id}",
-                    "campaign_id": campaign_id,
-                    "priority": outbox.PRIORITY_BROADCAST,
-                    "expires_at": max(due, now) + expiry,
-                }
-            )
+        batch_rows = plan.rows(rows)
         with transaction(db):
             if get(db, campaign_id).status == "cancelled":
                 return created
@@ -372,13 +568,30 @@ def queue(
         if progress:
             progress(len(rows))
     with transaction(db):
-        db.execute(
-            "UPDATE campaigns SET queued_at = ?, updated_at = ?, "
-            "status = CASE WHEN status = 'scheduled' THEN 'sending' ELSE status END "
-            "WHERE id = ? AND status != 'cancelled'",
-            (iso(now), iso(now), campaign_id),
-        )
+        if plan.slices is not None:
+            _tested(db, ab, now)
+        else:
+            db.execute(
+                "UPDATE campaigns SET queued_at = ?, updated_at = ?, "
+                "status = CASE WHEN status = 'scheduled' THEN 'sending' ELSE status END "
+                "WHERE id = ? AND status != 'cancelled'",
+                (iso(now), iso(now), campaign_id),
+            )
     return created
+
+
+def _tested(db, ab: ABTest, now: datetime) -> None:
+    """The test slices are queued: the campaign is sending, the decision is due later."""
+    db.execute(
+        "UPDATE ab_tests SET test_queued_at = ?, decide_at = ? WHERE campaign_id = ?",
+        (iso(now), iso(now + timedelta(seconds=ab.decide_after_seconds)), ab.campaign_id),
+    )
+    db.execute(
+        "UPDATE campaigns SET updated_at = ?, "
+        "status = CASE WHEN status = 'scheduled' THEN 'sending' ELSE status END "
+        "WHERE id = ? AND status != 'cancelled'",
+        (iso(now), ab.campaign_id),
+    )
 
 
 def queue_due(
@@ -465,6 +678,10 @@ class Status:
     audience: int | None  # members now, before queueing
     #: (reason, rows) queued rows held by a configuration error (a CTA without a URL...)
     held: list[tuple[str, int]] = field(default_factory=list)
+    #: an A/B campaign's test and decision
+    ab: ABTest | None = None
+    #: per variant: {"subject", "sent", "human_clicks", "clicked", "rate"}
+    variants: dict[str, dict] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -479,7 +696,28 @@ def status(db, settings: Settings, campaign_id: int, now: datetime) -> Status:
     if not c.queued_at and c.status in ("draft", "scheduled", "paused"):
         audience = segments.count(db, settings, c.segment, where=c.where, now=now, stream=c.stream)
     held = outbox.held_reasons(db, "campaign_id = ?", (campaign_id,))
-    return Status(c, counts, bool(c.queued_at) and unfinished == 0, audience, held)
+    ab = ab_test(db, campaign_id)
+    variants = _variant_figures(db, c, ab) if ab else {}
+    return Status(c, counts, bool(c.queued_at) and unfinished == 0, audience, held, ab, variants)
+
+
+def _variant_figures(db, c: Campaign, ab: ABTest) -> dict[str, dict]:
+    """Sent, human clicks, messages clicked and the click rate of each variant's test slice."""
+    rows = db.execute(
+        "SELECT json_extract(o.data, '$.variant'), COUNT(*), "
+        "SUM((SELECT COUNT(*) FROM clicks k WHERE k.outbox_id = o.id AND k.verdict = 'human')), "
+        "SUM(EXISTS (SELECT 1 FROM clicks k WHERE k.outbox_id = o.id AND k.verdict = 'human')) "
+        "FROM outbox o WHERE o.campaign_id = ? AND o.status = 'sent' "
+        "AND json_extract(o.data, '$.rest') IS NULL GROUP BY 1",
+        (c.id,),
+    ).fetchall()
+    found = {v: (sent, clicks or 0, clicked or 0) for v, sent, clicks, clicked in rows}
+    out = {}
+    for variant, subject in (("A", c.subject), ("B", ab.subject_b)):
+        sent, clicks, clicked = found.get(variant, (0, 0, 0))
+        out[variant] = {"subject": subject, "sent": sent, "human_clicks": clicks,
+                        "clicked": clicked, "rate": 100.0 * clicked / sent if sent else None}
+    return out
 
 
 def listing(db, *, limit: int = 50) -> list[dict]:
@@ -569,6 +807,10 @@ def build_broadcast(db, settings: Settings, row, sub, now: datetime) -> Content:
         raise SkipMessage("cancelled", f"not subscribed to {c.stream}")
     if stream[0] == "paused" and (stream[1] is None or parse_iso(stream[1]) > now):
         raise SkipMessage("cancelled", f"{c.stream} is paused for this subscriber")
+    if (row.data or {}).get("variant") == "B":
+        ab = ab_test(db, c.id)
+        if ab is not None:
+            c = replace(c, subject=ab.subject_b)
     return webinars.authored_content(
         db, settings, c, sub, now, kind="broadcast",
         extra={"reason": render.footer_reason("newsletter", settings.site_name)},

@@ -20,6 +20,7 @@ from funnel.settings import Settings
 from subscribers import lifecycle, tokens
 
 from . import kinds, mime, render
+from . import links as tracking
 from .content import Content, Direct, SkipMessage, list_id
 
 
@@ -33,6 +34,8 @@ class Outgoing:
     #: the content with the recipient's first name folded in, and the build time.
     view: Content | None = None
     built_at: datetime | None = None
+    #: The links behind this message's /c/ addresses (campaigns/links.py).
+    links: tuple = ()
 
 
 def verp_sender(settings: Settings, row_id: int) -> str:
@@ -54,10 +57,11 @@ def standard_links(settings: Settings, sub: lifecycle.Subscriber, now: datetime,
 
 @lru_cache(maxsize=256)
 def _compiled(settings: Settings, kind: str, subject: str, preheader: str, body_md: str,
-              ctas: tuple, extra: tuple) -> render.CompiledEmail:
+              ctas: tuple, extra: tuple, track: bool = False,
+              pixel: bool = False) -> render.CompiledEmail:
     return render.compile_email(
         settings, kind, subject=subject, preheader=preheader, body_md=body_md,
-        ctas=[dict(c) for c in ctas], extra=dict(extra),
+        ctas=[dict(c) for c in ctas], extra=dict(extra), track=track, pixel=pixel,
     )
 
 
@@ -106,7 +110,8 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
     view = None if stand_in else replace(
         content, attachments=(), recipient={**content.recipient, "first_name": sub.first_name}
     )
-    return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data, view, now)
+    return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data, view, now,
+                    rendered.links)
 
 
 def _build_direct(settings: Settings, row: OutboxRow, now: datetime, direct: Direct,
@@ -164,9 +169,11 @@ def render_for(settings: Settings, content: Content, sub: lifecycle.Subscriber,
     Deterministic in ``now``: the same content, subscriber, row and ``now`` sign
     the same tokens, which is how view-in-browser repeats the emailed links.
     """
+    track = row is not None and tracking.is_tracked(settings, content.kind)
+    pixel = row is not None and tracking.has_pixel(settings, content.kind)
     compiled = _compiled(
         settings, content.kind, content.subject, content.preheader, content.body_md,
-        _freeze(list(content.ctas)), _freeze(content.extra),
+        _freeze(list(content.ctas)), _freeze(content.extra), track, pixel,
     )
     view = tokens.subscriber_token(settings, "view", sub.id, now, r=row.id if row else 0)
     recipient = {
@@ -178,4 +185,6 @@ def render_for(settings: Settings, content: Content, sub: lifecycle.Subscriber,
         **(links or standard_links(settings, sub, now, row.stream if row else None)),
         **content.recipient,
     }
+    if track or pixel:  # one signature for every link (and the image) of the message
+        recipient.update(tracking.recipient_values(settings, row.id, now, track=track, pixel=pixel))
     return compiled.render(recipient)

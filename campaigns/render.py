@@ -59,6 +59,7 @@ from mjml import mjml2html
 from funnel.errors import ConfigurationError
 from funnel.settings import Settings
 
+from . import links as tracking
 from . import merge_tags
 
 EMAIL_KINDS = (
@@ -150,6 +151,8 @@ class Rendered:
     preheader: str
     html: str
     text: str
+    #: the message's tracked links (campaigns/links.py), empty when untracked
+    links: tuple = ()
 
 
 # ------------------------------------------------------------ sentinels
@@ -597,6 +600,7 @@ class CompiledEmail:
         mjml: str,
         html_source: str,
         text_source: str,
+        links: tuple = (),
     ):
         self.kind = kind
         self._parts = (subject, preheader, html, text)
@@ -606,6 +610,8 @@ class CompiledEmail:
         #: The stage-2 Jinja sources (compiled HTML / text with placeholders).
         self.html_source = html_source
         self.text_source = text_source
+        #: The links behind ``{{ click_url }}N`` (campaigns/links.py); empty when untracked.
+        self.links = links
 
     def render(self, recipient: Mapping[str, object]) -> Rendered:
         # Template.render() copies the context and merges Jinja's globals for
@@ -623,7 +629,7 @@ class CompiledEmail:
                 f"{self.kind}.mjml.j2: the recipient value {name!r} is missing "
                 f"(a {self.kind} email needs {', '.join(recipient_keys(self.kind))})"
             ) from None
-        return Rendered(subject, preheader, html, text)
+        return Rendered(subject, preheader, html, text, self.links)
 
     def __repr__(self) -> str:
         return f"<CompiledEmail {self.kind}>"
@@ -672,9 +678,13 @@ def _check_kind(kind: str, extra: Mapping) -> None:
 
 
 def _stage2_templates(kind: str, sources: Mapping[str, str], strict: bool,
-                      constants: Mapping) -> dict:
+                      constants: Mapping, track: bool = False, pixel: bool = False) -> dict:
     """Each compiled part parsed as a per-recipient Jinja template; only recipient values allowed."""
     allowed = set(recipient_keys(kind) + OPTIONAL_KEYS) | set(constants)
+    if track:
+        allowed.add(tracking.CLICK_KEY)
+    if pixel:
+        allowed.add(tracking.OPEN_KEY)
     templates = {}
     for part, source in sources.items():
         env = _STAGE2[(strict, {"html": "html", "text": "text"}.get(part, "line"))]
@@ -703,6 +713,8 @@ def _compile(
     ctas: Sequence[Mapping],
     extra: Mapping,
     strict: bool,
+    track: bool = False,
+    pixel: bool = False,
 ) -> CompiledEmail:
     _check_kind(kind, extra)
     r = _Stage2(kind)
@@ -751,8 +763,14 @@ def _compile(
         "subject": r.to_jinja(subject_s),
         "preheader": r.to_jinja(preheader_s),
     }
+    links: tuple = ()
+    if track:
+        tracked = tracking.track(sources["html"], sources["text"])
+        sources["html"], sources["text"], links = tracked.html, tracked.text, tracked.links
+    if pixel:
+        sources["html"] = tracking.with_pixel(sources["html"])
     constants: dict = {}
-    templates = _stage2_templates(kind, sources, strict, constants)
+    templates = _stage2_templates(kind, sources, strict, constants, track, pixel)
     compiled = CompiledEmail(
         kind,
         templates["subject"],
@@ -763,6 +781,7 @@ def _compile(
         mjml=mjml_src,
         html_source=sources["html"],
         text_source=sources["text"],
+        links=links,
     )
     size = len(compiled.render(_long_sample(settings, kind)).html.encode("utf-8"))
     if size > CLIP_LIMIT_BYTES:
@@ -810,6 +829,8 @@ def compile_email(
     ctas: Sequence[Mapping] = (),
     extra: Mapping | None = None,
     strict: bool = False,
+    track: bool = False,
+    pixel: bool = False,
 ) -> CompiledEmail:
     """Compile ``kind`` with this content (stage 1), cached; see the module docstring.
 
@@ -817,6 +838,9 @@ def compile_email(
     (series), ``attended`` (required bool for webinar_followup), ``greeting``
     (False drops "Hi Alex,"), or overrides of ``site_name`` / ``postal_address``.
     ``strict`` uses StrictUndefined in both stages (tests, previews).
+    ``track`` sends the links through ``/c/`` (campaigns/links.py): the
+    recipient then needs a ``click_url``; ``pixel`` adds the opens image
+    (``open_url``).
     """
     global _hits, _misses
     extra = dict(extra or {})
@@ -834,6 +858,8 @@ def compile_email(
         _freeze(list(ctas)),
         _freeze(extra),
         bool(strict),
+        bool(track),
+        bool(pixel),
     )
     with _cache_lock:
         found = _cache.get(key)
@@ -842,7 +868,8 @@ def compile_email(
             _hits += 1
             return found
         _misses += 1
-    compiled = _compile(settings, kind, subject, preheader, body_md, ctas, extra, strict)
+    compiled = _compile(settings, kind, subject, preheader, body_md, ctas, extra, strict, track,
+                        pixel)
     with _cache_lock:
         _cache[key] = compiled
         while len(_cache) > _CACHE_MAX:
@@ -873,6 +900,8 @@ def sample_recipient(settings: Settings, kind: str = "series") -> dict:
         "preferences_url": settings.url("/p/sample-token"),
         "view_url": settings.url("/m/sample-token"),
         "reason": footer_reason("signed_up", settings.site_name),
+        tracking.CLICK_KEY: settings.url("/c/sample-token."),
+        tracking.OPEN_KEY: settings.url("/px/sample-token"),
     }
     if kind == "confirm":
         r["confirm_url"] = settings.url("/confirm/sample-token")

@@ -3,13 +3,23 @@
 Each step counts the *distinct people* with that event in the window:
 
     signed up -> confirmed -> received part 1 ... part N (each series)
-    -> invited -> registered -> attended -> clicked the offer
+    -> clicked a link in an email -> invited -> registered -> attended
+    -> clicked the offer
     -> started the 28-day programme -> day 7 -> day 14 -> day 28
     -> requested an appointment -> booked
 
-with the conversion from the previous step and from signups.  Counting
-people, not events, keeps a resend or a second registration from inflating
-a step.  Series parts come from ``sent`` events whose ref is
+Counting people, not events, keeps a resend or a second registration from
+inflating a step.  Each step's percentage is taken of a stage that contains
+it: the nearest step above whose people include everyone in this one (a
+reader can be invited to the webinar without having had part 3, so
+"invited" is a share of the last stage that holds all the invitees, never
+300% of part 3).  The share of signups counts only those who signed up in
+the window.  No percentage can exceed 100%.
+
+Click figures (campaigns/clicks.py) are aggregates only: for each series
+step, broadcast and webinar email, the messages sent in the window and how
+many of them got a human click (the click rate); the clicks filtered as
+link scanners'; and the links with the most human clicks.  Series parts come from ``sent`` events whose ref is
 ``series:<slug>:<step key>``; the part number is looked up in
 ``series_deliveries`` (which records it when the step is queued), then in the
 series content, then from a leading number in the key.  The appointment
@@ -40,12 +50,31 @@ from .series import list_series
 class Step:
     label: str
     count: int
-    group: str  # "signup" | "series" | "webinar" | "course" | "appointment"
+    group: str  # "signup" | "series" | "clicks" | "webinar" | "course" | "appointment"
     short: str = ""  # the chart's label, when the full one is long
+    #: who is at this step (subscriber ids), for the containment rule; None = not known
+    people: frozenset | None = field(default=None, repr=False, compare=False)
 
     @property
     def chart_label(self) -> str:
         return self.short or self.label
+
+
+@dataclass(frozen=True)
+class ClickRate:
+    """One email (series step, broadcast, webinar email): sent, clicked, filtered."""
+
+    group: str  # "series" | "broadcast" | "webinar"
+    label: str
+    sent: int
+    clicked: int  # messages with at least one human click
+    filtered: int  # clicks counted as a link scanner's
+    opened: int = 0  # messages whose image loaded (track_opens; unreliable)
+    apple: int = 0  # ... of which only Apple's proxy loaded it
+
+    @property
+    def rate(self) -> float | None:
+        return 100.0 * self.clicked / self.sent if self.sent else None
 
 
 @dataclass
@@ -55,20 +84,32 @@ class Report:
     until: date | None = None
     generated_at: datetime | None = None
     notes: list[str] = field(default_factory=list)
+    click_rates: list[ClickRate] = field(default_factory=list)
+    top_links: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def signups(self) -> int:
         return self.steps[0].count if self.steps else 0
 
     def rows(self) -> list[tuple[Step, float | None, float | None]]:
-        """(step, % of previous, % of signups); None where the base is zero or absent."""
+        """(step, % of the stage that contains it, % of signups); None where there is no base.
+
+        The containing stage is the nearest step above whose people include
+        all of this step's; the share of signups counts this step's people
+        who are among the signups.  Both are at most 100%.
+        """
         out = []
-        previous = None
+        signups = self.steps[0].people if self.steps else None
         for i, step in enumerate(self.steps):
-            of_prev = None if i == 0 or not previous else 100.0 * step.count / previous
-            of_signups = None if i == 0 or not self.signups else 100.0 * step.count / self.signups
-            out.append((step, of_prev, of_signups))
-            previous = step.count
+            of_stage = of_signups = None
+            if i and step.people is not None:
+                base = next((b for b in reversed(self.steps[:i])
+                             if b.people is not None and step.people <= b.people), None)
+                if base is not None and base.count:
+                    of_stage = 100.0 * step.count / base.count
+                if signups:
+                    of_signups = 100.0 * len(step.people & signups) / len(signups)
+            out.append((step, of_stage, of_signups))
         return out
 
     @property
@@ -91,16 +132,27 @@ def _day(value: str | date | None, option: str) -> date | None:
         raise InputError(f"{option}: {value!r} is not a date like 2026-11-01") from exc
 
 
-def _distinct(db, kind: str, lo: str, hi: str, ref_like: str | None = None) -> int:
-    sql = (
-        "SELECT COUNT(DISTINCT subscriber_id) FROM events WHERE kind = ? AND at >= ? AND at < ? "
-        "AND subscriber_id IS NOT NULL"
-    )
-    params: list = [kind, lo, hi]
-    if ref_like is not None:
-        sql += " AND ref LIKE ?"
-        params.append(ref_like)
-    return db.execute(sql, params).fetchone()[0]
+def _people(db, kind: str, lo: str, hi: str) -> frozenset:
+    return frozenset(sid for (sid,) in db.execute(
+        "SELECT DISTINCT subscriber_id FROM events WHERE kind = ? AND at >= ? AND at < ? "
+        "AND subscriber_id IS NOT NULL",
+        (kind, lo, hi),
+    ))
+
+
+def _step(label: str, people, group: str, short: str = "") -> Step:
+    people = frozenset(people)
+    return Step(label, len(people), group, short, people)
+
+
+def _clickers(db, lo: str, hi: str) -> frozenset:
+    """People with a human click, on a message sent in the window."""
+    return frozenset(sid for (sid,) in db.execute(
+        "SELECT DISTINCT o.subscriber_id FROM clicks c JOIN outbox o ON o.id = c.outbox_id "
+        "WHERE c.verdict = 'human' AND o.sent_at >= ? AND o.sent_at < ? "
+        "AND o.subscriber_id IS NOT NULL",
+        (lo, hi),
+    ))
 
 
 def _series_info(settings: Settings) -> dict[str, tuple[str, dict[str, int]]]:
@@ -133,8 +185,8 @@ def compute(
     lo = iso(local_to_utc(first, 0, tz)) if first else ""
     hi = iso(local_to_utc(last + timedelta(days=1), 0, tz)) if last else "9999"
     steps = [
-        Step("Signed up", _distinct(db, "subscribed", lo, hi), "signup"),
-        Step("Confirmed", _distinct(db, "confirmed", lo, hi), "signup"),
+        _step("Signed up", _people(db, "subscribed", lo, hi), "signup"),
+        _step("Confirmed", _people(db, "confirmed", lo, hi), "signup"),
     ]
 
     # Series parts: distinct people per (series, part).
@@ -166,27 +218,97 @@ def compute(
         top = max(p for s, p in people if s == slug)
         for part in range(1, top + 1):
             steps.append(
-                Step(
+                _step(
                     f"{title}: part {part}",
-                    len(people.get((slug, part), ())),
+                    people.get((slug, part), ()),
                     "series",
                     short=f"{slug} \u00b7 part {part}" if len(title) > 24 else "",
                 )
             )
 
     steps += [
-        Step("Invited to a webinar", _distinct(db, "invited", lo, hi), "webinar"),
-        Step("Registered", _distinct(db, "registered", lo, hi), "webinar"),
-        Step("Attended", _distinct(db, "attended", lo, hi), "webinar"),
-        Step("Clicked the offer", _distinct(db, "clicked_offer", lo, hi), "webinar"),
+        _step("Clicked a link in an email", _clickers(db, lo, hi), "clicks"),
+        _step("Invited to a webinar", _people(db, "invited", lo, hi), "webinar"),
+        _step("Registered", _people(db, "registered", lo, hi), "webinar"),
+        _step("Attended", _people(db, "attended", lo, hi), "webinar"),
+        _step("Clicked the offer", _people(db, "clicked_offer", lo, hi), "webinar"),
     ]
     steps += _course_steps(db, course, content, people, lo, hi)
-    requested, booked = appointments.counts(db, lo, hi)
+    # Requests need not come from a subscriber: they are counted by request, so the
+    # containment rule finds booked inside requested and requested inside nothing above.
+    requested, booked = appointments.request_ids(db, lo, hi)
     steps += [
-        Step("Requested an appointment", requested, "appointment"),
-        Step("Booked", booked, "appointment"),
+        _step("Requested an appointment", (("request", i) for i in requested), "appointment"),
+        _step("Booked", (("request", i) for i in booked), "appointment"),
     ]
-    return Report(steps, first, last, now, sorted(set(notes)))
+    notes += ab_notes(db, lo, hi)
+    parts = {(slug, key): part for (slug, key), part in known_parts.items()}
+    for slug, (_title, keys) in content.items():
+        for key, part in keys.items():
+            parts.setdefault((slug, key), part)
+    return Report(steps, first, last, now, sorted(set(notes)),
+                  click_rates(db, lo, hi, parts), top_links(db, lo, hi))
+
+
+_TRACKED = ("series", "broadcast", "webinar_invite", "webinar_reminder", "webinar_followup")
+
+
+def _email_label(kind: str, ref: str, subject: str | None,
+                 parts: dict[tuple[str, str], int]) -> tuple[str, str]:
+    bits = (ref or "").split(":")
+    if kind == "series" and len(bits) >= 3:
+        part = parts.get((bits[1], ":".join(bits[2:])))
+        return "series", f"{bits[1]} \u00b7 " + (f"part {part}" if part else ":".join(bits[2:]))
+    if kind == "broadcast":
+        return "broadcast", f"broadcast {bits[-1]}: {subject or ''}".rstrip(": ")
+    return "webinar", f"{bits[1] if len(bits) > 1 else ref} \u00b7 {kind.removeprefix('webinar_')}"
+
+
+def click_rates(db, lo: str, hi: str, parts: dict[tuple[str, str], int]) -> list[ClickRate]:
+    """Per series step, broadcast and webinar email sent in the window: sent, clicked, filtered."""
+    rows = db.execute(
+        f"""SELECT o.kind, o.ref, c.subject, COUNT(*),
+               SUM(EXISTS (SELECT 1 FROM clicks k WHERE k.outbox_id = o.id AND k.verdict = 'human')),
+               SUM((SELECT COUNT(*) FROM clicks k WHERE k.outbox_id = o.id AND k.verdict = 'scanner')),
+               SUM(EXISTS (SELECT 1 FROM opens p WHERE p.outbox_id = o.id)),
+               SUM(EXISTS (SELECT 1 FROM opens p WHERE p.outbox_id = o.id)
+                   AND NOT EXISTS (SELECT 1 FROM opens p WHERE p.outbox_id = o.id AND p.apple = 0))
+           FROM outbox o LEFT JOIN campaigns c ON c.id = o.campaign_id
+           WHERE o.status = 'sent' AND o.sent_at >= ? AND o.sent_at < ?
+             AND o.kind IN ({",".join("?" * len(_TRACKED))})
+           GROUP BY o.kind, o.ref ORDER BY o.kind, o.ref""",
+        (lo, hi, *_TRACKED),
+    ).fetchall()
+    out = [ClickRate(*_email_label(kind, ref, subject, parts), sent, clicked, filtered, opened,
+                     apple)
+           for kind, ref, subject, sent, clicked, filtered, opened, apple in rows]
+    order = {"series": 0, "broadcast": 1, "webinar": 2}
+    return sorted(out, key=lambda r: (order[r.group], r.label))
+
+
+def ab_notes(db, lo: str, hi: str) -> list[str]:
+    """One line per A/B broadcast tested in the window: its decision and why."""
+    out = []
+    for cid, winner, reason, decide_at in db.execute(
+        "SELECT campaign_id, winner, reason, decide_at FROM ab_tests "
+        "WHERE test_queued_at >= ? AND test_queued_at < ? ORDER BY campaign_id",
+        (lo, hi),
+    ):
+        if winner:
+            out.append(f"broadcast {cid} A/B subjects: {winner} went to the rest; {reason}")
+        else:
+            out.append(f"broadcast {cid} A/B subjects: undecided until {decide_at[:16]} UTC")
+    return out
+
+
+def top_links(db, lo: str, hi: str, limit: int = 10) -> list[tuple[str, int]]:
+    """The links with the most human clicks on messages sent in the window."""
+    return [(link, n) for link, n in db.execute(
+        "SELECT c.link, COUNT(*) AS n FROM clicks c JOIN outbox o ON o.id = c.outbox_id "
+        "WHERE c.verdict = 'human' AND o.sent_at >= ? AND o.sent_at < ? "
+        "GROUP BY c.link ORDER BY n DESC, c.link LIMIT ?",
+        (lo, hi, limit),
+    )]
 
 
 #: The course's days shown in the report, besides its last day.
@@ -202,15 +324,19 @@ def _course_steps(db, slug: str, content: dict, people: dict, lo: str, hi: str) 
     """
     title, parts = content.get(slug, ("", {}))
     last = max(parts.values(), default=0) or max((p for s, p in people if s == slug), default=0)
-    started = _distinct(db, "enrolled", lo, hi, ref_like=f"series:{slug}")
+    started = frozenset(sid for (sid,) in db.execute(
+        "SELECT DISTINCT subscriber_id FROM events WHERE kind = 'enrolled' AND ref = ? "
+        "AND at >= ? AND at < ? AND subscriber_id IS NOT NULL",
+        (f"series:{slug}", lo, hi),
+    ))
     if not last or not (started or any(s == slug for s, _ in people)):
         return []
     title = title or slug
-    steps = [Step(f"Started: {title}", started, "course", short="Started the course")]
+    steps = [_step(f"Started: {title}", started, "course", short="Started the course")]
     for day in (*(d for d in COURSE_MILESTONES if d < last), last):
         steps.append(
-            Step(f"{title}: day {day}", len(people.get((slug, day), ())), "course",
-                 short=f"Course \u00b7 day {day}")  # fmt: skip
+            _step(f"{title}: day {day}", people.get((slug, day), ()), "course",
+                  short=f"Course \u00b7 day {day}")  # fmt: skip
         )
     return steps
 
@@ -222,7 +348,7 @@ def _pct(value: float | None) -> str:
 
 def render_text(report: Report) -> str:
     """A terminal table: step, people, % of previous step, % of signups."""
-    header = ("STEP", "PEOPLE", "OF PREVIOUS", "OF SIGNUPS")
+    header = ("STEP", "PEOPLE", "OF STAGE", "OF SIGNUPS")
     rows = [header] + [
         (step.label, str(step.count), _pct(prev), _pct(total))
         for step, prev, total in report.rows()
@@ -236,13 +362,29 @@ def render_text(report: Report) -> str:
             + "  "
             + "  ".join(c.rjust(w) for c, w in zip(r[1:], widths, strict=True))
         )
+    lines.append("(OF STAGE: of the nearest step above that contains everyone in this one)")
+    if report.click_rates:
+        lines += ["", "Click rate per email (messages with a human click; scanner clicks apart)"]
+        w = max(len(r.label) for r in report.click_rates)
+        lines.append(f"{'EMAIL'.ljust(w)}  {'SENT':>6}  {'CLICKED':>7}  {'RATE':>6}  {'FILTERED':>8}")
+        for r in report.click_rates:
+            lines.append(f"{r.label.ljust(w)}  {r.sent:>6}  {r.clicked:>7}  {_pct(r.rate):>6}  "
+                         f"{r.filtered:>8}")
+    if any(r.opened for r in report.click_rates):
+        lines += ["", "Opens (unreliable: images load unread, or are blocked when read)"]
+        for r in report.click_rates:
+            lines.append(f"{r.label}  opened {r.opened} of {r.sent}; "
+                         f"{r.apple} only by Apple's proxy (Mail Privacy Protection, a heuristic)")
+    if report.top_links:
+        lines += ["", "Top links (human clicks)"]
+        lines += [f"{n:>6}  {link}" for link, n in report.top_links]
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
 
 
 _COLORS = {
-    "signup": "#1d6f6b", "series": "#3b8f88", "webinar": "#c2673a", "course": "#5a6fa8",
-    "appointment": "#7a4f9a",
+    "signup": "#1d6f6b", "series": "#3b8f88", "clicks": "#5a6fb0", "webinar": "#c2673a",
+    "course": "#5a6fa8", "appointment": "#7a4f9a",
 }
 
 
@@ -285,6 +427,7 @@ def render_html(report: Report, site_name: str = "funnel") -> str:
         f" Generated {report.generated_at:%Y-%m-%d %H:%M} UTC." if report.generated_at else ""
     )
     notes = "".join(f"<p class=note>{html.escape(n)}</p>" for n in report.notes)
+    clicks = _clicks_html(report)
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -306,6 +449,8 @@ th {{ background: #eef3f2; }}
 .legend i {{ display: inline-block; width: 12px; height: 12px; margin-right: 4px;
              vertical-align: -1px; border-radius: 2px; }}
 .note {{ color: #8a4b2a; font-size: 13px; }}
+h2 {{ font-size: 18px; margin: 28px 0 0; }}
+.bar {{ display: inline-block; height: 10px; background: {_COLORS["clicks"]}; vertical-align: 0; }}
 </style>
 </head>
 <body>
@@ -314,14 +459,17 @@ th {{ background: #eef3f2; }}
 <p class="period">People at each step, {html.escape(report.period)}.{generated}</p>
 <p class="legend"><span><i style="background:{_COLORS["signup"]}"></i>Signup</span>
 <span><i style="background:{_COLORS["series"]}"></i>Email series</span>
+<span><i style="background:{_COLORS["clicks"]}"></i>Clicks</span>
 <span><i style="background:{_COLORS["webinar"]}"></i>Webinar</span>
 <span><i style="background:{_COLORS["course"]}"></i>28-day programme</span>
 <span><i style="background:{_COLORS["appointment"]}"></i>Appointment</span></p>
 {chart_svg(report)}
 <table>
-<thead><tr><th>Step</th><th>People</th><th>Of previous</th><th>Of signups</th></tr></thead>
+<thead><tr><th>Step</th><th>People</th><th>Of stage</th><th>Of signups</th></tr></thead>
 <tbody>{table_rows}</tbody>
 </table>
+<p class="period">"Of stage": of the nearest step above that contains everyone in this one.</p>
+{clicks}
 {notes}
 </main>
 </body>
@@ -329,4 +477,34 @@ th {{ background: #eef3f2; }}
 """
 
 
-__all__ = ["Report", "Step", "chart_svg", "compute", "render_html", "render_text"]
+def _clicks_html(report: Report) -> str:
+    """The click-rate table (with a bar per email) and the top links; text only, no anchors."""
+    if not report.click_rates and not report.top_links:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(r.label)}</td><td>{r.sent}</td><td>{r.clicked}</td>"
+        f"<td><span class=bar style=\"width:{round(r.rate or 0)}px\"></span> {_pct(r.rate)}</td>"
+        f"<td>{r.filtered}</td></tr>"
+        for r in report.click_rates
+    )
+    links = "".join(
+        f"<tr><td>{html.escape(link)}</td><td>{n}</td></tr>" for link, n in report.top_links
+    )
+    opens = "".join(
+        f"<tr><td>{html.escape(r.label)}</td><td>{r.opened}</td><td>{r.apple}</td></tr>"
+        for r in report.click_rates if r.opened
+    )
+    return (
+        "<h2>Click rate per email</h2>"
+        "<table><thead><tr><th>Email</th><th>Sent</th><th>Clicked</th><th>Rate</th>"
+        f"<th>Scanner clicks</th></tr></thead><tbody>{rows}</tbody></table>"
+        + (f"<h2>Top links</h2><table><thead><tr><th>Link</th><th>Human clicks</th></tr></thead>"
+           f"<tbody>{links}</tbody></table>" if links else "")
+        + ("<h2>Opens (unreliable)</h2><table><thead><tr><th>Email</th><th>Opened</th>"
+           f"<th>Only Apple's proxy (heuristic)</th></tr></thead><tbody>{opens}</tbody></table>"
+           if opens else "")
+    )
+
+
+__all__ = ["ClickRate", "Report", "Step", "chart_svg", "click_rates", "compute", "render_html", "render_text",
+           "top_links"]

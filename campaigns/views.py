@@ -11,7 +11,9 @@ offer links are the stored strings, never minted afresh.
 This works for every kind, before and after the reader acts (confirms,
 registers, unsubscribes...), because nothing is rebuilt from today's state.
 Content shared by many readers is stored once (``view_contents``, keyed by
-digest); a row costs one small ``views`` row.
+digest); a row costs one small ``views`` row.  A tracked email's list of links
+(campaigns/links.py) is stored once too (``click_links``); its view names it
+(``links_id``), which is how ``/c/TOKEN.N`` finds link N of that message.
 
 A confirmation viewed after its link expired (``confirm_max_age_days`` after
 it was built) is not shown as a live email: the page says so and offers a new
@@ -61,6 +63,7 @@ def _canonical(value) -> str:
 def store(db, sent: Iterable[messages.Outgoing]) -> int:
     """Keep the view of each sent message (inside the caller's transaction)."""
     ids: dict[str, int] = {}
+    link_ids: dict[tuple, int | None] = {(): None}
     n = 0
     for out in sent:
         if out.view is None or out.built_at is None:
@@ -80,14 +83,25 @@ def store(db, sent: Iterable[messages.Outgoing]) -> int:
                 "SELECT id FROM view_contents WHERE digest = ?", (digest,)
             ).fetchone()[0]
             ids[digest] = content_id
+        links_id = link_ids.get(out.links, -1)
+        if links_id == -1:
+            links_id = link_ids[out.links] = _links_id(db, out.links)
         # A row resent after a crash replaces its view with the message sent last.
         db.execute(
-            "INSERT OR REPLACE INTO views (outbox_id, content_id, built_at, recipient) "
-            "VALUES (?, ?, ?, ?)",
-            (out.row_id, content_id, iso(out.built_at), _canonical(c.recipient)),
+            "INSERT OR REPLACE INTO views (outbox_id, content_id, built_at, recipient, links_id) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (out.row_id, content_id, iso(out.built_at), _canonical(c.recipient), links_id),
         )
         n += 1
     return n
+
+
+def _links_id(db, links: tuple) -> int:
+    """The id of this list of tracked links (campaigns/links.py), stored once."""
+    text = _canonical([list(x) for x in links])
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    db.execute("INSERT OR IGNORE INTO click_links (digest, links) VALUES (?, ?)", (digest, text))
+    return db.execute("SELECT id FROM click_links WHERE digest = ?", (digest,)).fetchone()[0]
 
 
 def _stored(db, row_id: int) -> tuple[Content, datetime] | None:

@@ -39,6 +39,7 @@ class Tick:
     campaigns_queued: int = 0
     broadcast_rows: int = 0
     campaigns_finished: int = 0
+    ab_decided: int = 0
     pending_purged: int = 0
     appointments_purged: int = 0
     webhooks_delivered: int = 0
@@ -66,6 +67,8 @@ class Tick:
                 f"{self.series_postponed + self.deferred} series step(s) postponed "
                 "(frequency cap or webinar)"
             )
+        if self.ab_decided:
+            parts.append(f"{self.ab_decided} A/B test(s) decided, the winner queued")
         if self.campaigns_finished:
             parts.append(f"{self.campaigns_finished} campaign(s) finished")
         if self.feed_drafts:
@@ -100,6 +103,7 @@ def tick(
     t.campaigns_queued, t.broadcast_rows = broadcasts.queue_due(
         db, settings, now, progress=progress
     )
+    t.ab_decided = broadcasts.decide_due(db, settings, now)
     report = enrollment.TickReport()
     t.series_queued = enrollment.schedule_series(db, settings, now, report=report)
     t.series_enrolled = report.enrolled

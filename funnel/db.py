@@ -41,6 +41,9 @@ CAMPAIGN_STATES = ("draft", "scheduled", "sending", "paused", "finished", "cance
 ENROLLMENT_STATES = ("active", "completed", "stopped")
 WEBINAR_STATES = ("scheduled", "cancelled")
 REGISTRATION_STATES = ("registered", "waitlisted", "attended", "no_show", "cancelled")
+#: A click on a tracked link (campaigns/clicks.py): the first human click per
+#: message and link, a later one, or one a link scanner made.
+CLICK_VERDICTS = ("human", "repeat", "scanner")
 BOUNCE_KINDS = ("hard", "soft", "complaint")
 APPOINTMENT_STATES = ("new", "contacted", "booked", "closed")
 CONTACT_METHODS = ("phone", "text", "email")
@@ -765,6 +768,51 @@ def m0018_appointments(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations(name="0019_clicks")
+def m0019_clicks(db: sqlite_utils.Database) -> None:
+    """Click tracking and opens (issue 12, part 2; campaigns/clicks.py).
+
+    ``click_links`` keeps each distinct list of links a tracked content has
+    (JSON ``[["u", url] | ["r", recipient key], ...]``), once; a sent row's
+    view names its list (``views.links_id``), so ``/c/TOKEN.N`` redirects only
+    to link N of that very message.  ``clicks`` holds no address, IP or user
+    agent: the row, the link, the moment, the verdict and, for a scanner,
+    why.  ``link`` is the address for a fixed link, ``{key}`` for a
+    per-recipient one (whose address carries a personal token).  Only one
+    ``human`` click per row and link (the unique index); ``opens`` is filled
+    only with ``track_opens``.
+    """
+    db.executescript(
+        f"""
+        CREATE TABLE click_links (
+            id INTEGER PRIMARY KEY,
+            digest TEXT NOT NULL UNIQUE,
+            links TEXT NOT NULL
+        );
+        ALTER TABLE views ADD COLUMN links_id INTEGER REFERENCES click_links(id);
+        CREATE TABLE clicks (
+            id INTEGER PRIMARY KEY,
+            outbox_id INTEGER NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
+            link_index INTEGER NOT NULL,
+            link TEXT NOT NULL,
+            at TEXT NOT NULL,
+            verdict TEXT NOT NULL {_check("verdict", CLICK_VERDICTS)},
+            reason TEXT
+        );
+        CREATE UNIQUE INDEX clicks_first_human ON clicks(outbox_id, link_index)
+            WHERE verdict = 'human';
+        CREATE INDEX clicks_outbox ON clicks(outbox_id, at);
+        CREATE TABLE opens (
+            id INTEGER PRIMARY KEY,
+            outbox_id INTEGER NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
+            at TEXT NOT NULL,
+            apple INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX opens_outbox ON opens(outbox_id);
+        """
+    )
+
+
 # --- admin console (issue 13) ---
 def _widen_event_kinds(db: sqlite_utils.Database) -> None:
     """Rebuild ``events`` so its CHECK allows every kind in EVENT_KINDS.
@@ -884,5 +932,36 @@ def m0023_feed_watches(db: sqlite_utils.Database) -> None:
             seen_at TEXT NOT NULL,
             UNIQUE (watch_id, entry_key)
         );
+        """
+    )
+
+
+@migrations(name="0025_ab_subjects")
+def m0025_ab_subjects(db: sqlite_utils.Database) -> None:
+    """A/B subjects for a broadcast (issue 12, part 3; campaigns/broadcasts.py).
+
+    The campaign's own ``subject`` is variant A; ``subject_b`` is B.  When the
+    campaign starts, an equal random slice of ``test_share`` of the audience
+    gets each variant (the outbox row's data says which: ``{"variant": "B"}``)
+    and ``decide_at`` is set; at that moment the worker picks the variant with
+    more human clicks (A on a tie or under the minimum; ``reason`` says why)
+    and queues it to everyone else.
+    """
+    db.executescript(
+        """
+        CREATE TABLE ab_tests (
+            campaign_id INTEGER PRIMARY KEY REFERENCES campaigns(id) ON DELETE CASCADE,
+            subject_b TEXT NOT NULL,
+            test_share REAL NOT NULL CHECK (test_share > 0 AND test_share < 1),
+            decide_after_seconds INTEGER NOT NULL CHECK (decide_after_seconds > 0),
+            test_queued_at TEXT,
+            decide_at TEXT,
+            decided_at TEXT,
+            winner TEXT CHECK (winner IN ('A', 'B')),
+            clicks_a INTEGER,
+            clicks_b INTEGER,
+            reason TEXT
+        );
+        CREATE INDEX ab_tests_due ON ab_tests(decide_at) WHERE decided_at IS NULL;
         """
     )

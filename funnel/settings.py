@@ -210,6 +210,10 @@ class Settings:
     admin_enabled: bool = True
     admin_allowed_ips: tuple[str, ...] = ()
     admin_require_totp: bool = False
+    # Click tracking (campaigns/links.py, campaigns/clicks.py): bulk email links
+    # go through /c/; opens (a 1x1 pixel) are off unless asked for.
+    click_tracking: bool = True
+    track_opens: bool = False
 
     # ----------------------------------------------------------------- derived
     @property

@@ -16,6 +16,9 @@ Purposes and lifetimes:
 * ``webinar``: one-click webinar registration from an invite.
 * ``programme``: the "Start the 28-day programme" button; never expires (the
   page it opens only starts the course on the reader's POST).
+* ``click``: names an outbox row in a tracked link (``/c/TOKEN.N``, N the
+  link's index, checked against that message's own links); never expires.
+* ``attr``: the ``funnel_attr`` cookie naming a click (attribution, 30 days).
 
 Signed addresses
 ----------------
@@ -57,7 +60,7 @@ from itsdangerous.encoding import base64_encode, int_to_bytes
 from funnel.errors import TokenError
 from funnel.settings import Settings
 
-PURPOSES = ("confirm", "unsubscribe", "preferences", "view", "webinar", "programme")
+PURPOSES = ("confirm", "unsubscribe", "preferences", "view", "webinar", "programme", "click", "attr")
 
 
 def _serializer(settings: Settings, purpose: str) -> URLSafeTimedSerializer:

@@ -96,15 +96,24 @@ class LiveStack:
         return devmail.get(self.db, message_id)
 
     def get(self, url: str) -> int:
-        """A plain GET like a link scanner's: no cookies, no scripts."""
+        """A plain GET like a link scanner's: no cookies, no scripts, redirects not followed
+        (a tracked link's 302 may lead off this machine; its target is fetched on its own)."""
         try:
-            with urllib.request.urlopen(url, timeout=10) as r:
+            with _NO_REDIRECTS.open(url, timeout=10) as r:
                 r.read()
                 return r.status
         except urllib.error.HTTPError as exc:
             exc.read()
             exc.close()
             return exc.code
+
+
+class _Keep302(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_Keep302)
 
 
 @pytest.fixture

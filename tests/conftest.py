@@ -151,6 +151,16 @@ class Received:
     def links(self) -> list[str]:
         return re.findall(r"https?://[^\s\"'<>)]+", self.part("plain"))
 
+    def followed_links(self, db, settings, now) -> list[str]:
+        """links(), with each tracked /c/ link replaced by where it leads (nothing recorded)."""
+        from campaigns import clicks
+
+        prefix = settings.url("/c/")
+        return [
+            clicks.destination(db, settings, u[len(prefix):], now) if u.startswith(prefix) else u
+            for u in self.links()
+        ]
+
 
 @dataclass
 class SmtpSink:

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import icalendar
 
-from campaigns import webinars
+from campaigns import clicks, webinars
 from campaigns.sender import send_due
 from campaigns.series import find_series
 from campaigns.worker import tick
@@ -163,8 +163,10 @@ def test_part_6_invites_to_the_live_session_with_a_personal_link(db, settings, c
     when = webinars.format_when(live.starts_at, LONDON)
     text = part6.part("plain").replace("\r\n", "\n")
     assert f"Join our next free live webinar, Spine Health Webinar, on {when}." in text
-    link = _personal_link(text)
-    assert link in part6.part("html").replace("&amp;", "&")
+    tracked = _personal_link(text)
+    assert tracked in part6.part("html").replace("&amp;", "&")
+    assert tracked.startswith(settings.url("/c/"))  # the personal link, through click tracking
+    link = clicks.destination(db, settings, tracked[len(settings.url("/c/")):], clock())
     url = urlsplit(link)
     assert url.path == "/w/spine-health"
     token = parse_qs(url.query)["t"][0]

@@ -357,8 +357,9 @@ def test_admin_enrols_a_segment_and_the_tick_sends_day_1(cli_env, settings, cloc
 
 
 # ----------------------------------------------------------------- where the button is
-def _programme_links(received) -> list[str]:
-    return [u for u in received.links() if "/programme/start/" in u]
+def _programme_links(received, db, s, clock) -> list[str]:
+    """The start links behind the message's tracked /c/ links."""
+    return [u for u in received.followed_links(db, s, clock()) if "/programme/start/" in u]
 
 
 def test_part_6_carries_the_readers_own_start_link(db, s, clock, smtp_server):
@@ -371,10 +372,10 @@ def test_part_6_carries_the_readers_own_start_link(db, s, clock, smtp_server):
     )  # fmt: skip
     send_due(db, s, clock)
     (part6,) = smtp_server.to("hal@example.com")
-    (link,) = _programme_links(part6)
+    (link,) = _programme_links(part6, db, s, clock)
     assert link.startswith(s.base_url + "/programme/start/")
     assert tokens.read_programme_token(s, link.rsplit("/", 1)[1], clock()) == sid
-    assert re.search(r'href="' + re.escape(link) + r'"[^>]*>\s*Start the 28-day programme',
+    assert re.search(r'href="' + re.escape(s.url("/c/")) + r'[^"]+"[^>]*>\s*Start the 28-day programme',
                      part6.part("html"))  # fmt: skip
 
     # A clinic selling the programme elsewhere: programme_url wins, for everyone.
@@ -389,8 +390,8 @@ def test_part_6_carries_the_readers_own_start_link(db, s, clock, smtp_server):
     clock.advance(days=2)  # past the frequency cap
     send_due(db, elsewhere, clock)
     (again,) = smtp_server.to("hal@example.com")
-    assert _programme_links(again) == []
-    assert "https://shop.clinic.example/28-days" in again.links()
+    assert _programme_links(again, db, elsewhere, clock) == []
+    assert "https://shop.clinic.example/28-days" in again.followed_links(db, elsewhere, clock())
 
 
 def test_the_attended_follow_up_carries_the_button(db, s, clock, smtp_server, tmp_path):
@@ -416,10 +417,10 @@ def test_the_attended_follow_up_carries_the_button(db, s, clock, smtp_server, tm
     smtp_server.clear()
     send_due(db, s, clock)
     (thanks,) = [m for m in smtp_server.to("ivy@example.com") if "Thank you" in m.message["Subject"]]
-    (link,) = _programme_links(thanks)
+    (link,) = _programme_links(thanks, db, s, clock)
     assert tokens.read_programme_token(s, link.rsplit("/", 1)[1], clock()) == sid
-    assert "Start the 28-day programme:\n" + link in thanks.part("plain").replace("\r\n", "\n")
-    assert any("/o/" in u for u in thanks.links())  # the appointment offer stays
+    assert "Start the 28-day programme:\n" + s.url("/c/") in thanks.part("plain").replace("\r\n", "\n")
+    assert any("/o/" in u for u in thanks.followed_links(db, s, clock()))  # the offer stays
 
 
 def test_a_programme_offer_without_programme_url_starts_the_course(db, s, clock):

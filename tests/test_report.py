@@ -72,6 +72,7 @@ def test_counts_and_conversions(db, settings):
         ("The importance of exercise for low back pain: part 1", 8),
         ("The importance of exercise for low back pain: part 2", 6),
         ("The importance of exercise for low back pain: part 3", 3),
+        ("Clicked a link in an email", 0),
         ("Invited to a webinar", 5),
         ("Registered", 4),
         ("Attended", 3),
@@ -111,7 +112,7 @@ def test_html_is_self_contained(db, settings, cli_env, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Clicked the offer" in result.output and "wrote" in result.output
     page = out.read_text(encoding="utf-8")
-    assert "<svg" in page and page.count("<rect") == 11
+    assert "<svg" in page and page.count("<rect") == 12
     assert "Clicked the offer: 2" in page  # bar tooltip
     # Nothing is fetched: no scripts, stylesheets, images or fonts from anywhere.
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)

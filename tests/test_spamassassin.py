@@ -107,7 +107,7 @@ def one_of_each_kind(db, settings, clock, smtp_server) -> dict[str, bytes]:
     now = clock()
     webinars.invite(db, settings, "spine-health", "all", now)
     deliver("webinar_invite", "alex@example.com", "invited")
-    link = next(u for u in smtp_server.to("alex@example.com")[-1].links() if "/w/spine-health?t=" in u)
+    link = next(u for u in smtp_server.to("alex@example.com")[-1].followed_links(db, settings, now) if "/w/spine-health?t=" in u)
     token = parse_qs(urlsplit(link).query)["t"][0]
     webinars.register_with_token(db, settings, "spine-health", token, now)
     deliver("webinar_confirm", "alex@example.com", "registered")

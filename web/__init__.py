@@ -8,6 +8,7 @@
 * :mod:`web.appointments`: the appointment request page and its snippet.
 * :mod:`web.admin`: the admin console under /admin (off with ``admin_enabled = false``).
 * :mod:`web.programme`: the "Start the 28-day programme" button.
+* :mod:`web.clicks`: tracked links (``/c/``) and the attribution cookie.
 * :mod:`web.serve`: the waitress server, ``funnel serve``, ``funnel up``'s dev
   stack and the worker loop.
 
@@ -26,7 +27,7 @@ from funnel import clock as clocks
 from funnel.db import connect
 from funnel.settings import Settings
 
-from . import appointments, common, pages, programme, webinars
+from . import appointments, clicks, common, pages, programme, webinars
 from .admin import admin_bp
 
 
@@ -52,6 +53,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = clocks.now
     common.init_app(app, settings, clock)
     app.register_blueprint(pages.bp)
     app.register_blueprint(webinars.bp)
+    app.register_blueprint(clicks.bp)
     app.register_blueprint(programme.bp)
     app.register_blueprint(appointments.bp)
     if settings.admin_enabled:

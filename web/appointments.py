@@ -8,8 +8,8 @@ input re-shows the form with one sentence naming the field; nothing is
 stored.  Everything else is ``campaigns.appointments.create_request``.
 
 * ``GET /appointment`` shows the form; a GET never writes.
-* ``POST /appointment`` stores the request (attribution: None for now; the
-  click that brought the reader is wired in by the click-attribution work).
+* ``POST /appointment`` stores the request, attributed to the click whose
+  ``funnel_attr`` cookie the reader's browser sends (web/clicks.py sets it).
 * ``POST /appointment/embed`` is where the snippet on the clinic's own site
   posts (it cannot carry our CSRF cookie): it stores nothing and shows our
   form, prefilled, with a token and one button.
@@ -21,7 +21,7 @@ import time
 
 from flask import Blueprint, Flask, g, redirect, render_template, request, url_for
 
-from campaigns import appointments
+from campaigns import appointments, clicks
 from funnel.errors import InputError
 from funnel.settings import Settings
 
@@ -96,9 +96,11 @@ def _request():
         return redirect(url_for("appointments.thanks"), code=303)  # a bot: nothing stored
     meta = {"ip": client_ip(), "user_agent": request.headers.get("User-Agent", "")[:300]}
     moment, source = now(), "embed" if embed else "web"
+    cookie = request.cookies.get(clicks.COOKIE)
     try:
         group_commit(
-            lambda conn: appointments.create_request(conn, s, values, None, moment, source=source, **meta)
+            lambda conn: appointments.create_request(conn, s, values, None, moment, source=source,
+                                                     click_cookie=cookie, **meta)
         )
     except InputError as exc:
         return _form_page(
