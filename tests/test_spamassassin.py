@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from campaigns import attendance, broadcasts, kinds, webinars
+from campaigns import appointments, attendance, broadcasts, kinds, webinars
 from campaigns.sender import send_due
 from campaigns.worker import tick
 from subscribers import lifecycle, optin
@@ -95,6 +95,17 @@ def one_of_each_kind(db, settings, clock, smtp_server) -> dict[str, bytes]:
     )
     broadcasts.schedule_campaign(db, settings, cid, now, send_now=True)
     deliver("broadcast", "alex@example.com", "Clinic news")
+    # broadcast_test: the admin's test send of the same campaign, to an address with no subscriber
+    broadcasts.test_send(db, settings, cid, "manager@backinmotion-physio.co.uk", now)
+    deliver("broadcast_test", "manager@backinmotion-physio.co.uk", "[Test]")
+    # appointment_clinic / appointment_ack: a request from the hosted page
+    appointments.create_request(db, settings, {
+        "name": "Jo Park", "email": "jo@example.com", "phone": "", "contact_method": "email",
+        "times": ["weekday-morning"], "reason": "Stiff lower back after long drives.",
+        "consent": True, "newsletter": False,
+    }, None, now)
+    deliver("appointment_ack", "jo@example.com", "")
+    deliver("appointment_clinic", settings.clinic_email or settings.from_addr, "Jo Park")
     # webinar: invite, register (confirm), reschedule (update), reminders, follow-ups, cancel
     start = now + timedelta(days=10)
     webinars.create_webinar(db, settings, {
@@ -156,7 +167,8 @@ def test_every_kind_scores_at_most_zero(db, settings, clock, smtp_server):
     clock.set(datetime(2026, 11, 30, 9, 0, tzinfo=UTC))
     sent = one_of_each_kind(db, settings, clock, smtp_server)
     scored = {label.split(" ")[0] for label in sent}
-    assert scored == set(kinds.BUILDERS) - {"test_bulk"}, "a kind in the builder table is not scored"
+    every = set(kinds.BUILDERS) | set(kinds.DIRECT_BUILDERS)
+    assert scored == every - {"test_bulk"}, "a kind in the builder table is not scored"
     results = dict(zip(sent, scores(list(sent.values())), strict=True))
     over = {label: f"{s:+.1f}\n{report}" for label, (s, report) in results.items() if s > 0}
     assert not over, "\n\n".join(f"{label}: {text}" for label, text in over.items())
