@@ -226,9 +226,8 @@ def _ab_options(subject: str, ab_subjects: tuple[str, ...], share: str | None,
     if not ab_subjects:
         if share is not None or after is not None:
             key = "test_share" if share is not None else "decide_after"
-            raise InputError(f"{n[key]}: only an A/B test has one; give two --subject values"
-                             if not names else f"{n[key]}: only an A/B test has one; "
-                             f"fill in {n['subject_b']}")
+            raise InputError(f"{n[key]}: only an A/B test has one; give a second subject "
+                             f"({n['subject_b']})")
         return None
     subject_b = ab_subjects[0].strip()
     if not subject_b or subject_b == subject:

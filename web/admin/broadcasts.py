@@ -1,5 +1,9 @@
 """Broadcasts: list, compose with a live preview, test send, schedule, pause, resume, cancel.
 
+Compose takes an optional subject B (an A/B test, campaigns/broadcasts.py);
+the campaign's page shows its variants and decision, and the campaign's
+clicks (human, scanner, per link), in the progress fragment htmx polls.
+
 The preview is the real rendered email (campaigns/preview.py) at phone and
 desktop width, served as its own sandboxed document (the email CSP: inline
 styles, no scripts) into an iframe; the compose form's Preview button posts
