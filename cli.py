@@ -1005,20 +1005,15 @@ def campaign_status(app: App, campaign_id: int) -> None:
 
 def _ab_lines(st) -> list[str]:
     """An A/B campaign's variants (test slices) and its decision, for `campaign status`."""
-    if st.ab is None:
+    summary = st.ab_summary
+    if summary is None:
         return []
-    lines = [f"  A/B test: {st.ab.test_share:.0%} of the audience, decided "
-             f"{st.ab.decide_after_seconds // 60} min after it starts"]
+    lines = [f"  A/B test: {summary.plan}"]
     for name, v in st.variants.items():
         rate = "-" if v["rate"] is None else f"{v['rate']:.1f}%"
         lines.append(f"  variant {name}  sent {v['sent']}  human clicks {v['human_clicks']}  "
                      f"click rate {rate}  {v['subject']!r}")
-    if st.ab.decided_at:
-        lines.append(f"  decision: {st.ab.winner} goes to the rest; {st.ab.reason}")
-    elif st.ab.decide_at:
-        lines.append(f"  decision: due {st.ab.decide_at[:16].replace('T', ' ')} UTC")
-    else:
-        lines.append("  decision: after the test slices go out")
+    lines.append(f"  decision: {summary.decision}")
     return lines
 
 

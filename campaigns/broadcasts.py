@@ -56,13 +56,15 @@ from funnel.settings import Settings
 from funnel.validate import zone_name
 from subscribers import optin, segments
 
-from . import merge_tags, render, schedule, webinars
+from . import clicks, merge_tags, mime, render, schedule, webinars
 from .content import Content, SkipMessage
 from .frontmatter import split_front_matter, validate_ctas
 
 TEMPLATES = ("broadcast",)
 #: How errors name a broadcast's fields by default: the CLI's options.
-CLI_NAMES = {"subject": "--subject", "preheader": "--preheader", "body": "--body"}
+CLI_NAMES = {"subject": "--subject", "preheader": "--preheader", "body": "--body",
+             "subject_b": "--subject", "test_share": "--test-share",
+             "decide_after": "--decide-after"}
 FRONT_MATTER_KEYS = {"subject", "preheader", "ctas", "title"}
 #: The earliest zone on Earth: a --local campaign starts queueing when it gets there.
 EARLIEST_ZONE = ZoneInfo("Pacific/Kiritimati")
@@ -172,8 +174,6 @@ def create(
     a second create with the same nonce returns the first draft's id.  ``names``: how
     errors name the fields (see :func:`_check_content`).
     """
-    from . import mime
-
     if form_nonce:
         found = db.execute(
             "SELECT id FROM campaigns WHERE json_extract(data, '$.form_nonce') = ?", (form_nonce,)
@@ -189,12 +189,7 @@ def create(
     preheader = (preheader if preheader is not None else front.get("preheader", "")).strip()
     ctas = ctas if ctas is not None else front.get("ctas", [])
     _check_content(settings, subject, preheader, body_md or "", ctas, segment, where, names)
-    if len(ab_subjects) > 1:
-        raise InputError("--subject: give one subject, or two for an A/B test")
-    ab = _ab_options(subject, ab_subjects[0] if ab_subjects else None, test_share, decide_after)
-    if ab:
-        mime.header_value(ab[0], "--subject")
-        merge_tags.check(ab[0], "--subject")
+    ab = _ab_options(subject, ab_subjects, test_share, decide_after, names)
     data = {"ctas": ctas, "where": list(where), **({"form_nonce": form_nonce} if form_nonce else {})}
     with transaction(db):
         cid = db.execute(
@@ -218,26 +213,37 @@ _AFTER_RE = re.compile(r"(\d{1,4})\s*(m|min|minutes?|h|hours?|d|days?)")
 _AFTER_UNITS = {"m": 60, "h": 3600, "d": 86400}
 
 
-def _ab_options(subject: str, subject_b: str | None, share: str | None,
-                after: str | None) -> tuple[str, float, int] | None:
-    """(subject B, test share, seconds to wait) for an A/B campaign, None for a plain one."""
-    if subject_b is None:
+def _ab_options(subject: str, ab_subjects: tuple[str, ...], share: str | None,
+                after: str | None, names: dict[str, str] | None = None
+                ) -> tuple[str, float, int] | None:
+    """(subject B, test share, seconds to wait) for an A/B campaign, None for a plain one.
+
+    ``names``: how errors name the fields (the CLI's options by default).
+    """
+    n = {**CLI_NAMES, **(names or {})}
+    if len(ab_subjects) > 1:
+        raise InputError(f"{n['subject_b']}: give one subject, or two for an A/B test")
+    if not ab_subjects:
         if share is not None or after is not None:
-            flag = "--test-share" if share is not None else "--decide-after"
-            raise InputError(f"{flag}: only an A/B test has one; give two --subject values")
+            key = "test_share" if share is not None else "decide_after"
+            raise InputError(f"{n[key]}: only an A/B test has one; give a second subject "
+                             f"({n['subject_b']})")
         return None
-    subject_b = subject_b.strip()
+    subject_b = ab_subjects[0].strip()
     if not subject_b or subject_b == subject:
-        raise InputError("--subject: an A/B test needs two different, non-empty subjects")
+        raise InputError(f"{n['subject_b']}: an A/B test needs two different, non-empty subjects")
+    mime.header_value(subject_b, n["subject_b"])
+    merge_tags.check(subject_b, n["subject_b"])
     m = _SHARE_RE.fullmatch((share or "20%").strip())
     value = float(m.group(1)) if m else -1.0
     if not 2 <= value <= 90:
         raise InputError(
-            f"--test-share: {share!r} is not a share of the audience between 2% and 90%, e.g. 20%"
+            f"{n['test_share']}: {share!r} is not a share of the audience between 2% and 90%, "
+            "e.g. 20%"
         )
     m = _AFTER_RE.fullmatch((after or "4h").strip().lower())
     if not m or int(m.group(1)) == 0:
-        raise InputError(f"--decide-after: {after!r} is not a wait like 4h, 90m or 1d")
+        raise InputError(f"{n['decide_after']}: {after!r} is not a wait like 4h, 90m or 1d")
     return subject_b, value / 100, int(m.group(1)) * _AFTER_UNITS[m.group(2)[0]]
 
 
@@ -256,6 +262,28 @@ class ABTest:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class ABSummary:
+    """An A/B test in words: its plan and where its decision stands."""
+
+    plan: str  # "20% of the audience, decided 240 min after it starts"
+    decision: str  # "B goes to the rest; B had more human clicks (12 against 4)"
+    decided: bool
+
+
+def ab_summary(ab: ABTest) -> ABSummary:
+    """What `funnel campaign status` and the console say about an A/B test."""
+    plan = (f"{ab.test_share:.0%} of the audience, decided "
+            f"{ab.decide_after_seconds // 60} min after it starts")
+    if ab.decided_at:
+        decision = f"{ab.winner} goes to the rest; {ab.reason}"
+    elif ab.decide_at:
+        decision = f"due {ab.decide_at[:16].replace('T', ' ')} UTC"
+    else:
+        decision = "after the test slices go out"
+    return ABSummary(plan, decision, bool(ab.decided_at))
+
+
 def ab_test(db, campaign_id: int) -> ABTest | None:
     row = db.execute(
         "SELECT campaign_id, subject_b, test_share, decide_after_seconds, test_queued_at, decide_at, "
@@ -263,6 +291,11 @@ def ab_test(db, campaign_id: int) -> ABTest | None:
         (campaign_id,),
     ).fetchone()
     return ABTest(*row) if row else None
+
+
+def get_with_ab(db, campaign_id: int) -> tuple[Campaign, ABTest | None]:
+    """A campaign and its A/B test, if it has one (the console's Edit form)."""
+    return get(db, campaign_id), ab_test(db, campaign_id)
 
 
 class _Slices:
@@ -364,11 +397,16 @@ def _check_content(settings: Settings, subject: str, preheader: str, body_md: st
 
 def update_draft(db, settings: Settings, campaign_id: int, now: datetime, *, subject: str,
                  preheader: str, body_md: str, segment: str, where: tuple[str, ...] = (),
-                 names: dict[str, str] | None = None) -> Campaign:
-    """Change a draft's words and audience (the console's Edit); only a draft can change."""
+                 names: dict[str, str] | None = None, ab_subjects: tuple[str, ...] = (),
+                 test_share: str | None = None, decide_after: str | None = None) -> Campaign:
+    """Change a draft's words and audience (the console's Edit); only a draft can change.
+
+    The A/B options are as for :func:`create`; none makes it a plain broadcast again.
+    """
     subject, preheader = subject.strip(), preheader.strip()
     c = get(db, campaign_id)
     _check_content(settings, subject, preheader, body_md, c.ctas, segment, where, names)
+    ab = _ab_options(subject, ab_subjects, test_share, decide_after, names)
     with transaction(db):
         c = get(db, campaign_id)
         if c.status != "draft":
@@ -379,6 +417,13 @@ def update_draft(db, settings: Settings, campaign_id: int, now: datetime, *, sub
             (subject, preheader, body_md, segment, json.dumps({**c.data, "where": list(where)}),
              iso(now), campaign_id),
         )
+        db.execute("DELETE FROM ab_tests WHERE campaign_id = ?", (campaign_id,))
+        if ab:
+            db.execute(
+                "INSERT INTO ab_tests (campaign_id, subject_b, test_share, decide_after_seconds) "
+                "VALUES (?, ?, ?, ?)",
+                (campaign_id, *ab),
+            )
     return get(db, campaign_id)
 
 
@@ -682,10 +727,16 @@ class Status:
     ab: ABTest | None = None
     #: per variant: {"subject", "sent", "human_clicks", "clicked", "rate"}
     variants: dict[str, dict] = field(default_factory=dict)
+    #: the campaign's clicks: human and scanner, and human clicks per link
+    clicks: clicks.CampaignClicks | None = None
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def ab_summary(self) -> ABSummary | None:
+        return ab_summary(self.ab) if self.ab else None
 
 
 def status(db, settings: Settings, campaign_id: int, now: datetime) -> Status:
@@ -698,7 +749,8 @@ def status(db, settings: Settings, campaign_id: int, now: datetime) -> Status:
     held = outbox.held_reasons(db, "campaign_id = ?", (campaign_id,))
     ab = ab_test(db, campaign_id)
     variants = _variant_figures(db, c, ab) if ab else {}
-    return Status(c, counts, bool(c.queued_at) and unfinished == 0, audience, held, ab, variants)
+    return Status(c, counts, bool(c.queued_at) and unfinished == 0, audience, held, ab, variants,
+                  clicks.campaign_clicks(db, campaign_id))
 
 
 def _variant_figures(db, c: Campaign, ab: ABTest) -> dict[str, dict]:
@@ -711,11 +763,11 @@ def _variant_figures(db, c: Campaign, ab: ABTest) -> dict[str, dict]:
         "AND json_extract(o.data, '$.rest') IS NULL GROUP BY 1",
         (c.id,),
     ).fetchall()
-    found = {v: (sent, clicks or 0, clicked or 0) for v, sent, clicks, clicked in rows}
+    found = {v: (sent, human or 0, clicked or 0) for v, sent, human, clicked in rows}
     out = {}
     for variant, subject in (("A", c.subject), ("B", ab.subject_b)):
-        sent, clicks, clicked = found.get(variant, (0, 0, 0))
-        out[variant] = {"subject": subject, "sent": sent, "human_clicks": clicks,
+        sent, human, clicked = found.get(variant, (0, 0, 0))
+        out[variant] = {"subject": subject, "sent": sent, "human_clicks": human,
                         "clicked": clicked, "rate": 100.0 * clicked / sent if sent else None}
     return out
 

@@ -229,6 +229,28 @@ def record_open(db, settings: Settings, token: str, now: datetime, *, user_agent
     return apple
 
 
+@dataclass(frozen=True)
+class CampaignClicks:
+    """A broadcast's clicks so far (aggregates only, like every report)."""
+
+    human: int
+    scanner: int
+    #: (link, human clicks), most clicked first; a personal link shows as {field}
+    links: list[tuple[str, int]]
+
+
+def campaign_clicks(db, campaign_id: int) -> CampaignClicks:
+    """Human and scanner clicks on a campaign's messages, and human clicks per link."""
+    rows = db.execute(
+        "SELECT k.link, SUM(k.verdict = 'human'), SUM(k.verdict = 'scanner') FROM clicks k "
+        "JOIN outbox o ON o.id = k.outbox_id WHERE o.campaign_id = ? GROUP BY k.link",
+        (campaign_id,),
+    ).fetchall()
+    links = sorted(((link, human) for link, human, _ in rows if human),
+                   key=lambda pair: (-pair[1], pair[0]))
+    return CampaignClicks(sum(r[1] for r in rows), sum(r[2] for r in rows), links)
+
+
 def _burst(db, t: _Target, since: datetime) -> bool:
     """Every link of the message clicked since ``since``: re-mark those clicks as a scanner's."""
     n = db.execute(
@@ -292,4 +314,4 @@ def attribution(db, settings: Settings, cookie: str | None, now: datetime) -> di
     }
 
 
-__all__ = ["ATTRIBUTION_DAYS", "COOKIE", "Click", "attribution", "cookie_value", "destination", "follow", "record_open", "rules"]
+__all__ = ["ATTRIBUTION_DAYS", "COOKIE", "CampaignClicks", "Click", "attribution", "campaign_clicks", "cookie_value", "destination", "follow", "record_open", "rules"]

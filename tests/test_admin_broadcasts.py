@@ -15,9 +15,12 @@ from admin_support import (  # noqa: F401 (fixtures)
     fast_hash,
     signed_in,
 )
+from click_support import BODY as LINKS_BODY
+from click_support import add_readers, click_links, path_of
 
 from campaigns import broadcasts
 from campaigns.sender import send_due
+from campaigns.worker import tick
 from funnel.db import iso
 from subscribers import lifecycle
 
@@ -212,3 +215,99 @@ def test_a_draft_can_be_edited_until_it_is_scheduled(signed_in, db, clock):
     post(signed_in, cid, "schedule", action="now", zone="clinic")
     r = signed_in.post(f"/admin/broadcasts/{cid}/edit", data, token=token)
     assert r.status_code == 400 and "only a draft can be edited" in text(r)
+
+
+# ----------------------------------------------------------------- A/B subjects and clicks
+def ab_row(db, cid: int):
+    return db.execute("SELECT subject_b, test_share, decide_after_seconds FROM ab_tests "
+                      "WHERE campaign_id = ?", (cid,)).fetchone()
+
+
+def test_composing_with_a_subject_b_makes_an_ab_test(signed_in, db):
+    page = text(signed_in.get("/admin/broadcasts/new"))
+    assert 'name="test_share" type="text" maxlength="8" value="20%"' in page
+    assert 'name="decide_after" type="text" maxlength="12" value="4h"' in page
+    cid = saved(signed_in, subject_b="Pool news for {{ first_name }}")
+    assert ab_row(db, cid) == ("Pool news for {{ first_name }}", 0.2, 4 * 3600)
+    plain = saved(signed_in, subject="Plain", nonce="another")
+    assert ab_row(db, plain) is None  # no subject B: the defaults alone make no test
+    page = text(signed_in.get(f"/admin/broadcasts/{cid}"))
+    assert "A/B subjects" in page and "20% of the audience, decided 240 min after it starts" in page
+    assert "Decision: after the test slices go out" in page
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"subject_b": "Pool B", "test_share": "120%"}, "Test share: '120%' is not a share"),
+    ({"subject_b": "Pool B", "decide_after": "soon"}, "Decide after: 'soon' is not a wait"),
+    ({"subject_b": "Pool B {{ nmae }}"}, "Subject B: unknown merge tag {{ nmae }}"),
+    ({"subject_b": "Pool news"}, "Subject B: an A/B test needs two different"),
+])
+def test_bad_ab_fields_name_the_field_and_store_nothing(signed_in, db, fields, message):
+    r, _ = compose(signed_in, **fields)
+    page = text(r)
+    assert r.status_code == 400 and message in page
+    assert f'value="{fields["subject_b"]}"' in page  # kept for correcting
+    assert campaigns(db) == [] and db.execute("SELECT COUNT(*) FROM ab_tests").fetchone()[0] == 0
+
+
+def test_editing_a_draft_changes_or_drops_subject_b(signed_in, db):
+    cid = saved(signed_in, subject_b="Pool B", test_share="30%", decide_after="90m")
+    page = text(signed_in.get(f"/admin/broadcasts/{cid}/edit"))
+    assert 'value="Pool B"' in page and 'value="30%"' in page and 'value="90m"' in page
+    token = signed_in.token(f"/admin/broadcasts/{cid}/edit")
+    data = {"subject": "Pool news", "preheader": "", "body": BODY, "segment": "all", "where": "",
+            "subject_b": "Pool C", "test_share": "10", "decide_after": "1d"}
+    r = signed_in.post(f"/admin/broadcasts/{cid}/edit", {**data, "test_share": "0%"}, token=token)
+    assert r.status_code == 400 and "Test share: '0%'" in text(r)
+    assert ab_row(db, cid) == ("Pool B", 0.3, 5400)
+    assert signed_in.post(f"/admin/broadcasts/{cid}/edit", data, token=token).status_code == 303
+    assert ab_row(db, cid) == ("Pool C", 0.1, 86400)
+    r = signed_in.post(f"/admin/broadcasts/{cid}/edit", {**data, "subject_b": ""}, token=token)
+    assert r.status_code == 303 and ab_row(db, cid) is None
+
+
+BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/121.0"
+
+
+def test_campaign_page_shows_per_link_clicks_and_the_decision(signed_in, db, settings, clock,
+                                                              smtp_server):
+    add_readers(db, clock, 20)
+    cid = saved(signed_in, subject="Stretch with us", body=LINKS_BODY, subject_b="Walk with us",
+                test_share="50%", decide_after="10m")
+    post(signed_in, cid, "schedule", action="now", zone="clinic")
+    assert broadcasts.queue(db, settings, cid, clock()) == 10
+    send_due(db, settings, clock)
+    got = {}
+    for m in smtp_server.messages:
+        got.setdefault(str(m.message["Subject"]), []).append(m)
+    assert {s: len(v) for s, v in got.items()} == {"Stretch with us": 5, "Walk with us": 5}
+    db.execute("UPDATE outbox SET sent_at = ? WHERE campaign_id = ?",
+               (iso(clock() - timedelta(hours=1)), cid))  # long delivered: clicks are human
+
+    def follow(message, index: int, agent: str = BROWSER) -> None:
+        url = click_links(message)[index]
+        r = signed_in.client.get(path_of(url), headers={"User-Agent": agent})
+        assert r.status_code == 302
+
+    for m in got["Walk with us"]:
+        follow(m, 0)
+    follow(got["Walk with us"][0], 2)
+    follow(got["Stretch with us"][0], 2)
+    follow(got["Stretch with us"][1], 0, agent="Barracuda Sentinel (EE)")  # a scanner
+    body = text(signed_in.get(f"/admin/broadcasts/{cid}/progress"))
+    assert "7 human clicks · 1 by link scanners (not counted)" in body
+    links = re.findall(r'<td class="text">([^<]+)</td><td>(\d+)</td>',
+                       body.split('id="links"')[1])
+    assert links == [("https://backinmotion-physio.co.uk/stretch?a=1&b=2", "5"),
+                     ("https://backinmotion-physio.co.uk/walking", "2")]
+    variants = re.findall(r"<tr><td>([AB])</td><td class=\"text\">([^<]+)</td>"
+                          r"<td>(\d+)</td><td>(\d+)</td><td>([^<]+)</td>", body)
+    assert variants == [("A", "Stretch with us", "5", "1", "20.0%"),
+                        ("B", "Walk with us", "5", "6", "100.0%")]
+    assert "Decision: due" in body
+
+    clock.advance(minutes=11)
+    assert tick(db, settings, clock())["ab_decided"] == 1
+    page = text(signed_in.get(f"/admin/broadcasts/{cid}"))
+    assert "Decision: B goes to the rest; B had more human clicks (6 against 1)" in page
+    assert "<td>queued</td><td>10</td>" in page  # the winner, queued to the other ten

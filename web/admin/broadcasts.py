@@ -1,5 +1,9 @@
 """Broadcasts: list, compose with a live preview, test send, schedule, pause, resume, cancel.
 
+Compose takes an optional subject B (an A/B test, campaigns/broadcasts.py);
+the campaign's page shows its variants and decision, and the campaign's
+clicks (human, scanner, per link), in the progress fragment htmx polls.
+
 The preview is the real rendered email (campaigns/preview.py) at phone and
 desktop width, served as its own sandboxed document (the email CSP: inline
 styles, no scripts) into an iframe; the compose form's Preview button posts
@@ -30,13 +34,28 @@ from .common import (
 bp = Blueprint("broadcasts", __name__, url_prefix="/broadcasts")
 
 #: The compose form's fields and their defaults.
-FIELDS = {"subject": "", "preheader": "", "body": "", "segment": "all", "where": ""}
+FIELDS = {"subject": "", "preheader": "", "body": "", "segment": "all", "where": "",
+          "subject_b": "", "test_share": "20%", "decide_after": "4h"}
 #: How errors name them: the form's labels.
-NAMES = {"subject": "Subject", "preheader": "Preheader", "body": "Message"}
+NAMES = {"subject": "Subject", "preheader": "Preheader", "body": "Message",
+         "subject_b": "Subject B", "test_share": "Test share", "decide_after": "Decide after"}
 
 
 def _wheres(text: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _draft(values: dict) -> dict:
+    """The compose form's values as keyword arguments of create and update_draft."""
+    ab = bool(values["subject_b"].strip())
+    return {
+        "subject": values["subject"], "preheader": values["preheader"],
+        "body_md": values["body"].replace("\r\n", "\n"), "segment": values["segment"],
+        "where": _wheres(values["where"]), "names": NAMES,
+        "ab_subjects": (values["subject_b"],) if ab else (),
+        "test_share": values["test_share"] if ab else None,
+        "decide_after": values["decide_after"] if ab else None,
+    }  # fmt: skip
 
 
 def _compose(values: dict, error: str | None = None, status: int = 200,
@@ -66,11 +85,8 @@ def create():
     values = {k: request.form.get(k, d) for k, d in FIELDS.items()}
     values["nonce"] = request.form.get("nonce", "")[:64]
     try:
-        cid = broadcasts.create(
-            db(), settings(), now(), subject=values["subject"], preheader=values["preheader"],
-            body_md=values["body"].replace("\r\n", "\n"), segment=values["segment"],
-            where=_wheres(values["where"]), form_nonce=values["nonce"] or None, names=NAMES,
-        )  # fmt: skip
+        cid = broadcasts.create(db(), settings(), now(), form_nonce=values["nonce"] or None,
+                                **_draft(values))
     except FunnelError as exc:
         return _compose(values, str(exc), 400)
     audit("broadcast_create", f"campaign {cid}", values["subject"])
@@ -79,21 +95,28 @@ def create():
 
 @bp.get("/<int:campaign_id>/edit")
 def edit(campaign_id: int):
-    c = broadcasts.get(db(), campaign_id)
-    values = {"subject": c.subject, "preheader": c.preheader, "body": c.body_md,
+    c, ab = broadcasts.get_with_ab(db(), campaign_id)
+    values = {**FIELDS, "subject": c.subject, "preheader": c.preheader, "body": c.body_md,
               "segment": c.segment, "where": "\n".join(c.where), "nonce": ""}
+    if ab:
+        values.update(subject_b=ab.subject_b, test_share=f"{ab.test_share * 100:g}%",
+                      decide_after=_wait(ab.decide_after_seconds))
     return _compose(values, campaign_id=campaign_id)
+
+
+def _wait(seconds: int) -> str:
+    """A stored wait as the form writes it: 4h, 90m, 1d."""
+    for unit, size in (("d", 86400), ("h", 3600)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds // 60}m"
 
 
 @bp.post("/<int:campaign_id>/edit")
 def edit_post(campaign_id: int):
     values = {k: request.form.get(k, d) for k, d in FIELDS.items()}
     try:
-        broadcasts.update_draft(
-            db(), settings(), campaign_id, now(), subject=values["subject"],
-            preheader=values["preheader"], body_md=values["body"].replace("\r\n", "\n"),
-            segment=values["segment"], where=_wheres(values["where"]), names=NAMES,
-        )  # fmt: skip
+        broadcasts.update_draft(db(), settings(), campaign_id, now(), **_draft(values))
     except FunnelError as exc:
         return _compose({**values, "nonce": ""}, str(exc), 400, campaign_id)
     audit("broadcast_edit", f"campaign {campaign_id}", values["subject"])
