@@ -287,11 +287,15 @@ def click_rates(db, lo: str, hi: str, parts: dict[tuple[str, str], int]) -> list
            GROUP BY o.kind, o.ref ORDER BY o.kind, o.ref""",
         (lo, hi, *_TRACKED),
     ).fetchall()
-    out = [ClickRate(*_email_label(kind, ref, subject, parts), sent, clicked, filtered, opened,
-                     apple)
-           for kind, ref, subject, sent, clicked, filtered, opened, apple in rows]
+    return _in_order([ClickRate(*_email_label(kind, ref, subject, parts), sent, clicked, filtered,
+                                opened, apple)
+                      for kind, ref, subject, sent, clicked, filtered, opened, apple in rows])
+
+
+def _in_order(rates: list[ClickRate]) -> list[ClickRate]:
+    """Series steps, then broadcasts, then webinar emails, each by label."""
     order = {"series": 0, "broadcast": 1, "webinar": 2}
-    return sorted(out, key=lambda r: (order[r.group], r.label))
+    return sorted(rates, key=lambda r: (order[r.group], r.label))
 
 
 def requests_by_email(db, lo: str, hi: str,
@@ -323,9 +327,8 @@ def with_requests(rates: list[ClickRate], requests: dict[tuple[str, str], int]) 
     earned requests in it gets a row of its own (nothing sent in the window)."""
     left = dict(requests)
     out = [replace(r, requests=left.pop((r.group, r.label), 0)) for r in rates]
-    out += [ClickRate(group, label, 0, 0, 0, requests=n) for (group, label), n in left.items()]
-    order = {"series": 0, "broadcast": 1, "webinar": 2}
-    return sorted(out, key=lambda r: (order[r.group], r.label))
+    return _in_order(out + [ClickRate(group, label, 0, 0, 0, requests=n)
+                            for (group, label), n in left.items()])
 
 
 def ab_notes(db, lo: str, hi: str) -> list[str]:
