@@ -19,12 +19,19 @@ the window.  No percentage can exceed 100%.
 Click figures (campaigns/clicks.py) are aggregates only: for each series
 step, broadcast and webinar email, the messages sent in the window and how
 many of them got a human click (the click rate); the clicks filtered as
-link scanners'; and the links with the most human clicks.  Series parts come from ``sent`` events whose ref is
+link scanners'; the appointment requests made in the window whose
+attribution (``appointments.attr_*``) names that email; and the links with
+the most human clicks.  Series parts come from ``sent`` events whose ref is
 ``series:<slug>:<step key>``; the part number is looked up in
 ``series_deliveries`` (which records it when the step is queued), then in the
 series content, then from a leading number in the key.  The appointment
 stages count requests made in the window (a request by someone who is not a
-subscriber counts too) and, of those, the ones marked booked.
+subscriber counts too) and, of those, the ones marked booked.  The 28-day
+course ends in "requested an appointment": the people who started the course
+in the window and made a request in the window, matched on the request's
+email address (a course reader who books from the clinic's own site counts
+too; a request attributed to a course email by someone else's address does
+not).
 
 The HTML page is self-contained: inline CSS and an inline SVG bar chart; no
 scripts, fonts or images are fetched.
@@ -34,7 +41,7 @@ from __future__ import annotations
 
 import html
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
 from funnel.db import iso
@@ -71,6 +78,7 @@ class ClickRate:
     filtered: int  # clicks counted as a link scanner's
     opened: int = 0  # messages whose image loaded (track_opens; unreliable)
     apple: int = 0  # ... of which only Apple's proxy loaded it
+    requests: int = 0  # appointment requests in the window attributed to this email
 
     @property
     def rate(self) -> float | None:
@@ -246,8 +254,8 @@ def compute(
     for slug, (_title, keys) in content.items():
         for key, part in keys.items():
             parts.setdefault((slug, key), part)
-    return Report(steps, first, last, now, sorted(set(notes)),
-                  click_rates(db, lo, hi, parts), top_links(db, lo, hi))
+    rates = with_requests(click_rates(db, lo, hi, parts), requests_by_email(db, lo, hi, parts))
+    return Report(steps, first, last, now, sorted(set(notes)), rates, top_links(db, lo, hi))
 
 
 _TRACKED = ("series", "broadcast", "webinar_invite", "webinar_reminder", "webinar_followup")
@@ -279,11 +287,48 @@ def click_rates(db, lo: str, hi: str, parts: dict[tuple[str, str], int]) -> list
            GROUP BY o.kind, o.ref ORDER BY o.kind, o.ref""",
         (lo, hi, *_TRACKED),
     ).fetchall()
-    out = [ClickRate(*_email_label(kind, ref, subject, parts), sent, clicked, filtered, opened,
-                     apple)
-           for kind, ref, subject, sent, clicked, filtered, opened, apple in rows]
+    return _in_order([ClickRate(*_email_label(kind, ref, subject, parts), sent, clicked, filtered,
+                                opened, apple)
+                      for kind, ref, subject, sent, clicked, filtered, opened, apple in rows])
+
+
+def _in_order(rates: list[ClickRate]) -> list[ClickRate]:
+    """Series steps, then broadcasts, then webinar emails, each by label."""
     order = {"series": 0, "broadcast": 1, "webinar": 2}
-    return sorted(out, key=lambda r: (order[r.group], r.label))
+    return sorted(rates, key=lambda r: (order[r.group], r.label))
+
+
+def requests_by_email(db, lo: str, hi: str,
+                      parts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    """(group, label) of the email -> appointment requests made in the window attributed to it.
+
+    The labels are the click-rate table's (:func:`_email_label`), built from the
+    request's own ``attr_*`` columns, so a request stays attributed after its
+    click row is purged.
+    """
+    out: dict[tuple[str, str], int] = {}
+    for kind, series, step, broadcast_id, webinar, subject, n in db.execute(
+        "SELECT a.attr_kind, a.attr_series, a.attr_step, a.attr_broadcast_id, a.attr_webinar, "
+        "c.subject, COUNT(*) FROM appointments a "
+        "LEFT JOIN campaigns c ON c.id = a.attr_broadcast_id "
+        "WHERE a.attr_kind IN ({}) AND a.created_at >= ? AND a.created_at < ? "
+        "GROUP BY 1, 2, 3, 4, 5".format(",".join("?" * len(_TRACKED))),
+        (*_TRACKED, lo, hi),
+    ):
+        ref = {"series": f"series:{series}:{step}",
+               "broadcast": f"campaign:{broadcast_id}"}.get(kind, f"webinar:{webinar}")
+        key = _email_label(kind, ref, subject, parts)
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+def with_requests(rates: list[ClickRate], requests: dict[tuple[str, str], int]) -> list[ClickRate]:
+    """The click rates with each email's requests; an email sent before the window that
+    earned requests in it gets a row of its own (nothing sent in the window)."""
+    left = dict(requests)
+    out = [replace(r, requests=left.pop((r.group, r.label), 0)) for r in rates]
+    return _in_order(out + [ClickRate(group, label, 0, 0, 0, requests=n)
+                            for (group, label), n in left.items()])
 
 
 def ab_notes(db, lo: str, hi: str) -> list[str]:
@@ -316,11 +361,14 @@ COURSE_MILESTONES = (7, 14)
 
 
 def _course_steps(db, slug: str, content: dict, people: dict, lo: str, hi: str) -> list[Step]:
-    """The daily course: started -> day 7 -> day 14 -> last day (28), distinct people.
+    """The daily course: started -> day 7 -> day 14 -> last day (28) -> requested an
+    appointment, distinct people.
 
     "Started" counts ``enrolled`` events for the course (button or admin
-    enrol); a day counts the people who were sent it.  Left out until
-    somebody has started it, like a series part nobody was sent.
+    enrol); a day counts the people who were sent it; "requested" counts those
+    who started it and whose address made an appointment request (module
+    docstring).  Left out until somebody has started it, like a series part
+    nobody was sent.
     """
     title, parts = content.get(slug, ("", {}))
     last = max(parts.values(), default=0) or max((p for s, p in people if s == slug), default=0)
@@ -338,7 +386,19 @@ def _course_steps(db, slug: str, content: dict, people: dict, lo: str, hi: str) 
             _step(f"{title}: day {day}", people.get((slug, day), ()), "course",
                   short=f"Course \u00b7 day {day}")  # fmt: skip
         )
+    steps.append(_step(f"{title}: requested an appointment", started & _requesters(db, lo, hi),
+                       "course", short="Course \u00b7 requested"))
     return steps
+
+
+def _requesters(db, lo: str, hi: str) -> frozenset:
+    """Subscribers whose address made an appointment request in the window."""
+    return frozenset(sid for (sid,) in db.execute(
+        "SELECT DISTINCT s.id FROM appointments a "
+        "JOIN subscribers s ON s.email = a.email COLLATE NOCASE "
+        "WHERE a.created_at >= ? AND a.created_at < ?",
+        (lo, hi),
+    ))
 
 
 # ----------------------------------------------------------------- output
@@ -366,10 +426,12 @@ def render_text(report: Report) -> str:
     if report.click_rates:
         lines += ["", "Click rate per email (messages with a human click; scanner clicks apart)"]
         w = max(len(r.label) for r in report.click_rates)
-        lines.append(f"{'EMAIL'.ljust(w)}  {'SENT':>6}  {'CLICKED':>7}  {'RATE':>6}  {'FILTERED':>8}")
+        lines.append(f"{'EMAIL'.ljust(w)}  {'SENT':>6}  {'CLICKED':>7}  {'RATE':>6}  {'FILTERED':>8}  "
+                     f"{'REQUESTS':>8}")
         for r in report.click_rates:
             lines.append(f"{r.label.ljust(w)}  {r.sent:>6}  {r.clicked:>7}  {_pct(r.rate):>6}  "
-                         f"{r.filtered:>8}")
+                         f"{r.filtered:>8}  {r.requests:>8}")
+        lines.append("(REQUESTS: appointment requests in the period attributed to a click on that email)")
     if any(r.opened for r in report.click_rates):
         lines += ["", "Opens (unreliable: images load unread, or are blocked when read)"]
         for r in report.click_rates:
@@ -484,7 +546,7 @@ def _clicks_html(report: Report) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(r.label)}</td><td>{r.sent}</td><td>{r.clicked}</td>"
         f"<td><span class=bar style=\"width:{round(r.rate or 0)}px\"></span> {_pct(r.rate)}</td>"
-        f"<td>{r.filtered}</td></tr>"
+        f"<td>{r.filtered}</td><td>{r.requests}</td></tr>"
         for r in report.click_rates
     )
     links = "".join(
@@ -497,7 +559,7 @@ def _clicks_html(report: Report) -> str:
     return (
         "<h2>Click rate per email</h2>"
         "<table><thead><tr><th>Email</th><th>Sent</th><th>Clicked</th><th>Rate</th>"
-        f"<th>Scanner clicks</th></tr></thead><tbody>{rows}</tbody></table>"
+        f"<th>Scanner clicks</th><th>Appointment requests</th></tr></thead><tbody>{rows}</tbody></table>"
         + (f"<h2>Top links</h2><table><thead><tr><th>Link</th><th>Human clicks</th></tr></thead>"
            f"<tbody>{links}</tbody></table>" if links else "")
         + ("<h2>Opens (unreliable)</h2><table><thead><tr><th>Email</th><th>Opened</th>"
@@ -507,4 +569,4 @@ def _clicks_html(report: Report) -> str:
 
 
 __all__ = ["ClickRate", "Report", "Step", "chart_svg", "click_rates", "compute", "render_html", "render_text",
-           "top_links"]
+           "requests_by_email", "top_links", "with_requests"]

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -116,8 +117,9 @@ class _Keep302(urllib.request.HTTPRedirectHandler):
 _NO_REDIRECTS = urllib.request.build_opener(_Keep302)
 
 
-@pytest.fixture
-def live(tmp_path):
+@contextmanager
+def running_stack(tmp_path, **overrides):
+    """The real stack on loopback with test settings (``overrides`` on top), on the real clock."""
     port = free_port()
     settings = test_settings(
         tmp_path,
@@ -125,6 +127,7 @@ def live(tmp_path):
         base_url=f"http://127.0.0.1:{port}",
         min_form_seconds=0.3,
         smtp_urls=(f"smtp://127.0.0.1:{free_port()}",),
+        **overrides,
     )
     # A real browser takes real time: the stack and the test both run on the real
     # clock (installed over the test's fake one for the length of the test).
@@ -139,6 +142,12 @@ def live(tmp_path):
         finally:
             live.db.close()
             stack.stop()
+
+
+@pytest.fixture
+def live(tmp_path):
+    with running_stack(tmp_path) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

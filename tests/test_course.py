@@ -168,6 +168,7 @@ def test_day_1_to_28_in_two_zones_across_dst_with_the_weekly_series(db, s, clock
         ("The 28-day programme: day 7", 2),
         ("The 28-day programme: day 14", 2),
         ("The 28-day programme: day 28", 2),
+        ("The 28-day programme: requested an appointment", 0),
     ]
     assert not any(label.startswith("The 28-day programme: part") for label in rows)
 

@@ -109,5 +109,7 @@ def test_dev_inbox_pages_escape_and_sandbox_the_email(server, clock):
     csp = framed.headers["Content-Security-Policy"]
     assert "frame-ancestors 'self'" in csp and "sandbox" in csp and "script-src" not in csp
     assert "default-src 'none'" in csp and framed.headers["X-Frame-Options"] == "SAMEORIGIN"
+    # Its links open in a new tab, as in a webmail (our pages refuse to load in a frame).
+    assert framed.get_data(as_text=True).startswith('<base target="_blank"><p>HTML')
     raw = client.get(f"/dev/inbox/{mid}/raw")
     assert raw.mimetype == "text/plain" and b"Subject: Hello <b>there</b>" in raw.data

@@ -118,3 +118,114 @@ def test_html_is_self_contained(db, settings, cli_env, tmp_path):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<script" not in page and "<link" not in page and "@import" not in page
     assert "url(" not in page
+
+
+# ----------------------------------------------------------------- requests by email, the course
+PART3 = "03-weak-abs-busy-back"
+COURSE = "series:28-day-programme"
+FORM = {"name": "Pat Reader", "phone": "", "contact_method": "email", "times": ["weekday-morning"],
+        "reason": "", "consent": True}
+
+
+def sent_row(db, rid: int, kind: str, ref: str, sid: int, campaign_id: int | None = None):
+    db.execute(
+        "INSERT INTO outbox (id, dedupe_key, kind, subscriber_id, campaign_id, ref, to_addr, "
+        "message_id, status, due_at, created_at, updated_at, sent_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sent', ?, ?, ?, ?)",
+        (rid, f"k{rid}", kind, sid, campaign_id, ref, f"p{sid}@example.com", f"<m{rid}@x>",
+         *[iso(DAY + timedelta(days=1))] * 4),
+    )
+
+
+def request(db, settings, email: str, at: datetime, **attr):
+    from campaigns import appointments
+
+    return appointments.create_request(db, settings, {**FORM, "email": email}, attr or None, at)
+
+
+def test_requests_are_counted_by_the_email_that_earned_them(db, settings):
+    seed(db)
+    with transaction(db):
+        db.execute(
+            "INSERT INTO campaigns (id, kind, template, subject, status, created_at, updated_at) "
+            "VALUES (7, 'broadcast', 'broadcast', 'Stretch with us', 'finished', ?, ?)",
+            (iso(DAY), iso(DAY)),
+        )
+        for sid in (1, 2):
+            sent_row(db, sid, "series", f"{SERIES}:{PART3}", sid)
+        sent_row(db, 3, "broadcast", "campaign:7", 3, campaign_id=7)
+        db.execute("INSERT INTO clicks (outbox_id, link_index, link, at, verdict) "
+                   "VALUES (1, 0, 'https://x/appointment', ?, 'human')", (iso(DAY + timedelta(days=2)),))
+    later = DAY + timedelta(days=2)
+    part3 = {"kind": "series", "series": "importance-of-exercise", "step": PART3}
+    request(db, settings, "p1@example.com", later, click_id=1, **part3)
+    request(db, settings, "p4@example.com", later, **part3)  # its click row was purged since
+    request(db, settings, "p3@example.com", later, kind="broadcast", broadcast_id=7)
+    request(db, settings, "p5@example.com", later, kind="webinar_followup", webinar="spine-health")
+    request(db, settings, "p6@example.com", later)  # came to the page on their own
+    request(db, settings, "p8@example.com", DAY + timedelta(days=40), **part3)  # after --until
+
+    rep = report.compute(db, settings, since="2026-11-01", until="2026-11-30")
+    got = {(r.group, r.label): (r.sent, r.clicked, r.requests) for r in rep.click_rates}
+    assert got == {
+        ("series", "importance-of-exercise \u00b7 part 3"): (2, 1, 2),
+        ("broadcast", "broadcast 7: Stretch with us"): (1, 0, 1),
+        # Sent before the window (not in this log at all), yet it earned a request in it.
+        ("webinar", "spine-health \u00b7 followup"): (0, 0, 1),
+    }
+    assert next(s.count for s in rep.steps if s.label == "Requested an appointment") == 5
+    text = report.render_text(rep)
+    line = next(x for x in text.splitlines() if x.startswith("importance-of-exercise \u00b7 part 3"))
+    assert line.split()[-5:] == ["2", "1", "50.0%", "0", "2"]
+    assert "REQUESTS" in text.splitlines()[text.splitlines().index(line) - 1]
+    page = report.render_html(rep)
+    assert "<th>Appointment requests</th>" in page
+    assert "<td>importance-of-exercise \u00b7 part 3</td><td>2</td><td>1</td>" in page
+    # Aggregates only: no address appears anywhere in the report.
+    assert "@example.com" not in text + page
+
+
+def test_the_course_ends_in_requested_an_appointment(db, settings):
+    """Started -> day 7 -> day 14 -> day 28 -> requested, matched on the request's address."""
+    with transaction(db):
+        for i in range(1, 7):
+            db.execute(
+                "INSERT INTO subscribers (id, email, email_hash, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'active', ?, ?)",
+                (i, f"p{i}@example.com", f"h{i}", iso(DAY), iso(DAY)),
+            )
+            log_event(db, "subscribed", DAY, i)
+        for sid in (1, 2, 3, 4):
+            log_event(db, "enrolled", DAY, sid, COURSE)
+        for day, sids in ((7, (1, 2, 3)), (14, (1, 2)), (28, (1,))):
+            key = f"{day:02d}-day"
+            for sid in sids:
+                log_event(db, "sent", DAY + timedelta(days=day), sid, f"{COURSE}:{key}")
+                db.execute(
+                    "INSERT INTO series_deliveries (subscriber_id, series, step_key, part, at) "
+                    "VALUES (?, '28-day-programme', ?, ?, ?)", (sid, key, day, iso(DAY)),
+                )  # fmt: skip
+    later = DAY + timedelta(days=20)
+    request(db, settings, "P2@Example.com", later)  # a course reader: any case of the address
+    request(db, settings, "p3@example.com", later)
+    request(db, settings, "p3@example.com", later + timedelta(hours=1))  # the same person again
+    request(db, settings, "p5@example.com", later)  # never started the course
+    request(db, settings, "p4@example.com", DAY + timedelta(days=60))  # after --until
+
+    rep = report.compute(db, settings, since="2026-11-01", until="2026-11-30")
+    rows = {s.label: (s.count, of_stage) for s, of_stage, _ in rep.rows()}
+    course = [(label, v) for label, v in rows.items() if "28-day" in label]
+    assert [label for label, _ in course] == [
+        "Started: The 28-day programme",
+        "The 28-day programme: day 7",
+        "The 28-day programme: day 14",
+        "The 28-day programme: day 28",
+        "The 28-day programme: requested an appointment",
+    ]
+    # p2 reached day 14, p3 day 7: "requested" is a share of day 7, the stage holding both.
+    assert rows["The 28-day programme: requested an appointment"] == (2, pytest.approx(200 / 3))
+    assert rows["Requested an appointment"][0] == 4
+    assert all(p <= 100.0 for _, a, b in rep.rows() for p in (a, b) if p is not None)
+    text = report.render_text(rep)
+    assert re.search(r"^The 28-day programme: requested an appointment\s+2\s+66\.7%", text, re.M)
+    assert "Course \u00b7 requested" in report.render_html(rep)

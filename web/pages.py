@@ -7,6 +7,7 @@ nothing) are described in :mod:`web.common`, which enforces them.
 
 from __future__ import annotations
 
+import re
 import time
 
 from flask import (
@@ -51,6 +52,7 @@ from .common import (
 )
 
 bp = Blueprint("pages", __name__)
+_HEAD = re.compile(r"<head\b[^>]*>", re.I)
 
 
 # --- signup ------------------------------------------------------------
@@ -312,6 +314,10 @@ def dev_message(message_id: int):
 def dev_message_html(message_id: int):
     dev_only()
     html = devmail.get(db(), message_id).html or "<p>(this message has no HTML part)</p>"
+    # Like a webmail, the inbox opens the email's links in a new tab (the sandbox lets
+    # them escape it); inside the frame our pages would refuse to load.
+    html, found = _HEAD.subn(r'\g<0><base target="_blank">', html, count=1)
+    html = html if found else '<base target="_blank">' + html
     response = email_response(html, ancestors="'self'")
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
     return response

@@ -1,0 +1,36 @@
+"""The admin dashboard's "Clicks": human clicks on tracked links, not scanners' or offer events."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from campaigns import dashboard
+from funnel.db import iso, log_event, transaction
+
+
+def test_dashboard_counts_human_clicks_from_the_clicks_table(db, clock):
+    now = clock()
+    with transaction(db):
+        db.execute(
+            "INSERT INTO subscribers (id, email, email_hash, status, created_at, updated_at) "
+            "VALUES (1, 'p1@example.com', 'h1', 'active', ?, ?)", (iso(now), iso(now)),
+        )  # fmt: skip
+        db.execute(
+            "INSERT INTO outbox (id, dedupe_key, kind, subscriber_id, ref, to_addr, message_id, "
+            "status, due_at, created_at, updated_at, sent_at) VALUES (1, 'k1', 'broadcast', 1, "
+            "'campaign:1', 'p1@example.com', '<m1@x>', 'sent', ?, ?, ?, ?)", (iso(now),) * 4,
+        )  # fmt: skip
+        clicks = [
+            (0, 2, "human"), (1, 3, "human"), (1, 4, "repeat"), (2, 5, "scanner"),  # this week
+            (2, 12, "human"),  # this month
+            (3, 45, "human"),  # before that
+        ]
+        for index, days_ago, verdict in clicks:
+            db.execute(
+                "INSERT INTO clicks (outbox_id, link_index, link, at, verdict) VALUES (1, ?, ?, ?, ?)",
+                (index, f"https://x/{index}", iso(now - timedelta(days=days_ago)), verdict),
+            )
+        log_event(db, "clicked_offer", now - timedelta(days=1), 1, "webinar:spine-health")
+    rows = dict(dashboard.activity(db, now))
+    assert rows["Clicks"] == {7: 2, 30: 3}
+    assert "Offer clicks" not in rows
