@@ -312,7 +312,10 @@ def send_cmd(app: App, limit: int | None, quiet: bool) -> None:
 def _signer(settings: Settings):
     if not settings.dkim_key_file:
         return None
-    return DkimSigner(settings.dkim_selector, settings.dkim_domain, settings.dkim_key_file)
+    return DkimSigner(
+        settings.dkim_selector, settings.dkim_domain, settings.dkim_key_file,
+        settings.dkim_ed25519_key_file,
+    )  # fmt: skip
 
 
 def _due_total(app: App) -> int:

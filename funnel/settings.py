@@ -171,6 +171,8 @@ class Settings:
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_key_file: str = ""
+    # A second, Ed25519 signature (RFC 8463) next to the RSA one, when set.
+    dkim_ed25519_key_file: str = ""
     # Web.
     signup_rate_per_minute: int = 30
     min_form_seconds: float = 2.0
@@ -437,6 +439,11 @@ def _checked_urls(s: Settings) -> Settings:
         value = getattr(s, name)
         if value and urlsplit(value).scheme not in ("http", "https"):
             raise SettingsError(f"{_env(name)}: {value!r} must be an http:// or https:// URL")
+    if s.dkim_ed25519_key_file and not s.dkim_key_file:
+        raise SettingsError(
+            "FUNNEL_DKIM_ED25519_KEY_FILE: an Ed25519 signature goes next to the RSA one; "
+            "set FUNNEL_DKIM_KEY_FILE too"
+        )
     if s.dkim_key_file and not (s.dkim_selector and s.dkim_domain):
         raise SettingsError("FUNNEL_DKIM_SELECTOR: DKIM needs a selector and a domain with the key file")
     return s
