@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 
 from funnel import clock as clocks
@@ -118,19 +118,33 @@ def run_worker(
     *,
     relay=None,
     on_error: Callable[[FunnelError], None] | None = None,
+    connections: int = 1,
 ) -> int:
     """Loop tick + send until ``stop`` is set; returns the number of iterations.
 
     ``on_summary(tick_dict, send_summary)`` is called after each iteration.
     A FunnelError in one iteration (a locked database, a broken series file)
     is reported through ``on_error`` and the loop carries on; bugs propagate.
+
+    ``connections`` > 1 adds that many minus one sender threads, each with its
+    own database connection and its own relay connection(s); each claims its
+    own batches under its own lease token, exactly as separate workers do, so
+    no row is sent twice.  A relay's per-second rate is split between them.
+    Threads pay off because a sender spends much of each message waiting for
+    the relay's reply (and SQLite and OpenSSL work without the GIL).
     """
     db = connect(settings.db, migrate=True)
-    pool = relay
-    if pool is None:
-        from .smtp import RelayPool
-
-        pool = RelayPool.from_configs(settings.relays)
+    pool = relay if relay is not None else _pool(settings, connections)
+    helpers = [
+        threading.Thread(
+            target=_send_loop, args=(settings, stop, clock, interval, on_summary, on_error,
+                                     connections),
+            name=f"sender-{i}", daemon=True,
+        )
+        for i in range(1, connections)
+    ]  # fmt: skip
+    for thread in helpers:
+        thread.start()
     loops = 0
     try:
         while not stop.is_set():
@@ -147,7 +161,41 @@ def run_worker(
                     on_summary(t, summary)
             stop.wait(interval)
     finally:
+        stop.set()
+        for thread in helpers:
+            thread.join()
         if relay is None:
             pool.close()
         db.close()
     return loops
+
+
+def _pool(settings: Settings, connections: int):
+    """A relay pool for one of ``connections`` senders: per-second rates split evenly."""
+    from .smtp import RelayPool
+
+    configs = [
+        replace(c, rate_per_second=c.rate_per_second / connections) for c in settings.relays
+    ]
+    return RelayPool.from_configs(configs)
+
+
+def _send_loop(settings, stop, clock, interval, on_summary, on_error, connections) -> None:
+    """One extra sender of ``run_worker``: send what is due, sleep, until stopped."""
+    db = connect(settings.db)
+    pool = _pool(settings, connections)
+    try:
+        while not stop.is_set():
+            try:
+                summary = sender.send_due(db, settings, clock, relay=pool)
+            except FunnelError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+            else:
+                if on_summary and summary.claimed:
+                    on_summary(Tick().as_dict(), summary)
+            stop.wait(interval)
+    finally:
+        pool.close()
+        db.close()
