@@ -402,13 +402,22 @@ def dkim_keys(folder: Path) -> tuple[Path, Path]:
     return paths
 
 
-def dkim_pass(port: int, n: int, batch: int) -> dict:
-    """The same broadcast sent with DKIM off, RSA on, and RSA + Ed25519 on, in one run
-    (the bench settings carry no key, so ``signer=None`` is off)."""
+def dkim_pass(port: int, n: int, batch: int, rounds: int = 3) -> dict:
+    """The same broadcast sent with DKIM off, RSA on, and RSA + Ed25519 on, in one run.
+
+    The three are interleaved over *rounds* rounds of n/rounds recipients each,
+    and each keeps its best round, so load from other processes on a shared
+    machine hits all three alike.  CPU time per message (this process) is
+    printed too: it is what signing adds, whatever the machine's load.  The
+    bench settings carry no key, so ``signer=None`` is off.
+    """
     from campaigns.dkim import DkimSigner
 
     now = datetime.now(UTC)
     work = Path(tempfile.mkdtemp(prefix="funnel-bench-dkim-"))
+    each = max(500, n // rounds)
+    rates: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     try:
         rsa_key, ed_key = dkim_keys(work)
         signers = {
@@ -416,29 +425,35 @@ def dkim_pass(port: int, n: int, batch: int) -> dict:
             "rsa-sha256": DkimSigner("bench", "clinic.example", rsa_key),
             "rsa + ed25519": DkimSigner("bench", "clinic.example", rsa_key, ed_key),
         }
-        rates = {}
-        for label, signer in signers.items():
-            settings, db = make_broadcast(work / label.replace(" ", ""), n, port, batch, now)
-            clock = lambda: datetime.now(UTC)  # noqa: E731
-            relay = smtp.Relay(settings.relays[0])
-            t0 = time.perf_counter()
-            summary = sender.send_due(db, settings, clock, relay=relay, signer=signer)
-            rates[label] = n / (time.perf_counter() - t0)
-            relay.close()
-            db.close()
-            assert summary.sent == n, summary.line()
+        for r in range(rounds):
+            for label, signer in signers.items():
+                folder = work / f"{label.replace(' ', '')}-{r}"
+                settings, db = make_broadcast(folder, each, port, batch, now)
+                clock = lambda: datetime.now(UTC)  # noqa: E731
+                relay = smtp.Relay(settings.relays[0])
+                c0, t0 = time.process_time(), time.perf_counter()
+                summary = sender.send_due(db, settings, clock, relay=relay, signer=signer)
+                wall, used = time.perf_counter() - t0, time.process_time() - c0
+                relay.close()
+                db.close()
+                shutil.rmtree(folder, ignore_errors=True)
+                assert summary.sent == each, summary.line()
+                rates[label] = max(rates.get(label, 0.0), each / wall)
+                cpu[label] = min(cpu.get(label, float("inf")), used / each)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"DKIM off vs on, {n:,} recipients each, one connection, same run:")
+    print(f"DKIM off vs on, {rounds} interleaved rounds of {each:,} recipients, one connection, "
+          "best round each:")  # fmt: skip
     for label, rate in rates.items():
         share = rate / rates["off"]
         target = "" if label == "off" else (
             f" = {share:.0%} of off (target >= 80%: {'met' if share >= 0.8 else 'MISSED'})"
         )
-        print(f"  {label:<14}{rate:8,.0f} msg/s{target}")
+        print(f"  {label:<14}{rate:8,.0f} msg/s, {cpu[label] * 1e6:6.0f} µs CPU/msg{target}")
     return {"dkim_off": rates["off"], "dkim_rsa": rates["rsa-sha256"],
             "dkim_both": rates["rsa + ed25519"],
-            "dkim_on_share": rates["rsa-sha256"] / rates["off"]}  # fmt: skip
+            "dkim_on_share": rates["rsa-sha256"] / rates["off"],
+            "dkim_cpu_us": {k: round(v * 1e6) for k, v in cpu.items()}}  # fmt: skip
 
 
 # ----------------------------------------------------------------- series and connections

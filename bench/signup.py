@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import random
 import re
@@ -240,6 +241,9 @@ def main() -> None:
         )
         target = rps >= 300 and p99 < 200
         print(f"  target >= 300 signups/s with p99 < 200 ms: {'met' if target else 'MISSED'}")
+        print(json.dumps({"bench": "signup", "signups_per_s": round(rps, 1),
+                          "p99_ms": round(p99, 1), "lost": len(lost),
+                          "not_one_confirmation": len(wrong)}))  # fmt: skip
         failed = bool(
             lost
             or wrong
