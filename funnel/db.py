@@ -91,6 +91,10 @@ def iso(dt: datetime | None) -> str | None:
 def parse_iso(text: str | None) -> datetime | None:
     if text is None:
         return None
+    if len(text) == 27 and text[10] == "T" and text[-1] == "Z":
+        # What iso() writes; fromisoformat is ~10x faster than strptime (the
+        # scheduler parses a few per enrollment).
+        return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 

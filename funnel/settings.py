@@ -10,6 +10,7 @@ Every problem is reported as one sentence naming the setting, e.g.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import json
 import os
@@ -122,6 +123,13 @@ def parse_smtp_url(url: str, setting: str = "FUNNEL_SMTP_URL") -> RelayConfig:
     )
 
 
+@functools.lru_cache(maxsize=512)
+def _zone(name: str) -> ZoneInfo:
+    """ZoneInfo keeps only 8 zones strongly; a list in 20 zones would reread the
+    tz files from disk for most readers without this cache."""
+    return ZoneInfo(name)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable.  Field names match the ``funnel.toml`` keys."""
@@ -207,7 +215,7 @@ class Settings:
         """A reader's zone; the clinic's when unknown (or, defensively, invalid)."""
         if name:
             try:
-                return ZoneInfo(name)
+                return _zone(name)
             except (ZoneInfoNotFoundError, ValueError):
                 pass
         return self.zone
