@@ -141,6 +141,14 @@ CLAIM_SQL = (
     "SELECT id FROM outbox WHERE status IN ('queued', 'retry') AND due_at <= ? "
     "ORDER BY priority, due_at, id LIMIT 1000"
 )
+REPORT_SQL = (
+    "SELECT ref, COUNT(DISTINCT subscriber_id) FROM events WHERE kind = 'sent' "
+    "AND ref LIKE 'series:%' AND at >= ? AND at < ? AND subscriber_id IS NOT NULL GROUP BY ref"
+)
+STEP_SQL = (
+    "SELECT COUNT(DISTINCT subscriber_id) FROM events WHERE kind = 'confirmed' AND at >= ? "
+    "AND at < ? AND subscriber_id IS NOT NULL"
+)
 SEARCH_SQL = (
     "SELECT id, email, name FROM subscribers WHERE (email LIKE ? || '%' OR name LIKE ? || '%') "
     "AND id > ? ORDER BY id LIMIT 50"
@@ -178,6 +186,8 @@ def measure(db, settings, n: int, now: datetime) -> dict:
     t0 = time.perf_counter()
     report.compute(db, settings, now=now)
     out["report_s"] = time.perf_counter() - t0
+    out["plans"]["report (series parts)"] = plan(db, REPORT_SQL, ("", "9999"))
+    out["plans"]["report (one step)"] = plan(db, STEP_SQL, ("", "9999"))
 
     term = f"reader{n // 2}"
     out["search_ms"] = median_ms(lambda: db.execute(SEARCH_SQL, (term, term, 0)).fetchall(), 5)

@@ -140,12 +140,17 @@ def compute(
         ).fetchall()
     }
     content = _series_info(settings)
-    people: dict[tuple[str, int], set[int]] = {}
+    # Distinct people per ref are counted in SQL; only the few refs are mapped
+    # to (series, part) here.  Refs that share a part are counted together again
+    # so a person who received both is one person.
+    window = (
+        "FROM events WHERE kind = 'sent' AND ref LIKE 'series:%' AND at >= ? AND at < ? "
+        "AND subscriber_id IS NOT NULL"
+    )
+    refs: dict[tuple[str, int], list[tuple[str, int]]] = {}
     notes: list[str] = []
-    for sid, ref in db.execute(
-        "SELECT DISTINCT subscriber_id, ref FROM events WHERE kind = 'sent' AND ref LIKE 'series:%' "
-        "AND at >= ? AND at < ? AND subscriber_id IS NOT NULL",
-        (lo, hi),
+    for ref, count in db.execute(
+        f"SELECT ref, COUNT(DISTINCT subscriber_id) {window} GROUP BY ref", (lo, hi)
     ):
         _, slug, key = (ref.split(":", 2) + ["", ""])[:3]
         part = known_parts.get((slug, key)) or content.get(slug, ("", {}))[1].get(key)
@@ -154,7 +159,17 @@ def compute(
         if part is None:
             notes.append(f"could not tell which part {ref!r} is")
             continue
-        people.setdefault((slug, part), set()).add(sid)
+        refs.setdefault((slug, part), []).append((ref, count))
+    people: dict[tuple[str, int], int] = {}
+    for group, found in refs.items():
+        if len(found) == 1:
+            people[group] = found[0][1]
+            continue
+        marks = ",".join("?" * len(found))
+        people[group] = db.execute(
+            f"SELECT COUNT(DISTINCT subscriber_id) {window} AND ref IN ({marks})",
+            (lo, hi, *(ref for ref, _ in found)),
+        ).fetchone()[0]
     for slug in sorted({s for s, _ in people}):
         title = content.get(slug, (slug, {}))[0] or slug
         top = max(p for s, p in people if s == slug)
@@ -162,7 +177,7 @@ def compute(
             steps.append(
                 Step(
                     f"{title}: part {part}",
-                    len(people.get((slug, part), ())),
+                    people.get((slug, part), 0),
                     "series",
                     short=f"{slug} \u00b7 part {part}" if len(title) > 24 else "",
                 )

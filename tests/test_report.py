@@ -115,3 +115,20 @@ def test_html_is_self_contained(db, settings, cli_env, tmp_path):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<script" not in page and "<link" not in page and "@import" not in page
     assert "url(" not in page
+
+
+def test_two_step_keys_of_one_part_count_each_person_once(db, settings):
+    """A step renamed mid-series: readers got part 3 under either key, some under both."""
+    with transaction(db):
+        for i in range(1, 6):
+            db.execute(
+                "INSERT INTO subscribers (id, email, email_hash, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'active', ?, ?)",
+                (i, f"p{i}@example.com", f"h{i}", iso(DAY), iso(DAY)),
+            )
+        for sid in (1, 2, 3):
+            log_event(db, "sent", DAY, sid, f"{SERIES}:03-old-name")
+        for sid in (3, 4, 5):
+            log_event(db, "sent", DAY, sid, f"{SERIES}:03-new-name")
+    counts = dict((s.label, s.count) for s in report.compute(db, settings).steps)
+    assert counts["The importance of exercise for low back pain: part 3"] == 5
