@@ -1099,7 +1099,7 @@ def series_apply(app: App, slug: str) -> None:
 @click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds between passes.")
 @click.option("--connections", type=click.IntRange(1, 16), default=1, show_default=True,
-              help="Senders sending at once, each with its own relay connection.")
+              help="Senders sending at once (processes), each with its own relay connection.")
 @run
 @preflight
 def worker_cmd(app: App, interval: float, connections: int) -> None:

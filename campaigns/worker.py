@@ -14,6 +14,9 @@ and several workers may run at once.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -126,25 +129,29 @@ def run_worker(
     A FunnelError in one iteration (a locked database, a broken series file)
     is reported through ``on_error`` and the loop carries on; bugs propagate.
 
-    ``connections`` > 1 adds that many minus one sender threads, each with its
-    own database connection and its own relay connection(s); each claims its
-    own batches under its own lease token, exactly as separate workers do, so
-    no row is sent twice.  A relay's per-second rate is split between them.
-    Threads pay off because a sender spends much of each message waiting for
-    the relay's reply (and SQLite and OpenSSL work without the GIL).
+    ``connections`` > 1 forks that many minus one sender processes, each with
+    its own database connection and its own relay connection(s); each claims
+    its own batches under its own lease, exactly as separate workers do, so no
+    row is sent twice, and a sender killed mid-batch is recovered like any
+    dead worker.  Processes, not threads: building a message is Python work,
+    and threads would share one core under the GIL.  A relay's per-second
+    rate is split between the senders.  They stop after their current batch
+    when this loop stops, or when they find this process gone.
     """
-    db = connect(settings.db, migrate=True)
-    pool = relay if relay is not None else _pool(settings, connections)
+    connect(settings.db, migrate=True).close()  # migrated before any sender starts
+    halt = multiprocessing.get_context("fork").Event()
     helpers = [
-        threading.Thread(
-            target=_send_loop, args=(settings, stop, clock, interval, on_summary, on_error,
-                                     connections),
-            name=f"sender-{i}", daemon=True,
+        multiprocessing.get_context("fork").Process(
+            target=_send_process, name=f"funnel-sender-{i}",
+            args=(settings, halt, clock, interval, on_summary, on_error, connections,
+                  os.getpid()),
         )
         for i in range(1, connections)
     ]  # fmt: skip
-    for thread in helpers:
-        thread.start()
+    for process in helpers:  # forked before this process opens the database
+        process.start()
+    db = connect(settings.db)
+    pool = relay if relay is not None else _pool(settings, connections)
     loops = 0
     try:
         while not stop.is_set():
@@ -161,9 +168,9 @@ def run_worker(
                     on_summary(t, summary)
             stop.wait(interval)
     finally:
-        stop.set()
-        for thread in helpers:
-            thread.join()
+        halt.set()
+        for process in helpers:
+            process.join()
         if relay is None:
             pool.close()
         db.close()
@@ -180,22 +187,31 @@ def _pool(settings: Settings, connections: int):
     return RelayPool.from_configs(configs)
 
 
-def _send_loop(settings, stop, clock, interval, on_summary, on_error, connections) -> None:
-    """One extra sender of ``run_worker``: send what is due, sleep, until stopped."""
+def _send_process(settings, halt, clock, interval, on_summary, on_error, connections,
+                  parent: int) -> None:  # fmt: skip
+    """One extra sender of ``run_worker``: send what is due, batch by batch, until told
+    to stop (``halt``, or SIGTERM) or until the worker that forked it is gone."""
+    stopping: list[int] = []
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which halts us
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     db = connect(settings.db)
     pool = _pool(settings, connections)
     try:
-        while not stop.is_set():
+        while not (halt.is_set() or stopping or os.getppid() != parent):
             try:
-                summary = sender.send_due(db, settings, clock, relay=pool)
+                summary = sender.send_due(
+                    db, settings, clock, relay=pool, limit=settings.batch_size
+                )
             except FunnelError as exc:
                 if on_error is None:
                     raise
                 on_error(exc)
-            else:
-                if on_summary and summary.claimed:
-                    on_summary(Tick().as_dict(), summary)
-            stop.wait(interval)
+                halt.wait(interval)
+                continue
+            if on_summary and summary.claimed:
+                on_summary(Tick().as_dict(), summary)
+            if summary.claimed < settings.batch_size or summary.blocked:
+                halt.wait(interval)
     finally:
         pool.close()
         db.close()

@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -125,20 +126,34 @@ def test_two_funnel_send_processes_share_the_work(tmp_path, settings, cli_env, s
 
 
 def funnel_worker(env: dict, connections: int) -> subprocess.Popen:
+    """`funnel worker` in a process group of its own (it and its sender processes)."""
     return subprocess.Popen(
         [sys.executable, "-c", "import cli; cli.main()", "worker", "--interval", "0.1",
          "--connections", str(connections)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
     )  # fmt: skip
 
 
-def leases_held(db, pid: int) -> int:
-    """How many batches (lease tokens) process *pid* has in flight right now."""
-    return db.execute(
-        "SELECT COUNT(DISTINCT lease_token) FROM outbox WHERE status = 'sending' "
-        "AND lease_owner LIKE ?",
-        (f"%:{pid}:%",),
-    ).fetchone()[0]
+def group_pids(pgid: int) -> set[int]:
+    """The live processes of process group *pgid* (Linux /proc)."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+def in_flight(db, pids: set[int]) -> list[tuple[str, str]]:
+    """(lease owner, lease token) of every row that processes *pids* have in flight."""
+    rows = db.execute(
+        "SELECT lease_owner, lease_token FROM outbox WHERE status = 'sending'"
+    ).fetchall()
+    return [(o, t) for o, t in rows if o and int(o.split(":")[1]) in pids]
 
 
 @pytest.mark.slow
@@ -161,19 +176,17 @@ def test_two_workers_with_two_connections_each_survive_kill_9(
         for _ in range(4):
             victim = workers.pop(0)
             deadline = time.monotonic() + 30
-            # Both of its connections hold a batch of their own at once.
-            while leases_held(db, victim.pid) < 2:
+            # Both of its senders (two processes) hold a batch of their own at once.
+            while len({owner for owner, _ in in_flight(db, group_pids(victim.pid))}) < 2:
                 assert victim.poll() is None, victim.communicate()[1].decode()
                 assert time.monotonic() < deadline, "a worker never sent over two connections"
                 time.sleep(0.005)
             time.sleep(rng.uniform(0.05, 0.3))
-            victim.send_signal(signal.SIGKILL)
+            pids = group_pids(victim.pid)
+            os.killpg(victim.pid, signal.SIGKILL)  # the worker and its sender process
             victim.communicate()
             kills += 1
-            in_flight_at_kills += db.execute(
-                "SELECT COUNT(*) FROM outbox WHERE status = 'sending' AND lease_owner LIKE ?",
-                (f"%:{victim.pid}:%",),
-            ).fetchone()[0]
+            in_flight_at_kills += len(in_flight(db, pids))
             workers.append(funnel_worker(env, 2))
         deadline = time.monotonic() + 90
         while (
