@@ -28,11 +28,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## bench: the performance scripts (bench/README.md); send needs Debian's postfix (smtp-sink/smtp-source)
+## bench: the performance scripts in order, then one summary table (bench/README.md); send needs Debian's postfix (smtp-sink/smtp-source); SCALE=1 for the 1M-subscriber database
+SCALE ?= 0.1
 bench: $(STAMP)
-	@for script in bench/render.py bench/mime.py bench/import.py bench/send.py bench/signup.py bench/admin_search.py bench/extractors.py; do \
-		if [ -f $$script ]; then echo "== $$script"; $(BIN)/python $$script || exit 1; fi; \
-	done
+	$(BIN)/python bench/summary.py --scale $(SCALE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache tests/artifacts

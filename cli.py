@@ -316,7 +316,10 @@ def send_cmd(app: App, limit: int | None, quiet: bool) -> None:
 def _signer(settings: Settings):
     if not settings.dkim_key_file:
         return None
-    return DkimSigner(settings.dkim_selector, settings.dkim_domain, settings.dkim_key_file)
+    return DkimSigner(
+        settings.dkim_selector, settings.dkim_domain, settings.dkim_key_file,
+        settings.dkim_ed25519_key_file,
+    )  # fmt: skip
 
 
 def _due_total(app: App) -> int:
@@ -1159,17 +1162,21 @@ def series_apply(app: App, slug: str) -> None:
 @main.command("worker")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds between passes.")
+@click.option("--connections", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Senders sending at once (processes), each with its own relay connection.")
 @run
 @preflight
-def worker_cmd(app: App, interval: float) -> None:
+def worker_cmd(app: App, interval: float, connections: int) -> None:
     """Run the scheduler and sender in a loop until Ctrl-C (or SIGTERM).
 
     Each pass queues due series steps and broadcasts, then sends what is
-    due.  Several workers (and cron `funnel send`) may run at once.
+    due.  Several workers (and cron `funnel send`) may run at once; with
+    --connections N one worker sends over N relay connections at once.
 
     \b
     Example:
       funnel worker --interval 5
+      funnel worker --connections 2
     """
     from web.serve import run_worker_until_signal  # late: see "Late imports, measured"
 
@@ -1192,7 +1199,7 @@ def worker_cmd(app: App, interval: float) -> None:
     last_errors: list[str] = []
     click.echo(f"worker started (every {interval:g} s); Ctrl-C to stop", err=True)
     loops = run_worker_until_signal(app.settings, clock=app.now, interval=interval,
-                                    on_summary=on_summary,
+                                    on_summary=on_summary, connections=connections,
                                     on_error=lambda exc: echo_err(f"error: {exc}"))
     click.echo(f"worker stopped after {loops} pass(es)", err=True)
 

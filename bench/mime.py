@@ -115,7 +115,7 @@ def main() -> None:
     if sign_us is None:
         print("DKIM sign: skipped (openssl not found to make a key)")
     else:
-        print(f"DKIM sign (dkimpy, RSA-2048)     {sign_us:8.1f} us/message")
+        print(f"DKIM sign (OpenSSL, RSA-2048)    {sign_us:8.1f} us/message")
 
 
 if __name__ == "__main__":

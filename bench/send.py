@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/send.py [--n 50000] [--sample 2000] [--batch 500]
     .venv/bin/python bench/send.py --rss-check      # peak RSS at 10k vs 200k (subprocesses)
+    .venv/bin/python bench/send.py --dkim --runs 5 --connections --n 20000 --json
 
 Needs Postfix's ``smtp-sink`` and ``smtp-source`` (Debian: ``apt-get install -y
 postfix``; the binaries land in /usr/sbin).  Without them it says how to get
@@ -423,6 +424,161 @@ def rss_check(port: int, batch: int) -> None:
     )
 
 
+# ----------------------------------------------------------------- DKIM off vs on
+def dkim_keys(folder: Path) -> tuple[Path, Path]:
+    """A fresh RSA-2048 key and an Ed25519 key, as PEM files."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    plain, pem = serialization.NoEncryption(), serialization.Encoding.PEM
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    paths = folder / "dkim-rsa.pem", folder / "dkim-ed25519.pem"
+    keys = rsa.generate_private_key(public_exponent=65537, key_size=2048), (
+        ed25519.Ed25519PrivateKey.generate()
+    )
+    for path, key in zip(paths, keys, strict=True):
+        path.write_bytes(key.private_bytes(pem, pkcs8, plain))
+    return paths
+
+
+def dkim_pass(port: int, n: int, batch: int, rounds: int = 3) -> dict:
+    """The same broadcast sent with DKIM off, RSA on, and RSA + Ed25519 on, in one run.
+
+    The three are interleaved over *rounds* rounds of n/rounds recipients each,
+    and each keeps its best round, so load from other processes on a shared
+    machine hits all three alike.  CPU time per message (this process) is
+    printed too: it is what signing adds, whatever the machine's load.  The
+    bench settings carry no key, so ``signer=None`` is off.
+    """
+    from campaigns.dkim import DkimSigner
+
+    now = datetime.now(UTC)
+    work = Path(tempfile.mkdtemp(prefix="funnel-bench-dkim-"))
+    each = max(500, n // rounds)
+    rates: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    try:
+        rsa_key, ed_key = dkim_keys(work)
+        signers = {
+            "off": None,
+            "rsa-sha256": DkimSigner("bench", "clinic.example", rsa_key),
+            "rsa + ed25519": DkimSigner("bench", "clinic.example", rsa_key, ed_key),
+        }
+        for r in range(rounds):
+            for label, signer in signers.items():
+                folder = work / f"{label.replace(' ', '')}-{r}"
+                settings, db = make_broadcast(folder, each, port, batch, now)
+                clock = lambda: datetime.now(UTC)  # noqa: E731
+                relay = smtp.Relay(settings.relays[0])
+                c0, t0 = time.process_time(), time.perf_counter()
+                summary = sender.send_due(db, settings, clock, relay=relay, signer=signer)
+                wall, used = time.perf_counter() - t0, time.process_time() - c0
+                relay.close()
+                db.close()
+                shutil.rmtree(folder, ignore_errors=True)
+                assert summary.sent == each, summary.line()
+                rates[label] = max(rates.get(label, 0.0), each / wall)
+                cpu[label] = min(cpu.get(label, float("inf")), used / each)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"DKIM off vs on, {rounds} interleaved rounds of {each:,} recipients, one connection, "
+          "best round each:")  # fmt: skip
+    for label, rate in rates.items():
+        # The sender is CPU-bound, so its rate follows its CPU per message; on a shared
+        # machine that share is the steadier figure, and the target is judged on it.
+        share = cpu["off"] / cpu[label]
+        target = "" if label == "off" else (
+            f"; rate share {rate / rates['off']:.0%}, CPU share {share:.0%} of off "
+            f"(target >= 80%: {'met' if share >= 0.8 else 'MISSED'})"
+        )
+        print(f"  {label:<14}{rate:8,.0f} msg/s, {cpu[label] * 1e6:6.0f} µs CPU/msg{target}")
+    return {"dkim_off": rates["off"], "dkim_rsa": rates["rsa-sha256"],
+            "dkim_both": rates["rsa + ed25519"],
+            "dkim_on_cpu_share": cpu["off"] / cpu["rsa-sha256"],
+            "dkim_cpu_us": {k: round(v * 1e6) for k, v in cpu.items()}}  # fmt: skip
+
+
+# ----------------------------------------------------------------- series and connections
+def worker_pass(settings, n: int, connections: int) -> float:
+    """Msg/s of the real worker loop (``run_worker``) with *connections* senders, until
+    the queued broadcast is all sent."""
+    import threading
+
+    from campaigns.worker import run_worker
+
+    db = connect(settings.db)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            left = db.execute("SELECT COUNT(*) FROM outbox WHERE status != 'sent'").fetchone()[0]
+            if not left:
+                stop.set()
+            stop.wait(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    t0 = time.perf_counter()
+    watcher.start()
+    run_worker(settings, stop, clock=lambda: datetime.now(UTC), interval=0.02,
+               connections=connections)  # fmt: skip
+    wall = time.perf_counter() - t0
+    watcher.join()
+    sent = db.execute("SELECT COUNT(*) FROM outbox WHERE status = 'sent'").fetchone()[0]
+    db.close()
+    if sent != n:
+        raise SystemExit(f"worker with {connections} connection(s): {sent} of {n} sent")
+    return n / wall
+
+
+def series_pass(source_bin: str, port: int, n: int, batch: int, runs: int) -> list[dict]:
+    """*runs* consecutive runs, each: smtp-source's 1-session ceiling, then our worker."""
+    now = datetime.now(UTC)
+    out = []
+    for i in range(runs):
+        work = Path(tempfile.mkdtemp(prefix="funnel-bench-series-"))
+        try:
+            settings, db = make_broadcast(work, n, port, batch, now)
+            message = sample_message(db, settings, now)
+            db.close()
+            ceiling = source_ceiling(source_bin, port, message, max(10_000, n), 1)
+            rate = worker_pass(settings, n, 1)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        out.append({"run": i + 1, "rate": rate, "ceiling": ceiling, "share": rate / ceiling})
+        print(
+            f"  run {i + 1}: {rate:7,.0f} msg/s / ceiling {ceiling:7,.0f} msg/s = "
+            f"{rate / ceiling:.0%}", flush=True,
+        )  # fmt: skip
+    worst = min(r["share"] for r in out)
+    print(f"  worst run {worst:.0%} (target >= 50% in every run: {'met' if worst >= 0.5 else 'MISSED'})")
+    return out
+
+
+def connections_pass(source_bin: str, port: int, n: int, batch: int) -> list[dict]:
+    """The worker with 1, 2 and 4 connections against ``smtp-source -s N``, in one run."""
+    now = datetime.now(UTC)
+    out = []
+    for k in (1, 2, 4):
+        work = Path(tempfile.mkdtemp(prefix="funnel-bench-conn-"))
+        try:
+            settings, db = make_broadcast(work, n, port, batch, now)
+            message = sample_message(db, settings, now)
+            db.close()
+            ceiling = source_ceiling(source_bin, port, message, max(10_000, n), k)
+            rate = worker_pass(settings, n, k)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        out.append({"connections": k, "rate": rate, "ceiling": ceiling})
+    base = out[0]["rate"]
+    for r in out:
+        print(
+            f"  {r['connections']} connection(s): {r['rate']:7,.0f} msg/s ({r['rate'] / base:.2f}x "
+            f"of 1) vs smtp-source -s {r['connections']} {r['ceiling']:7,.0f} msg/s = "
+            f"{r['rate'] / r['ceiling']:.0%}"
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50_000, help="broadcast recipients (default 50k)")
@@ -434,6 +590,14 @@ def main() -> None:
     parser.add_argument(
         "--rss-check", action="store_true", help="peak RSS at 10k vs 200k recipients"
     )
+    parser.add_argument("--dkim", action="store_true", help="only: DKIM off vs on, one run")
+    parser.add_argument(
+        "--runs", type=int, default=0, help="only: N consecutive runs of the worker vs the ceiling"
+    )
+    parser.add_argument(
+        "--connections", action="store_true", help="only: 1, 2, 4 connections vs smtp-source -s N"
+    )
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of ratios")
     parser.add_argument("--rss-only", choices=("setup", "send"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -455,10 +619,32 @@ def main() -> None:
         if args.rss_check:
             rss_check(port, args.batch)
             return
+        if args.dkim or args.runs or args.connections:
+            extra_passes(tools[1], port, args)
+            return
         bench(tools[1], port, args)
     finally:
         sink.terminate()
         sink.wait()
+
+
+def extra_passes(source_bin: str, port: int, args) -> None:
+    """The issue-15 passes: DKIM off vs on, the N-run series, the connection scaling."""
+    summary: dict = {}
+    if args.dkim:
+        summary.update(dkim_pass(port, args.n, args.batch))
+    if args.runs:
+        print(f"{args.runs} consecutive runs, {args.n:,} recipients, `funnel worker`, 1 connection:")
+        runs = series_pass(source_bin, port, args.n, args.batch, args.runs)
+        summary["send_share_worst"] = min(r["share"] for r in runs)
+        summary["send_shares"] = [round(r["share"], 3) for r in runs]
+    if args.connections:
+        print(f"connections, {args.n:,} recipients each, `funnel worker --connections N`:")
+        scaling = connections_pass(source_bin, port, args.n, args.batch)
+        summary["send_scaling"] = {r["connections"]: round(r["rate"] / scaling[0]["rate"], 2)
+                                   for r in scaling}  # fmt: skip
+    if args.json:
+        print(json.dumps({"bench": "send", **summary}))
 
 
 def bench(source_bin: str, port: int, args) -> None:

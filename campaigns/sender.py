@@ -136,7 +136,10 @@ def signer_for(settings: Settings):
         return None
     from .dkim import DkimSigner
 
-    return DkimSigner(settings.dkim_selector, settings.dkim_domain, settings.dkim_key_file)
+    return DkimSigner(
+        settings.dkim_selector, settings.dkim_domain, settings.dkim_key_file,
+        settings.dkim_ed25519_key_file,
+    )  # fmt: skip
 
 
 def config_fingerprint(settings: Settings) -> str:

@@ -14,9 +14,12 @@ and several workers may run at once.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 
 from funnel import clock as clocks
@@ -142,19 +145,37 @@ def run_worker(
     *,
     relay=None,
     on_error: Callable[[FunnelError], None] | None = None,
+    connections: int = 1,
 ) -> int:
     """Loop tick + send until ``stop`` is set; returns the number of iterations.
 
     ``on_summary(tick_dict, send_summary)`` is called after each iteration.
     A FunnelError in one iteration (a locked database, a broken series file)
     is reported through ``on_error`` and the loop carries on; bugs propagate.
-    """
-    db = connect(settings.db, migrate=True)
-    pool = relay
-    if pool is None:
-        from .smtp import RelayPool
 
-        pool = RelayPool.from_configs(settings.relays)
+    ``connections`` > 1 forks that many minus one sender processes, each with
+    its own database connection and its own relay connection(s); each claims
+    its own batches under its own lease, exactly as separate workers do, so no
+    row is sent twice, and a sender killed mid-batch is recovered like any
+    dead worker.  Processes, not threads: building a message is Python work,
+    and threads would share one core under the GIL.  A relay's per-second
+    rate is split between the senders.  They stop after their current batch
+    when this loop stops, or when they find this process gone.
+    """
+    connect(settings.db, migrate=True).close()  # migrated before any sender starts
+    halt = multiprocessing.get_context("fork").Event()
+    helpers = [
+        multiprocessing.get_context("fork").Process(
+            target=_send_process, name=f"funnel-sender-{i}",
+            args=(settings, halt, clock, interval, on_summary, on_error, connections,
+                  os.getpid()),
+        )
+        for i in range(1, connections)
+    ]  # fmt: skip
+    for process in helpers:  # forked before this process opens the database
+        process.start()
+    db = connect(settings.db)
+    pool = relay if relay is not None else _pool(settings, connections)
     loops = 0
     try:
         while not stop.is_set():
@@ -171,7 +192,50 @@ def run_worker(
                     on_summary(t, summary)
             stop.wait(interval)
     finally:
+        halt.set()
+        for process in helpers:
+            process.join()
         if relay is None:
             pool.close()
         db.close()
     return loops
+
+
+def _pool(settings: Settings, connections: int):
+    """A relay pool for one of ``connections`` senders: per-second rates split evenly."""
+    from .smtp import RelayPool
+
+    configs = [
+        replace(c, rate_per_second=c.rate_per_second / connections) for c in settings.relays
+    ]
+    return RelayPool.from_configs(configs)
+
+
+def _send_process(settings, halt, clock, interval, on_summary, on_error, connections,
+                  parent: int) -> None:  # fmt: skip
+    """One extra sender of ``run_worker``: send what is due, batch by batch, until told
+    to stop (``halt``, or SIGTERM) or until the worker that forked it is gone."""
+    stopping: list[int] = []
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which halts us
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    db = connect(settings.db)
+    pool = _pool(settings, connections)
+    try:
+        while not (halt.is_set() or stopping or os.getppid() != parent):
+            try:
+                summary = sender.send_due(
+                    db, settings, clock, relay=pool, limit=settings.batch_size
+                )
+            except FunnelError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+                halt.wait(interval)
+                continue
+            if on_summary and summary.claimed:
+                on_summary(Tick().as_dict(), summary)
+            if summary.claimed < settings.batch_size or summary.blocked:
+                halt.wait(interval)
+    finally:
+        pool.close()
+        db.close()

@@ -10,6 +10,7 @@ Every problem is reported as one sentence naming the setting, e.g.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import json
 import os
@@ -122,6 +123,13 @@ def parse_smtp_url(url: str, setting: str = "FUNNEL_SMTP_URL") -> RelayConfig:
     )
 
 
+@functools.lru_cache(maxsize=512)
+def _zone(name: str) -> ZoneInfo:
+    """ZoneInfo keeps only 8 zones strongly; a list in 20 zones would reread the
+    tz files from disk for most readers without this cache."""
+    return ZoneInfo(name)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable.  Field names match the ``funnel.toml`` keys."""
@@ -174,6 +182,8 @@ class Settings:
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_key_file: str = ""
+    # A second, Ed25519 signature (RFC 8463) next to the RSA one, when set.
+    dkim_ed25519_key_file: str = ""
     # Web.
     signup_rate_per_minute: int = 30
     min_form_seconds: float = 2.0
@@ -228,7 +238,7 @@ class Settings:
         """A reader's zone; the clinic's when unknown (or, defensively, invalid)."""
         if name:
             try:
-                return ZoneInfo(name)
+                return _zone(name)
             except (ZoneInfoNotFoundError, ValueError):
                 pass
         return self.zone
@@ -499,6 +509,11 @@ def _checked_urls(s: Settings) -> Settings:
         raise SettingsError(
             f"FUNNEL_PROGRAMME_SERIES: {s.programme_series!r} is not a series slug "
             "(lower-case letters, digits and hyphens)"
+        )
+    if s.dkim_ed25519_key_file and not s.dkim_key_file:
+        raise SettingsError(
+            "FUNNEL_DKIM_ED25519_KEY_FILE: an Ed25519 signature goes next to the RSA one; "
+            "set FUNNEL_DKIM_KEY_FILE too"
         )
     if s.dkim_key_file and not (s.dkim_selector and s.dkim_domain):
         raise SettingsError("FUNNEL_DKIM_SELECTOR: DKIM needs a selector and a domain with the key file")

