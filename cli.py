@@ -1381,6 +1381,9 @@ def up_cmd(app: App, port: int, smtp_port: int | None, no_devmail: bool) -> None
         click.echo("  worker      sends due mail every second")
         if demo is not None:
             click.echo(f"  webinar     {site}/w/{demo.slug}  (the demo Spine Health Webinar)")
+        click.echo(f"  appointment {site}/appointment  (the request form the appointment buttons open)")
+        if s.admin_enabled:
+            click.echo(f"  admin       {site}/admin/  (first user: funnel admin add-user EMAIL)")
         if s.base_url.rstrip("/") != site:
             click.echo(f"  links in emails point to {s.base_url} (FUNNEL_BASE_URL)")
         if not s.dev:
