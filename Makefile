@@ -30,7 +30,7 @@ lint: $(STAMP)
 
 ## bench: the performance scripts (bench/README.md); send needs Debian's postfix (smtp-sink/smtp-source)
 bench: $(STAMP)
-	@for script in bench/render.py bench/mime.py bench/import.py bench/send.py bench/signup.py; do \
+	@for script in bench/render.py bench/mime.py bench/import.py bench/send.py bench/signup.py bench/admin_search.py; do \
 		if [ -f $$script ]; then echo "== $$script"; $(BIN)/python $$script || exit 1; fi; \
 	done
 

@@ -61,7 +61,7 @@ from funnel.errors import FunnelError, RowsRejected
 from funnel.outbox import due_count
 from funnel.settings import Settings, config_path, load_settings, redact, write_dev_config
 from funnel.validate import zone_name
-from subscribers import lifecycle, segments
+from subscribers import admins, lifecycle, segments
 from subscribers.bounces import process_paths
 from subscribers.io import add, erase, export_records, import_csv, write_export
 from subscribers.optin import confirm
@@ -1833,6 +1833,106 @@ def appointments_webhook_secret(app: App) -> None:
       funnel appointments webhook-secret
     """
     click.echo(appointments.webhook_secret(app.settings))
+
+
+# --- admin console users ---
+def _new_password() -> str:
+    return click.prompt("Password (12 characters or more)", hide_input=True,
+                        confirmation_prompt="Repeat the password")
+
+
+@main.group("admin", cls=FunnelGroup)
+def admin_group() -> None:
+    """Users of the web admin console at /admin.
+
+    \b
+    Example:
+      funnel admin add-user manager@clinic.example
+      funnel admin totp-setup manager@clinic.example --qr totp.svg
+    """
+
+
+@admin_group.command("add-user")
+@click.argument("email")
+@run
+def admin_add_user(app: App, email: str) -> None:
+    """Create a console user; asks for the password twice (nothing is shown).
+
+    The password needs 12 characters or more and must not be a common one.
+
+    \b
+    Example:
+      funnel admin add-user manager@clinic.example
+    """
+    user = admins.add_user(app.db, email, _new_password(), app.now())
+    click.echo(f"{user.email}: admin user created; sign in at {app.settings.url('/admin/')}")
+
+
+@admin_group.command("list-users")
+@run
+def admin_list_users(app: App) -> None:
+    """Console users: second factor on or off, disabled, open sessions.
+
+    \b
+    Example:
+      funnel admin list-users
+    """
+    for u in admins.list_users(app.db):
+        state = f"disabled {u['disabled_at'][:10]}" if u["disabled_at"] else "active"
+        click.echo(f"{u['email']}\t{state}\ttotp {'on' if u['totp'] else 'off'}\t"
+                   f"{u['sessions']} session(s)")
+
+
+@admin_group.command("disable-user")
+@click.argument("email")
+@run
+def admin_disable_user(app: App, email: str) -> None:
+    """Lock a user out and end their sessions (reset-password lets them back in).
+
+    \b
+    Example:
+      funnel admin disable-user old.manager@clinic.example
+    """
+    admins.disable_user(app.db, email, app.now())
+    click.echo(f"{email}: disabled; their sessions have ended")
+
+
+@admin_group.command("reset-password")
+@click.argument("email")
+@run
+def admin_reset_password(app: App, email: str) -> None:
+    """Set a new password (asked twice, not shown); ends the user's sessions.
+
+    \b
+    Example:
+      funnel admin reset-password manager@clinic.example
+    """
+    admins.reset_password(app.db, email, _new_password(), app.now())
+    click.echo(f"{email}: password changed; their sessions have ended")
+
+
+@admin_group.command("totp-setup")
+@click.argument("email")
+@click.option("--qr", "qr_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the QR code to scan as an SVG file.")
+@run
+def admin_totp_setup(app: App, email: str, qr_out: Path | None) -> None:
+    """Give a user a new second factor (TOTP); prints the key to type into an app.
+
+    Scan the QR code (--qr) or type the key into an authenticator app; from
+    then on the console asks for its 6-digit code at every sign-in.
+
+    \b
+    Example:
+      funnel admin totp-setup manager@clinic.example --qr /tmp/totp.svg
+    """
+    import segno
+
+    secret = admins.totp_setup(app.db, email, app.now())
+    click.echo(f"{email}: second factor key {secret}")
+    if qr_out is not None:
+        segno.make(admins.totp_uri(secret, email), error="m").save(str(qr_out), kind="svg", scale=4)
+        echo_err(f"wrote {qr_out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

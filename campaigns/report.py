@@ -214,7 +214,8 @@ def render_text(report: Report) -> str:
 _COLORS = {"signup": "#1d6f6b", "series": "#3b8f88", "webinar": "#c2673a", "appointment": "#7a4f9a"}
 
 
-def _svg(report: Report) -> str:
+def chart_svg(report: Report) -> str:
+    """The funnel as an inline SVG bar chart (the report page and the admin dashboard)."""
     bar_h, gap, label_w, chart_w = 26, 10, 300, 500
     rows = report.rows()
     height = len(rows) * (bar_h + gap) + gap
@@ -283,7 +284,7 @@ th {{ background: #eef3f2; }}
 <span><i style="background:{_COLORS["series"]}"></i>Email series</span>
 <span><i style="background:{_COLORS["webinar"]}"></i>Webinar</span>
 <span><i style="background:{_COLORS["appointment"]}"></i>Appointment</span></p>
-{_svg(report)}
+{chart_svg(report)}
 <table>
 <thead><tr><th>Step</th><th>People</th><th>Of previous</th><th>Of signups</th></tr></thead>
 <tbody>{table_rows}</tbody>
@@ -295,4 +296,4 @@ th {{ background: #eef3f2; }}
 """
 
 
-__all__ = ["Report", "Step", "compute", "render_html", "render_text"]
+__all__ = ["Report", "Step", "chart_svg", "compute", "render_html", "render_text"]

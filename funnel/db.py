@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -69,6 +70,7 @@ EVENT_KINDS = (
     "no_show",
     "registration_cancelled",
     "clicked_offer",
+    "admin",  # an admin's action (web/admin, the audit log): who, what, target, IP in data
 )
 
 
@@ -758,5 +760,76 @@ def m0018_appointments(db: sqlite_utils.Database) -> None:
         );
         CREATE INDEX appointment_webhooks_due ON appointment_webhooks(next_attempt_at)
             WHERE status = 'pending';
+        """
+    )
+
+
+# --- admin console (issue 13) ---
+def _widen_event_kinds(db: sqlite_utils.Database) -> None:
+    """Rebuild ``events`` so its CHECK allows every kind in EVENT_KINDS.
+
+    SQLite cannot alter a CHECK constraint; the table is copied into a new one
+    with the same columns and indexes.  Later migrations that add event kinds
+    call this again (it reads the current definition, so added columns stay).
+    """
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()[0]
+    wanted = _check("kind", EVENT_KINDS)
+    new_sql, n = re.subn(r"CHECK \(kind IN \([^)]*\)\)", wanted, sql, count=1)
+    if n != 1 or new_sql == sql:
+        return
+    indexes = [r[0] for r in db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND sql IS NOT NULL"
+    ).fetchall()]
+    db.execute(new_sql.replace("CREATE TABLE events", "CREATE TABLE events_widened", 1))
+    db.execute("INSERT INTO events_widened SELECT * FROM events")
+    db.execute("DROP TABLE events")
+    db.execute("ALTER TABLE events_widened RENAME TO events")
+    for index in indexes:
+        db.execute(index)
+
+
+@migrations(name="0021_admin")
+def m0021_admin(db: sqlite_utils.Database) -> None:
+    """The admin console: users, server-side sessions, the login throttle.
+
+    ``admin_sessions`` stores a hash of each session id, never the id itself;
+    ``stage`` is 'totp' or 'enrol' between the password and the second factor.
+    ``admin_throttle`` counts failed logins per key ('account:<email>' or
+    'ip:<address>'), known accounts and unknown ones alike.  The events log
+    gains the 'admin' kind for the audit trail.
+    """
+    _widen_event_kinds(db)
+    db.executescript(
+        """
+        CREATE TABLE admin_users (
+            id INTEGER PRIMARY KEY,
+            email TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            password_hash TEXT NOT NULL,
+            totp_secret TEXT,                  -- base32; NULL = no second factor
+            totp_last_step INTEGER,            -- the last TOTP time step used (no replays)
+            disabled_at TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE admin_sessions (
+            id_hash TEXT PRIMARY KEY,          -- sha256 of the cookie value
+            user_id INTEGER NOT NULL REFERENCES admin_users(id) ON DELETE CASCADE,
+            stage TEXT NOT NULL CHECK (stage IN ('active', 'totp', 'enrol')),
+            pending_totp TEXT,                 -- the secret offered on the enrol page
+            created_at TEXT NOT NULL,
+            last_seen_at TEXT NOT NULL,
+            ip TEXT NOT NULL DEFAULT '',
+            last_ip TEXT NOT NULL DEFAULT '',
+            user_agent TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX admin_sessions_user ON admin_sessions(user_id);
+        CREATE TABLE admin_throttle (
+            key TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL DEFAULT 0,
+            first_at TEXT NOT NULL,
+            locked_until TEXT
+        );
+        CREATE INDEX subscribers_name_nocase ON subscribers(name COLLATE NOCASE);
+        CREATE INDEX subscribers_email_nocase ON subscribers(email COLLATE NOCASE);
         """
     )

@@ -201,6 +201,12 @@ class Settings:
     # derived from the first secret key (`funnel appointments webhook-secret`).
     appointment_webhook_url: str = field(default="", repr=False)
     appointment_webhook_secret: str = field(default="", repr=False)
+    # Admin console (/admin, web/admin/).  admin_allowed_ips: addresses or
+    # networks (CIDR) that may open it; empty = any.  admin_require_totp makes
+    # the second factor mandatory: a user without one is sent to enrol.
+    admin_enabled: bool = True
+    admin_allowed_ips: tuple[str, ...] = ()
+    admin_require_totp: bool = False
 
     # ----------------------------------------------------------------- derived
     @property
@@ -439,6 +445,13 @@ def _check_numbers(s: Settings) -> None:
     for name in ("quiet_start_hour", "quiet_end_hour"):
         if not 0 <= getattr(s, name) <= 23:
             raise SettingsError(f"{_env(name)}: must be an hour from 0 to 23")
+    for net in s.admin_allowed_ips:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise SettingsError(
+                f"FUNNEL_ADMIN_ALLOWED_IPS: {net!r} is not an IP address or network (e.g. 10.0.0.0/8)"
+            ) from exc
 
 
 def _check_appointments(s: Settings) -> None:
@@ -519,6 +532,27 @@ def load_settings(
     return _validate(Settings(**values), require_secret=require_secret)
 
 
+#: Fields shown only as "set" / "not set" wherever settings are displayed.
+SECRET_FIELDS = ("secret_keys",)
+
+
+def effective(s: Settings) -> list[tuple[str, str, str]]:
+    """(funnel.toml key, environment variable, value) for every setting, secrets hidden:
+    the signing keys only as a count, passwords in relay URLs masked by :func:`redact`."""
+    aliases = {v: k for k, v in TOML_ALIASES.items()}
+    rows = []
+    for f in dataclasses.fields(Settings):
+        value = getattr(s, f.name)
+        if f.name in SECRET_FIELDS:
+            shown = f"{len(value)} key(s) set" if value else "not set"
+        elif isinstance(value, tuple):
+            shown = redact(", ".join(str(v) for v in value))
+        else:
+            shown = redact(str(value))
+        rows.append((aliases.get(f.name, f.name), _env(f.name), shown))
+    return rows
+
+
 DEV_CONFIG = """\
 # Written by `funnel init --dev` (`make up` runs it) for trying funnel on this
 # machine: dev mode uses a public signing key and sends every message to the
@@ -573,5 +607,6 @@ __all__ = [
     "redact",
     "test_settings",
     "DEV_SECRET_KEY",
+    "effective",
     "write_dev_config",
 ]

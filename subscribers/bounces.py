@@ -63,7 +63,7 @@ from funnel.errors import InputError, TokenError, TransitionError
 from funnel.policy import policy
 from funnel.settings import Settings
 
-from . import lifecycle, preferences, tokens
+from . import admins, lifecycle, preferences, tokens
 
 WEIGHTS = policy().bounce_weights  # [bounces] in funnel/policy.toml: hard 1.0, soft 0.5
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -566,3 +566,22 @@ def _process_report(db, settings: Settings, data: bytes, now: datetime,
         report.processed += 1
         report.kinds[parsed.kind] += 1
         report.suppressed += result.suppressed is not None
+
+
+# ----------------------------------------------------------------- admin
+def unsuppress(db, email: str, reason: str, actor: str, now: datetime, *,
+               ip: str | None = None) -> lifecycle.Subscriber:
+    """Take a bounced address off the suppression list once it is fixed (a full
+    mailbox emptied, a typo corrected by the reader).  ``reason`` is required
+    and is written to the audit log with ``actor``; complaints stay suppressed."""
+    reason = " ".join((reason or "").split())
+    if not reason:
+        raise InputError("reason: say why the address can be mailed again (e.g. 'mailbox fixed')")
+    if len(reason) > 300:
+        raise InputError("reason: at most 300 characters")
+    with transaction(db):
+        sub = lifecycle.get_by_email(db, email)
+        restored = lifecycle.restore_bounced(db, sub.id, now, detail=reason)
+        admins.audit(db, actor, "unsuppress", f"subscriber {sub.id}", now, detail=reason, ip=ip,
+                     subscriber_id=sub.id)
+    return restored

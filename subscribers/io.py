@@ -132,6 +132,43 @@ def import_csv(
     return report
 
 
+@dataclass
+class Preview:
+    """What an import would do, read without storing anything."""
+
+    path: str
+    rows: list[dict] = field(default_factory=list)  # the first good rows, cleaned
+    good: int = 0
+    problems: list[str] = field(default_factory=list)  # file:line: reason, as the import reports them
+
+
+def preview_csv(path: Path, *, first: int = 10, default_source: str = "import",
+                shown_name: str | None = None) -> Preview:
+    """Check every row as :func:`import_csv` would (same ``file:line`` messages, same
+    encoding and header errors) and keep the first ``first`` good rows; stores nothing.
+
+    ``shown_name`` replaces the path in the messages (an upload's own file name).
+    """
+    path = Path(path)
+    shown = shown_name or str(path)
+    report = Preview(shown)
+    seen: dict[str, int] = {}
+    try:
+        for line, row in _rows(path):
+            try:
+                email, _, name, tz, source = _clean_row(row, line, seen, default_source)
+            except InputError as exc:
+                report.problems.append(f"{shown}:{line}: {exc}")
+                continue
+            report.good += 1
+            if len(report.rows) < first:
+                report.rows.append({"line": line, "email": email, "name": name, "timezone": tz or "",
+                                    "source": source})
+    except InputError as exc:
+        raise InputError(str(exc).replace(str(path), shown, 1)) from exc
+    return report
+
+
 def _clean_row(row: dict[str, str], line: int, seen: dict[str, int],
                default_source: str) -> tuple[str, str, str, str | None, str]:
     """(email, hash, name, timezone, source) of one CSV row, or InputError saying why not."""

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
 from funnel.db import iso, log_event, transaction
-from funnel.errors import NotFound, TransitionError
+from funnel.errors import InputError, NotFound, TransitionError
+from funnel.validate import check_header_text, check_visible, zone_name
 
 #: status -> the statuses it may move to.
 ALLOWED: dict[str, frozenset[str]] = {
@@ -39,6 +41,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 #: Statuses that put the address on the suppression list.
 SUPPRESSING = {"bounced": "bounced", "complained": "complained", "erased": "erased"}
 STREAM_STATES = ("subscribed", "paused", "unsubscribed")
+MAX_NAME = 100
 
 _WHY = {
     ("unsubscribed", "active"): "they unsubscribed and must opt in again before they can be active",
@@ -350,3 +353,101 @@ def listing(db, *, status: str | None = None, limit: int = 50) -> list[dict]:
     sql += " ORDER BY id DESC LIMIT ?"
     params.append(limit)
     return list(db.query(sql, params))
+
+
+# ----------------------------------------------------------------- details
+def clean_name(raw: str | None, field: str = "name") -> str:
+    """A display name: no line breaks or control characters, at most 100 characters.
+
+    Encoded newlines (``=?utf-8?q?=0A?=``) are caught later by the header
+    function too; rejecting them here keeps them out of the database.
+    """
+    name = (raw or "").strip()
+    if len(name) > MAX_NAME:
+        raise InputError(f"{field}: the name is longer than {MAX_NAME} characters")
+    # isprintable() is a fast C check that is False for every control character;
+    # only then look closer (it is also False for harmless format characters).
+    if not name.isprintable() and any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+        raise InputError(f"{field}: the name contains a line break or control character")
+    lowered = name.lower()
+    if "=?" in lowered and "?=" in lowered and ("=0a" in lowered or "=0d" in lowered or "=00" in lowered):
+        raise InputError(f"{field}: the name contains an encoded line break")
+    if "%0a" in lowered or "%0d" in lowered:
+        raise InputError(f"{field}: the name contains an encoded line break")
+    try:
+        # The header rules themselves (base64 encoded words, nesting, ...), so a
+        # name that could never be sent is refused now, not at send time.
+        check_header_text(name, field)
+    except InputError as exc:
+        raise InputError(f"{field}: the name contains an encoded line break or control character") from exc
+    check_visible(name, field)
+    return " ".join(name.split())
+
+
+def clean_timezone(raw: str | None, field: str = "timezone") -> str | None:
+    tz = (raw or "").strip()
+    if not tz:
+        return None
+    return zone_name(tz, field)
+
+
+def edit_profile(db, email: str, name: str | None = None, tz: str | None = None, *,
+                 now: datetime) -> Subscriber:
+    """Change a person's name and/or time zone (None = leave as is; tz '' = the clinic's).
+
+    Details, not state: the same columns the preferences page changes.  A new
+    zone makes waiting series steps due now, so the next scheduler pass
+    re-times them in it.
+    """
+    fields = {}
+    if name is not None:
+        fields["name"] = clean_name(name)
+    if tz is not None:
+        fields["timezone"] = clean_timezone(tz)
+    with transaction(db):
+        sub = get_by_email(db, email)
+        if sub.status == "erased":
+            raise InputError(f"email: {email!r} was erased")
+        changed = {k: v for k, v in fields.items() if getattr(sub, k) != v}
+        if not changed:
+            return sub
+        sets = ", ".join(f"{k} = ?" for k in changed)
+        db.execute(f"UPDATE subscribers SET {sets}, updated_at = ? WHERE id = ?",
+                   (*changed.values(), iso(now), sub.id))
+        log_event(db, "preferences", now, sub.id, "details", json.dumps({"changed": sorted(changed)}))
+        if "timezone" in changed:
+            db.execute(
+                "UPDATE enrollments SET next_due_at = ?, updated_at = ? "
+                "WHERE subscriber_id = ? AND status = 'active' AND next_due_at > ?",
+                (iso(now), iso(now), sub.id, iso(now)),
+            )
+    return get(db, sub.id)
+
+
+def restore_bounced(db, subscriber_id: int, now: datetime, *, detail: str = "") -> Subscriber:
+    """Take a bounced person off the suppression list after the address was fixed.
+
+    ``bounced`` -> ``active``, the bounce score is reset, and the streams the
+    bounce switched off are switched on again (those it changed at that very
+    moment).  Only for ``bounced``: a complaint or an erase is never undone here.
+    """
+    with transaction(db):
+        sub = get(db, subscriber_id)
+        if sub.status != "bounced":
+            raise TransitionError(f"subscriber {subscriber_id} is {sub.status}, not bounced; "
+                                  "only a bounced address can be taken off the suppression list.")
+        row = db.execute("SELECT at FROM events WHERE subscriber_id = ? AND kind = 'bounced' "
+                         "ORDER BY id DESC LIMIT 1", (subscriber_id,)).fetchone()
+        db.execute("UPDATE subscribers SET status = 'active', bounce_score = 0, last_bounce_at = NULL, "
+                   "updated_at = ? WHERE id = ?", (iso(now), subscriber_id))
+        db.execute("DELETE FROM suppressions WHERE reason = 'bounced' AND email_hash = "
+                   "(SELECT email_hash FROM subscribers WHERE id = ?)", (subscriber_id,))
+        if row is not None:
+            db.execute(
+                "UPDATE subscriptions SET status = 'subscribed', paused_until = NULL, updated_at = ? "
+                "WHERE subscriber_id = ? AND status = 'unsubscribed' AND updated_at = ?",
+                (iso(now), subscriber_id, row[0]),
+            )
+        log_event(db, "resubscribed", now, subscriber_id, "unsuppressed",
+                  json.dumps({"detail": detail}) if detail else None)
+    return get(db, subscriber_id)

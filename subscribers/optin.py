@@ -37,11 +37,10 @@ from funnel import outbox
 from funnel.db import iso, log_event, parse_iso, transaction
 from funnel.errors import InputError, TokenError
 from funnel.settings import Settings
-from funnel.validate import check_header_text, check_visible, zone_name
 
 from . import lifecycle, tokens
+from .lifecycle import MAX_NAME, clean_name, clean_timezone  # noqa: F401 (callers use optin.*)
 
-MAX_NAME = 100
 MAX_SOURCE = 100
 
 
@@ -91,41 +90,6 @@ def clean_email(raw: str, field: str = "email") -> str:
         return validate_email(raw, check_deliverability=False).normalized
     except EmailNotValidError as exc:
         raise InputError(f"{field}: {raw!r} is not a valid email address ({exc})") from exc
-
-
-def clean_name(raw: str | None, field: str = "name") -> str:
-    """A display name: no line breaks or control characters, at most 100 characters.
-
-    Encoded newlines (``=?utf-8?q?=0A?=``) are caught later by the header
-    function too; rejecting them here keeps them out of the database.
-    """
-    name = (raw or "").strip()
-    if len(name) > MAX_NAME:
-        raise InputError(f"{field}: the name is longer than {MAX_NAME} characters")
-    # isprintable() is a fast C check that is False for every control character;
-    # only then look closer (it is also False for harmless format characters).
-    if not name.isprintable() and any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
-        raise InputError(f"{field}: the name contains a line break or control character")
-    lowered = name.lower()
-    if "=?" in lowered and "?=" in lowered and ("=0a" in lowered or "=0d" in lowered or "=00" in lowered):
-        raise InputError(f"{field}: the name contains an encoded line break")
-    if "%0a" in lowered or "%0d" in lowered:
-        raise InputError(f"{field}: the name contains an encoded line break")
-    try:
-        # The header rules themselves (base64 encoded words, nesting, ...), so a
-        # name that could never be sent is refused now, not at send time.
-        check_header_text(name, field)
-    except InputError as exc:
-        raise InputError(f"{field}: the name contains an encoded line break or control character") from exc
-    check_visible(name, field)
-    return " ".join(name.split())
-
-
-def clean_timezone(raw: str | None, field: str = "timezone") -> str | None:
-    tz = (raw or "").strip()
-    if not tz:
-        return None
-    return zone_name(tz, field)
 
 
 def clean_source(raw: str | None, field: str = "source") -> str:

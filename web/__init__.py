@@ -6,6 +6,7 @@
   browser, /healthz and the dev inbox.
 * :mod:`web.webinars`: webinar registration and the offer link.
 * :mod:`web.appointments`: the appointment request page and its snippet.
+* :mod:`web.admin`: the admin console under /admin (off with ``admin_enabled = false``).
 * :mod:`web.serve`: the waitress server, ``funnel serve``, ``funnel up``'s dev
   stack and the worker loop.
 
@@ -25,6 +26,7 @@ from funnel.db import connect
 from funnel.settings import Settings
 
 from . import appointments, common, pages, webinars
+from .admin import admin_bp
 
 
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = clocks.now) -> Flask:
@@ -50,6 +52,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = clocks.now
     app.register_blueprint(pages.bp)
     app.register_blueprint(webinars.bp)
     app.register_blueprint(appointments.bp)
+    if settings.admin_enabled:
+        app.register_blueprint(admin_bp)
     return app
 
 

@@ -1,0 +1,83 @@
+"""What the admin dashboard shows: activity over 7 and 30 days, outbox health, the funnel.
+
+Counts come from the event log (one indexed range per kind, ``events(kind, at)``)
+and the outbox ledger; nothing here writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from funnel.db import iso
+from funnel.settings import Settings
+
+from .report import Report, compute
+
+#: (label, event kind) counted on the dashboard.
+ACTIVITY = (
+    ("Signups", "subscribed"),
+    ("Confirmations", "confirmed"),
+    ("Sends", "sent"),
+    ("Bounces", "bounced"),
+    ("Complaints", "complained"),
+    ("Offer clicks", "clicked_offer"),
+)
+PERIODS = (7, 30)
+
+
+@dataclass(frozen=True)
+class RelayHealth:
+    relay: str
+    queued: int
+    held: int
+    retrying: int
+    failed: int
+    parked: int
+
+
+@dataclass(frozen=True)
+class Overview:
+    activity: list[tuple[str, dict[int, int]]]  # (label, {days: count})
+    outbox: list[RelayHealth]
+    funnel: Report
+
+
+def activity(db, now: datetime) -> list[tuple[str, dict[int, int]]]:
+    out = []
+    for label, kind in ACTIVITY:
+        counts = {}
+        for days in PERIODS:
+            counts[days] = db.execute(
+                "SELECT COUNT(*) FROM events WHERE kind = ? AND at >= ? AND at <= ?",
+                (kind, iso(now - timedelta(days=days)), iso(now)),
+            ).fetchone()[0]
+        out.append((label, counts))
+    return out
+
+
+def outbox_health(db, now: datetime) -> list[RelayHealth]:
+    """Per relay: waiting (queued, held by a setting), retrying, and the last 30 days'
+    failures and parked rows (failed after crashing the sender ``crash_limit`` times)."""
+    since = iso(now - timedelta(days=30))
+    rows = db.execute(
+        "SELECT COALESCE(relay, 'not tried yet'), "
+        "SUM(status = 'queued' AND held_config IS NULL), "
+        "SUM(status = 'queued' AND held_config IS NOT NULL), "
+        "SUM(status = 'retry'), "
+        "SUM(status = 'failed' AND updated_at >= ? AND COALESCE(last_error, '') NOT LIKE 'parked:%'), "
+        "SUM(status = 'failed' AND updated_at >= ? AND last_error LIKE 'parked:%') "
+        "FROM outbox WHERE status IN ('queued', 'retry') OR (status = 'failed' AND updated_at >= ?) "
+        "GROUP BY 1 ORDER BY 1",
+        (since, since, since),
+    ).fetchall()
+    return [RelayHealth(r[0], *(int(v or 0) for v in r[1:])) for r in rows]
+
+
+def overview(db, settings: Settings, now: datetime) -> Overview:
+    first = (now - timedelta(days=30)).astimezone(settings.zone).date()
+    return Overview(activity(db, now), outbox_health(db, now),
+                    compute(db, settings, since=first, now=now))
+
+
+__all__ = ["Overview", "RelayHealth", "activity", "outbox_health", "overview"]
