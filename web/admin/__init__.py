@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from . import auth, common, config, dashboard, people
+from . import appointments, auth, common, config, dashboard, people
 
 admin_bp = Blueprint("admin", __name__, url_prefix="/admin")
 admin_bp.before_request(common.guard)
@@ -25,5 +25,6 @@ admin_bp.register_blueprint(auth.bp)
 admin_bp.register_blueprint(dashboard.bp)
 admin_bp.register_blueprint(people.bp)
 admin_bp.register_blueprint(config.bp)
+admin_bp.register_blueprint(appointments.bp)
 
 __all__ = ["admin_bp"]
