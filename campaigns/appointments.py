@@ -330,6 +330,8 @@ def mark_seen(
     request already has ``status`` nothing changes and ``changed`` is False;
     when it moved on to another status since, TransitionError says so.
     """
+    if seen not in APPOINTMENT_STATES:
+        raise InputError(f"seen: {seen!r} is not one of {', '.join(APPOINTMENT_STATES)}; reload the page")
     return _mark(db, appointment_id, status, now, note, seen=seen)
 
 

@@ -28,7 +28,7 @@ from browser_support import ARTIFACTS, chromium, live, zone  # noqa: F401 (fixtu
 
 from campaigns import appointments
 from funnel.db import utcnow
-from funnel.errors import TransitionError
+from funnel.errors import InputError, TransitionError
 from subscribers import admins
 
 GOOD = {
@@ -170,6 +170,8 @@ def test_mark_seen_applies_once(db, settings, clock):
     assert changed is False and len(again.notes) == 1
     with pytest.raises(TransitionError, match="became contacted"):
         appointments.mark_seen(db, a.id, "new", "closed", clock())
+    with pytest.raises(InputError, match="seen: ''"):
+        appointments.mark_seen(db, a.id, "", "contacted", clock())
 
 
 # ----------------------------------------------------------------- guard
