@@ -389,6 +389,7 @@ class Detail:
     appointment: Appointment
     sources: list[tuple[str, str]]
     next_statuses: tuple[str, ...]
+    consent_text: str  # the contact-consent sentence the reader agreed to
 
 
 def age(created_at: datetime, now: datetime) -> str:
@@ -466,7 +467,8 @@ def inbox(db, *, status: str | None = None, before: int | None = None, limit: in
 
 def detail(db, appointment_id: int) -> Detail:
     a = get_request(db, appointment_id)
-    return Detail(a, sources(a, _names(db, [a])), ALLOWED[a.status])
+    consent = db.execute("SELECT consent_text FROM appointments WHERE id = ?", (a.id,)).fetchone()[0]
+    return Detail(a, sources(a, _names(db, [a])), ALLOWED[a.status], consent)
 
 
 def recent_counts(db, now: datetime, periods: tuple[int, ...]) -> tuple[dict[int, int], int]:

@@ -111,6 +111,7 @@ def test_mark_booked_changes_the_db_and_writes_an_audit_event(signed_in, db, set
     page = signed_in.get(f"/admin/appointments/{a.id}").get_data(as_text=True)
     assert "Stiff lower back after long drives." in page and "+44 (0)7700 900123" in page
     assert "importance-of-exercise, step 03-weak-abs-busy-back" in page
+    assert "may contact me about this request by the method I chose" in page
     assert 'value="booked"' not in page  # from new only contacted or closed are offered
 
     token = signed_in.token(f"/admin/appointments/{a.id}")
