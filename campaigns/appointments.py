@@ -323,6 +323,26 @@ def _queue_emails(db, settings: Settings, rid: int, f: Fields, now: datetime) ->
 
 def mark(db, appointment_id: int, status: str, now: datetime, note: str = "") -> Appointment:
     """Move a request on (new -> contacted -> booked | closed), keeping the note with its time."""
+    return _mark(db, appointment_id, status, now, note, seen=None)[0]
+
+
+def mark_seen(
+    db, appointment_id: int, seen: str, status: str, now: datetime, note: str = ""
+) -> tuple[Appointment, bool]:
+    """:func:`mark` from a page that showed the request as ``seen``; (request, changed).
+
+    A form sent twice (or by two people) does not apply twice: when the
+    request already has ``status`` nothing changes and ``changed`` is False;
+    when it moved on to another status since, TransitionError says so.
+    """
+    if seen not in APPOINTMENT_STATES:
+        raise InputError(f"seen: {seen!r} is not one of {', '.join(APPOINTMENT_STATES)}; reload the page")
+    return _mark(db, appointment_id, status, now, note, seen=seen)
+
+
+def _mark(
+    db, appointment_id: int, status: str, now: datetime, note: str, *, seen: str | None
+) -> tuple[Appointment, bool]:
     if status not in APPOINTMENT_STATES:
         raise InputError(f"status: {status!r} is not one of {', '.join(APPOINTMENT_STATES)}")
     note = " ".join(note.split())
@@ -330,6 +350,13 @@ def mark(db, appointment_id: int, status: str, now: datetime, note: str = "") ->
         raise InputError(f"--note: the note is longer than {MAX_REASON:,} characters")
     with transaction(db):
         a = get_request(db, appointment_id)
+        if seen is not None and a.status != seen:
+            if a.status == status:
+                return a, False
+            raise TransitionError(
+                f"appointment {appointment_id} became {a.status} after this page showed it as "
+                f"{seen}; nothing was changed (reload the page to see the latest)"
+            )
         if status not in ALLOWED[a.status]:
             allowed = " or ".join(ALLOWED[a.status]) or "nothing else"
             raise TransitionError(
@@ -342,7 +369,124 @@ def mark(db, appointment_id: int, status: str, now: datetime, note: str = "") ->
             "WHERE id = ?",
             (status, json.dumps(notes), iso(now), iso(now), appointment_id),
         )
-    return get_request(db, appointment_id)
+    return get_request(db, appointment_id), True
+
+
+# ================================================================= the admin console's inbox
+#: Requests on one page of the inbox.
+PAGE = 50
+
+
+@dataclass(frozen=True)
+class Inbox:
+    """One page of requests, newest first, with where each came from and the status counts."""
+
+    rows: list[Appointment]
+    sources: dict[int, list[tuple[str, str]]]  # request id -> (label, value) of its attribution
+    next_before: int | None  # pass as ``before`` for the next page; None = last page
+    counts: dict[str, int]  # status -> requests in it (all time)
+
+
+@dataclass(frozen=True)
+class Detail:
+    """One request for its page: the request, its attribution, the statuses it may move to."""
+
+    appointment: Appointment
+    sources: list[tuple[str, str]]
+    next_statuses: tuple[str, ...]
+    consent_text: str  # the contact-consent sentence the reader agreed to
+
+
+def age(created_at: datetime, now: datetime) -> str:
+    """How long ago a request came in, in the largest whole unit ("5 min", "3 h", "2 d")."""
+    seconds = max(0, int((now - created_at).total_seconds()))
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} d"
+
+
+def _names(db, rows: list[Appointment]) -> dict[tuple[str, object], str]:
+    """Broadcast subjects and webinar titles for the attribution shown."""
+    names: dict[tuple[str, object], str] = {}
+    ids = sorted({a.attribution["attr_broadcast_id"] for a in rows if "attr_broadcast_id" in a.attribution})
+    slugs = sorted({a.attribution["attr_webinar"] for a in rows if "attr_webinar" in a.attribution})
+    if ids:
+        marks = ", ".join("?" * len(ids))
+        for cid, subject in db.execute(f"SELECT id, subject FROM campaigns WHERE id IN ({marks})", ids):
+            names["broadcast", cid] = subject
+    if slugs:
+        marks = ", ".join("?" * len(slugs))
+        for slug, title in db.execute(f"SELECT slug, title FROM webinars WHERE slug IN ({marks})", slugs):
+            names["webinar", slug] = title
+    return names
+
+
+def sources(a: Appointment, names: Mapping[tuple[str, object], str]) -> list[tuple[str, str]]:
+    """(label, value) for each part of the attribution: message kind, series and step, broadcast, webinar."""
+    attr = a.attribution
+    out = []
+    if "attr_kind" in attr:
+        out.append(("Message kind", str(attr["attr_kind"]).replace("_", " ")))
+    if "attr_series" in attr:
+        step = f", step {attr['attr_step']}" if "attr_step" in attr else ""
+        out.append(("Series", f"{attr['attr_series']}{step}"))
+    if "attr_broadcast_id" in attr:
+        bid = attr["attr_broadcast_id"]
+        subject = names.get(("broadcast", bid))
+        out.append(("Broadcast", f"#{bid} {subject}" if subject else f"#{bid}"))
+    if "attr_webinar" in attr:
+        slug = attr["attr_webinar"]
+        out.append(("Webinar", names.get(("webinar", slug)) or str(slug)))
+    return out
+
+
+def status_counts(db) -> dict[str, int]:
+    counts = dict.fromkeys(APPOINTMENT_STATES, 0)
+    for status, n in db.execute("SELECT status, COUNT(*) FROM appointments GROUP BY status"):
+        counts[status] = n
+    return counts
+
+
+def inbox(db, *, status: str | None = None, before: int | None = None, limit: int = PAGE) -> Inbox:
+    """A page of requests, newest first (by id), optionally of one status; ``before`` pages on."""
+    if status is not None and status not in APPOINTMENT_STATES:
+        raise InputError(f"status: {status!r} is not one of {', '.join(APPOINTMENT_STATES)}")
+    clauses, params = ["1"], []
+    if status:
+        clauses.append("status = ?")
+        params.append(status)
+    if before is not None:
+        clauses.append("id < ?")
+        params.append(before)
+    found = [_from_row(r) for r in db.execute(
+        f"SELECT {_COLUMNS} FROM appointments WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",
+        (*params, limit + 1),
+    ).fetchall()]  # fmt: skip
+    rows = found[:limit]
+    names = _names(db, rows)
+    return Inbox(rows, {a.id: sources(a, names) for a in rows},
+                 rows[-1].id if len(found) > limit else None, status_counts(db))
+
+
+def detail(db, appointment_id: int) -> Detail:
+    a = get_request(db, appointment_id)
+    consent = db.execute("SELECT consent_text FROM appointments WHERE id = ?", (a.id,)).fetchone()[0]
+    return Detail(a, sources(a, _names(db, [a])), ALLOWED[a.status], consent)
+
+
+def recent_counts(db, now: datetime, periods: tuple[int, ...]) -> tuple[dict[int, int], int]:
+    """({days: requests made in the last ``days`` days}, requests still ``new``) for the dashboard."""
+    made = {
+        days: db.execute(
+            "SELECT COUNT(*) FROM appointments WHERE created_at >= ? AND created_at <= ?",
+            (iso(now - timedelta(days=days)), iso(now)),
+        ).fetchone()[0]
+        for days in periods
+    }
+    new = db.execute("SELECT COUNT(*) FROM appointments WHERE status = 'new'").fetchone()[0]
+    return made, new
 
 
 EXPORT_FIELDS = (
@@ -556,16 +700,26 @@ def failed_webhooks(db) -> list[tuple[int, int, str]]:
 
 
 __all__ = [
+    "ALLOWED",
     "Appointment",
+    "Detail",
+    "Inbox",
     "METHODS",
     "TIMES",
+    "age",
     "build_ack",
     "build_clinic",
     "clean_fields",
     "create_request",
     "deliver_webhooks",
+    "detail",
     "export_csv",
     "get_request",
+    "inbox",
     "list_requests",
     "mark",
+    "mark_seen",
+    "recent_counts",
+    "sources",
+    "status_counts",
 ]

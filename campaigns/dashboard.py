@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from funnel.db import iso
 from funnel.settings import Settings
 
+from . import appointments
 from .report import Report, compute
 
 #: (label, event kind) counted on the dashboard.
@@ -44,6 +45,8 @@ class Overview:
     activity: list[tuple[str, dict[int, int]]]  # (label, {days: count})
     outbox: list[RelayHealth]
     funnel: Report
+    appointments: dict[int, int]  # {days: appointment requests made in the last days}
+    appointments_new: int  # requests nobody has acted on yet (status new)
 
 
 def activity(db, now: datetime) -> list[tuple[str, dict[int, int]]]:
@@ -77,7 +80,8 @@ def outbox_health(db, now: datetime) -> list[RelayHealth]:
 def overview(db, settings: Settings, now: datetime) -> Overview:
     first = (now - timedelta(days=30)).astimezone(settings.zone).date()
     return Overview(activity(db, now), outbox_health(db, now),
-                    compute(db, settings, since=first, now=now))
+                    compute(db, settings, since=first, now=now),
+                    *appointments.recent_counts(db, now, PERIODS))
 
 
 __all__ = ["Overview", "RelayHealth", "activity", "outbox_health", "overview"]

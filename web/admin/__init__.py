@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from . import auth, broadcasts, common, config, dashboard, people, series, webinars
+from . import appointments, auth, broadcasts, common, config, dashboard, people, series, webinars
 
 admin_bp = Blueprint("admin", __name__, url_prefix="/admin")
 admin_bp.before_request(common.guard)
@@ -28,5 +28,6 @@ admin_bp.register_blueprint(config.bp)
 admin_bp.register_blueprint(broadcasts.bp)
 admin_bp.register_blueprint(series.bp)
 admin_bp.register_blueprint(webinars.bp)
+admin_bp.register_blueprint(appointments.bp)
 
 __all__ = ["admin_bp"]

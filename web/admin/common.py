@@ -43,6 +43,7 @@ NAV = (
     ("Broadcasts", "broadcasts"),
     ("Series", "series"),
     ("Webinars", "webinars"),
+    ("Appointments", "appointments"),
     ("Settings", "settings"),
 )
 
