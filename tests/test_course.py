@@ -363,14 +363,18 @@ def _programme_links(received, db, s, clock) -> list[str]:
     return [u for u in received.followed_links(db, s, clock()) if "/programme/start/" in u]
 
 
-def test_part_6_carries_the_readers_own_start_link(db, s, clock, smtp_server):
-    sid = active(db, s, "hal@example.com", clock(), "Europe/London")
+def _enqueue_part_6(db, s, sid, clock, key_suffix=""):
     outbox.enqueue(
-        db, s, dedupe_key=f"series:{WEEKLY}:06:{sid}", kind="series", subscriber_id=sid,
+        db, s, dedupe_key=f"series:{WEEKLY}:06:{sid}{key_suffix}", kind="series", subscriber_id=sid,
         to_addr="hal@example.com", due_at=clock(), now=clock(), stream=f"series:{WEEKLY}",
         ref=f"series:{WEEKLY}:06-strength-that-lasts",
         data={"series": WEEKLY, "step": "06-strength-that-lasts", "part": 6},
     )  # fmt: skip
+
+
+def test_part_6_carries_the_readers_own_start_link(db, s, clock, smtp_server):
+    sid = active(db, s, "hal@example.com", clock(), "Europe/London")
+    _enqueue_part_6(db, s, sid, clock)
     send_due(db, s, clock)
     (part6,) = smtp_server.to("hal@example.com")
     (link,) = _programme_links(part6, db, s, clock)
@@ -382,12 +386,7 @@ def test_part_6_carries_the_readers_own_start_link(db, s, clock, smtp_server):
     # A clinic selling the programme elsewhere: programme_url wins, for everyone.
     elsewhere = s.replace(programme_url="https://shop.clinic.example/28-days")
     smtp_server.clear()
-    outbox.enqueue(
-        db, elsewhere, dedupe_key=f"series:{WEEKLY}:06:{sid}:b", kind="series", subscriber_id=sid,
-        to_addr="hal@example.com", due_at=clock(), now=clock(), stream=f"series:{WEEKLY}",
-        ref=f"series:{WEEKLY}:06-strength-that-lasts",
-        data={"series": WEEKLY, "step": "06-strength-that-lasts", "part": 6},
-    )  # fmt: skip
+    _enqueue_part_6(db, elsewhere, sid, clock, key_suffix=":b")
     clock.advance(days=2)  # past the frequency cap
     send_due(db, elsewhere, clock)
     (again,) = smtp_server.to("hal@example.com")

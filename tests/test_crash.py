@@ -156,6 +156,21 @@ def in_flight(db, pids: set[int]) -> list[tuple[str, str]]:
     return [(o, t) for o, t in rows if o and int(o.split(":")[1]) in pids]
 
 
+def wait_until_sent(db, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (
+        db.execute("SELECT COUNT(*) FROM outbox WHERE status != 'sent'").fetchone()[0]
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+
+
+def stop_workers(workers: list[subprocess.Popen]) -> list[tuple[str, str]]:
+    for proc in workers:
+        proc.send_signal(signal.SIGTERM)
+    return [proc.communicate(timeout=60) for proc in workers]
+
+
 @pytest.mark.slow
 def test_two_workers_with_two_connections_each_survive_kill_9(
     tmp_path, settings, cli_env, smtp_server
@@ -188,16 +203,9 @@ def test_two_workers_with_two_connections_each_survive_kill_9(
             kills += 1
             in_flight_at_kills += len(in_flight(db, pids))
             workers.append(funnel_worker(env, 2))
-        deadline = time.monotonic() + 90
-        while (
-            db.execute("SELECT COUNT(*) FROM outbox WHERE status != 'sent'").fetchone()[0]
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
+        wait_until_sent(db, seconds=90)
     finally:
-        for proc in workers:
-            proc.send_signal(signal.SIGTERM)
-        outs = [proc.communicate(timeout=60) for proc in workers]
+        outs = stop_workers(workers)
     assert [p.returncode for p in workers] == [0, 0], [o[1] for o in outs]
 
     rows = db.execute("SELECT message_id, status FROM outbox").fetchall()
@@ -218,16 +226,9 @@ def test_two_workers_with_two_connections_each_send_every_row_once(
     db = connect(settings.db)
     workers = [funnel_worker(env, 2) for _ in range(2)]
     try:
-        deadline = time.monotonic() + 60
-        while (
-            db.execute("SELECT COUNT(*) FROM outbox WHERE status != 'sent'").fetchone()[0]
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
+        wait_until_sent(db, seconds=60)
     finally:
-        for proc in workers:
-            proc.send_signal(signal.SIGTERM)
-        outs = [proc.communicate(timeout=60) for proc in workers]
+        outs = stop_workers(workers)
     assert [p.returncode for p in workers] == [0, 0], [o[1] for o in outs]
     ids = [m.message["Message-ID"] for m in smtp_server.messages]
     assert len(ids) == len(set(ids)) == n
