@@ -28,29 +28,14 @@ from campaigns.htmlpage import (  # noqa: E402
     decode_page,
     parse_document,
     parse_page,
-    plain_lines,
     read_front,
+    score,
     to_blocks,
 )
 from funnel.errors import InputError  # noqa: E402
 
 PAGES = ROOT / "tests" / "data" / "pages"
 MODULES = {"trafilatura": "trafilatura", "readability": "readability"}
-
-
-def score(body_md: str, expected: dict) -> tuple[list[str], list[str]]:
-    """(furniture lines left, body paragraphs lost or out of order)."""
-    lines = plain_lines(body_md)
-    text = "\n".join(lines)
-    left = [f for f in expected["furniture"] if f in text]
-    lost, pos = [], 0
-    for para in expected["body"]:
-        at = next((k for k in range(pos, len(lines)) if lines[k] == para), None)
-        if at is None:
-            lost.append(para)
-        else:
-            pos = at + 1
-    return left, lost
 
 
 def media_lost(body_md: str, expected: dict) -> int:

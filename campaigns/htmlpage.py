@@ -585,3 +585,19 @@ def plain_lines(body_md: str) -> list[str]:
         line = re.sub(r"\\(.)", r"\1", line)
         out.append(" ".join(line.split()))
     return out
+
+
+def score(body_md: str, expected: dict) -> tuple[list[str], list[str]]:
+    """How an extraction is judged against a page's expectations (the corpus test and
+    bench/extractors.py): (furniture lines left, body paragraphs lost or out of order)."""
+    lines = plain_lines(body_md)
+    text = "\n".join(lines)
+    left = [f for f in expected["furniture"] if f in text]
+    lost, pos = [], 0
+    for para in expected["body"]:
+        at = next((k for k in range(pos, len(lines)) if lines[k] == para), None)
+        if at is None:
+            lost.append(para)
+        else:
+            pos = at + 1
+    return left, lost

@@ -16,28 +16,13 @@ from pathlib import Path
 import pytest
 
 from campaigns.articles import Filters, load_article
-from campaigns.htmlpage import decode_page, parse_page, plain_lines
+from campaigns.htmlpage import decode_page, parse_page, score
 from campaigns.importer import import_paths
 from funnel.errors import InputError
 
 PAGES = Path(__file__).parent / "data" / "pages"
 EXPECTED = json.loads((PAGES / "expectations.json").read_text(encoding="utf-8"))
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
-
-
-def score(body_md: str, expected: dict) -> tuple[list[str], list[str]]:
-    """(furniture lines left, body paragraphs lost or out of order) -- as bench/extractors.py."""
-    lines = plain_lines(body_md)
-    text = "\n".join(lines)
-    left = [f for f in expected["furniture"] if f in text]
-    lost, pos = [], 0
-    for para in expected["body"]:
-        at = next((k for k in range(pos, len(lines)) if lines[k] == para), None)
-        if at is None:
-            lost.append(para)
-        else:
-            pos = at + 1
-    return left, lost
 
 
 def media_in_order(body_md: str, expected: dict) -> bool:
