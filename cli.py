@@ -1814,9 +1814,8 @@ def appointments_list(app: App, status: str | None, limit: int) -> None:
     """
     rows = appointments.list_requests(app.db, status=status, limit=limit)
     for a in rows:
-        contact = a.phone if a.contact_method in ("phone", "text") else a.email
         click.echo(f"{a.id:>6}  {a.status:<10} {a.created_at:%Y-%m-%d %H:%M}  {a.name[:30]:<30} "
-                   f"{a.contact_method:<6} {contact or '-'}")
+                   f"{a.contact_method:<6} {a.contact or '-'}")
     click.echo(f"{len(rows)} shown")
 
 

@@ -208,6 +208,11 @@ class Appointment:
         return METHODS[self.contact_method]
 
     @property
+    def contact(self) -> str:
+        """Where the reader asked to be reached: the phone for a call or text, else the email."""
+        return (self.phone if self.contact_method in ("phone", "text") else self.email) or ""
+
+    @property
     def times_label(self) -> str:
         return ", ".join(TIMES[t] for t in self.times) or "any time"
 
@@ -534,7 +539,7 @@ def _for_row(db, row: outbox.OutboxRow) -> Appointment:
 
 
 def _values(settings: Settings, a: Appointment) -> dict:
-    contact = {"phone": a.phone, "text": a.phone, "email": a.email}[a.contact_method] or ""
+    contact = a.contact
     when = a.created_at.astimezone(settings.zone)
     return {
         "appt_id": str(a.id),
