@@ -9,6 +9,7 @@ Without it the tests skip, except under CI=true, where a missing browser fails.
 from __future__ import annotations
 
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -18,13 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pyotp
 import pytest
 from conftest import free_port
 
 from funnel import clock as clocks
 from funnel import devmail
-from funnel.db import connect
+from funnel.db import connect, utcnow
 from funnel.settings import test_settings
+from subscribers import admins
 from web.serve import start_stack
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -181,6 +184,47 @@ def page(chromium, zone):
     pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     pg.console_errors = errors
     try:
+        yield pg
+    finally:
+        context.close()
+
+
+ADMIN = "manager@backinmotion-physio.co.uk"
+ADMIN_PASSWORD = "calm-lumbar-heron-42"
+
+
+def fits(pg) -> bool:
+    """The page is no wider than the viewport (nothing to scroll sideways)."""
+    return pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+@contextmanager
+def signed_in_page(live, chromium, zone: str, width: int, path: str, *, totp: bool = False):
+    """A Chromium page *width* px wide, signed in to the console as ADMIN on *path*.
+
+    The admin is created here (with a TOTP second factor when *totp*); opening
+    *path* bounces to the login page, and signing in lands back on *path*.
+    The page's console errors are collected in ``pg.console_errors``.
+    """
+    admins.add_user(live.db, ADMIN, ADMIN_PASSWORD, utcnow())
+    secret = admins.totp_setup(live.db, ADMIN, utcnow()) if totp else None
+    context = chromium.new_context(viewport={"width": width, "height": 900}, timezone_id=zone)
+    context.set_default_timeout(15_000)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    pg.console_errors = errors
+    try:
+        pg.goto(live.url + path)
+        pg.wait_for_url(re.compile(r".*/admin/login\?.*"))
+        pg.fill("#email", ADMIN)
+        pg.fill("#password", ADMIN_PASSWORD)
+        pg.click("button[type=submit]")
+        if secret is not None:
+            pg.wait_for_url(re.compile(r".*/admin/login/code.*"))
+            pg.fill("#code", pyotp.TOTP(secret).now())
+            pg.click("main button[type=submit]")
+        pg.wait_for_url(live.url + path)
         yield pg
     finally:
         context.close()

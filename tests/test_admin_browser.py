@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import re
 
-import pyotp
 import pytest
 from browser_support import (  # noqa: F401 (fixtures)
     ARTIFACTS,
     chromium,
+    fits,
     live,
-    wait_for,
+    signed_in_page,
     zone,
 )
 
@@ -26,39 +26,16 @@ from subscribers import admins, lifecycle, optin
 
 pytestmark = pytest.mark.browser
 
-ADMIN = "manager@backinmotion-physio.co.uk"
-PASSWORD = "calm-lumbar-heron-42"
-
-
-def fits(pg) -> bool:
-    return pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-
 
 @pytest.mark.parametrize("width", [1280, 375])
 def test_sign_in_with_totp_find_a_person_and_erase_them(live, chromium, zone, width):
     ARTIFACTS.mkdir(exist_ok=True)
-    admins.add_user(live.db, ADMIN, PASSWORD, utcnow())
-    secret = admins.totp_setup(live.db, ADMIN, utcnow())
     sid = optin.signup(live.db, live.settings, "robin.walker@example.com", utcnow(), name="Robin Walker",
                        timezone=zone, ip="192.0.2.44").subscriber_id
     optin.signup(live.db, live.settings, "june.park@example.com", utcnow(), name="June Park")
     live.wait_for_mail("robin.walker@example.com", "confirm")  # the worker sent the confirmation
 
-    context = chromium.new_context(viewport={"width": width, "height": 900}, timezone_id=zone)
-    context.set_default_timeout(15_000)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    try:
-        pg.goto(live.url + "/admin/")
-        pg.wait_for_url(re.compile(r".*/admin/login\?.*"))
-        pg.fill("#email", ADMIN)
-        pg.fill("#password", PASSWORD)
-        pg.click("button[type=submit]")
-        pg.wait_for_url(re.compile(r".*/admin/login/code.*"))
-        pg.fill("#code", pyotp.TOTP(secret).now())
-        pg.click("main button[type=submit]")
-        pg.wait_for_url("**/admin/")
+    with signed_in_page(live, chromium, zone, width, "/admin/", totp=True) as pg:
         assert "Dashboard" in pg.inner_text("h1")
         assert "Signups" in pg.inner_text("main")
         assert fits(pg)
@@ -89,9 +66,7 @@ def test_sign_in_with_totp_find_a_person_and_erase_them(live, chromium, zone, wi
         assert pg.inner_text("#status") == "erased"
         assert "Erased" in pg.inner_text("main")
         pg.screenshot(path=str(ARTIFACTS / f"admin-erased-{width}.png"), full_page=True)
-    finally:
-        context.close()
     assert lifecycle.get(live.db, sid).status == "erased"
     assert lifecycle.get(live.db, sid).email is None and lifecycle.get(live.db, sid).name == ""
     assert [r["action"] for r in admins.audit_log(live.db, 5)][0] == "erase"
-    assert errors == []
+    assert pg.console_errors == []

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 from browser_support import (  # noqa: F401 (fixtures)
+    ADMIN,
     ARTIFACTS,
     chromium,
+    fits,
     live,
+    signed_in_page,
     wait_for,
     zone,
 )
@@ -29,15 +32,9 @@ from subscribers import admins, optin
 
 pytestmark = pytest.mark.browser
 
-ADMIN = "manager@backinmotion-physio.co.uk"
-PASSWORD = "calm-lumbar-heron-42"
 DOCS_IMAGE = Path(__file__).resolve().parent.parent / "docs" / "images" / "admin-compose.png"
 BODY = ("We are opening **on Saturday mornings** from January.\n\n"
         "- 8:00 to 12:00, all physiotherapists\n- Book online as usual\n")
-
-
-def fits(pg) -> bool:
-    return pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
 def preview_text(pg) -> str:
@@ -69,21 +66,10 @@ def status(pg) -> str:
 @pytest.mark.parametrize("width", [1280, 375])
 def test_compose_preview_test_send_schedule_pause_resume(live, chromium, zone, width):
     ARTIFACTS.mkdir(exist_ok=True)
-    admins.add_user(live.db, ADMIN, PASSWORD, utcnow())
     sid = optin.signup(live.db, live.settings, "reader@example.com", utcnow(), name="Robin").subscriber_id
     optin.activate_imported(live.db, live.settings, sid, utcnow(), "browser test")
 
-    context = chromium.new_context(viewport={"width": width, "height": 900}, timezone_id=zone)
-    context.set_default_timeout(15_000)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    try:
-        pg.goto(live.url + "/admin/broadcasts/new")
-        pg.fill("#email", ADMIN)
-        pg.fill("#password", PASSWORD)
-        pg.click("button[type=submit]")
-        pg.wait_for_url("**/admin/broadcasts/new")
+    with signed_in_page(live, chromium, zone, width, "/admin/broadcasts/new") as pg:
         wait_for(lambda: "would get it now" in pg.inner_text("#audience"), what="the live count")
         assert pg.inner_text("#audience").startswith("1 reader")
 
@@ -131,12 +117,10 @@ def test_compose_preview_test_send_schedule_pause_resume(live, chromium, zone, w
         assert status(pg) == "scheduled"
         assert fits(pg)
         pg.screenshot(path=str(ARTIFACTS / f"admin-broadcast-{width}.png"), full_page=True)
-    finally:
-        context.close()
     c = broadcasts.get(live.db, cid)
     assert c.status == "scheduled" and c.send_at.startswith(f"{when:%Y-%m-%d}T09:00")
     # The test message was not counted as the campaign's progress.
     assert broadcasts.status(live.db, live.settings, cid, utcnow()).total == 0
     assert [r["action"] for r in admins.audit_log(live.db, 10)][:5] == [
         "broadcast_resume", "broadcast_pause", "broadcast_schedule", "broadcast_test", "broadcast_create"]
-    assert errors == []
+    assert pg.console_errors == []

@@ -14,28 +14,22 @@ import pytest
 from browser_support import (  # noqa: F401 (fixtures)
     ARTIFACTS,
     chromium,
+    fits,
     live,
+    signed_in_page,
     zone,
 )
 
 from campaigns import webinars
 from funnel.db import utcnow
-from subscribers import admins, optin
+from subscribers import optin
 
 pytestmark = pytest.mark.browser
-
-ADMIN = "manager@backinmotion-physio.co.uk"
-PASSWORD = "calm-lumbar-heron-42"
-
-
-def fits(pg) -> bool:
-    return pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
 @pytest.mark.parametrize("width", [1280, 375])
 def test_upload_attendance_for_a_past_webinar(live, chromium, zone, width, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
-    admins.add_user(live.db, ADMIN, PASSWORD, utcnow())
     then = utcnow() - timedelta(days=2)
     start = then + timedelta(days=1)
     webinars.create_webinar(live.db, live.settings, {
@@ -49,17 +43,7 @@ def test_upload_attendance_for_a_past_webinar(live, chromium, zone, width, tmp_p
     report = tmp_path / "zoom.csv"
     report.write_text("User Email,Duration (Minutes)\nana@example.com,52\n", encoding="utf-8")
 
-    context = chromium.new_context(viewport={"width": width, "height": 900}, timezone_id=zone)
-    context.set_default_timeout(15_000)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    try:
-        pg.goto(live.url + "/admin/webinars/spine-health")
-        pg.fill("#email", ADMIN)
-        pg.fill("#password", PASSWORD)
-        pg.click("button[type=submit]")
-        pg.wait_for_url("**/admin/webinars/spine-health")
+    with signed_in_page(live, chromium, zone, width, "/admin/webinars/spine-health") as pg:
         assert "2 registered" in pg.inner_text("main")
         pg.set_input_files("#file", str(report))
         pg.click("#upload")
@@ -73,9 +57,7 @@ def test_upload_attendance_for_a_past_webinar(live, chromium, zone, width, tmp_p
         assert "attended" in people and "no_show" in people
         assert fits(pg)
         pg.screenshot(path=str(ARTIFACTS / f"admin-webinar-{width}.png"), full_page=True)
-    finally:
-        context.close()
     statuses = dict(live.db.execute("SELECT s.email, r.status FROM registrations r "
                                     "JOIN subscribers s ON s.id = r.subscriber_id").fetchall())
     assert statuses == {"ana@example.com": "attended", "bo@example.com": "no_show"}
-    assert errors == []
+    assert pg.console_errors == []
