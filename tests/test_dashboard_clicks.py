@@ -34,3 +34,8 @@ def test_dashboard_counts_human_clicks_from_the_clicks_table(db, clock):
     rows = dict(dashboard.activity(db, now))
     assert rows["Clicks"] == {7: 2, 30: 3}
     assert "Offer clicks" not in rows
+
+
+def test_the_click_count_reads_an_index(db):
+    plan = " ".join(str(r) for r in db.execute("EXPLAIN QUERY PLAN " + dashboard.CLICKS[1], ("a", "b")))
+    assert "clicks_verdict_at" in plan and "SCAN" not in plan, plan
