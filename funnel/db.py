@@ -445,8 +445,7 @@ def transaction(db: sqlite_utils.Database, *, immediate: bool = True) -> Iterato
     """
     conn = db.conn
     if conn.in_transaction:
-        with db.atomic():
-            yield db
+        yield from _savepoint(conn, db)
         return
     try:
         conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
@@ -469,6 +468,23 @@ def transaction(db: sqlite_utils.Database, *, immediate: bool = True) -> Iterato
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise _db_error(db_path(db), exc) from exc
+
+
+def _savepoint(conn: sqlite3.Connection, db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """A nested transaction.  One fixed name, not sqlite-utils' random one per use:
+    the statements stay in the driver's cache (a signup nests three deep), and
+    RELEASE / ROLLBACK TO act on the innermost savepoint of that name."""
+    conn.execute("SAVEPOINT funnel_nested")
+    try:
+        yield db
+    except BaseException:
+        # A RAISE(ROLLBACK) trigger can end the whole transaction, savepoints included.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK TO SAVEPOINT funnel_nested")
+            conn.execute("RELEASE SAVEPOINT funnel_nested")
+        raise
+    else:
+        conn.execute("RELEASE SAVEPOINT funnel_nested")
 
 
 def log_event(

@@ -12,6 +12,7 @@ from funnel.db import (
     init_db,
     migrations,
     pending_migrations,
+    transaction,
 )
 
 
@@ -22,6 +23,38 @@ def test_connection_settings(settings):
     assert pragma("busy_timeout") >= 5000
     assert pragma("foreign_keys") == 1
     assert pragma("synchronous") == 2  # FULL
+
+
+def test_nested_transactions_roll_back_alone_at_any_depth(tmp_path):
+    db = connect(tmp_path / "t.db")
+    db.execute("CREATE TABLE t (v TEXT)")
+    values = lambda: sorted(v for (v,) in db.execute("SELECT v FROM t"))  # noqa: E731
+
+    class Boom(Exception):
+        pass
+
+    with transaction(db):
+        db.execute("INSERT INTO t VALUES ('outer')")
+        with transaction(db):
+            db.execute("INSERT INTO t VALUES ('middle')")
+            with pytest.raises(Boom), transaction(db):
+                db.execute("INSERT INTO t VALUES ('inner, undone')")
+                raise Boom
+            with transaction(db):
+                db.execute("INSERT INTO t VALUES ('inner, kept')")
+        with pytest.raises(Boom), transaction(db):
+            db.execute("INSERT INTO t VALUES ('second middle, undone')")
+            with transaction(db):
+                db.execute("INSERT INTO t VALUES ('its child, undone')")
+            raise Boom
+    assert not db.conn.in_transaction
+    assert values() == ["inner, kept", "middle", "outer"]
+    with pytest.raises(Boom), transaction(db):
+        db.execute("INSERT INTO t VALUES ('all undone')")
+        with transaction(db):
+            db.execute("INSERT INTO t VALUES ('nested, undone with it')")
+        raise Boom
+    assert values() == ["inner, kept", "middle", "outer"]
 
 
 def test_init_twice_applies_nothing_the_second_time(settings):

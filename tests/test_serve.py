@@ -155,6 +155,23 @@ def consent_ips(db_path: str) -> dict[str, int]:
     return dict(rows)
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_an_idle_server_sleeps_instead_of_spinning(start):
+    # waitress truncates its loop timeout to an int: 0.2 once became 0, and the
+    # I/O loop then polled without waiting, burning a core with nobody connected.
+    served = start()
+    assert served.request("GET", "/healthz")[0] in (200, 503)
+    time.sleep(0.5)
+    before = _cpu_seconds(served.proc.pid)
+    time.sleep(2.0)
+    assert _cpu_seconds(served.proc.pid) - before < 0.2
+
+
 # ----------------------------------------------------------------- survival
 @pytest.mark.slow
 def test_1100_idle_connections_do_not_kill_the_site(start, serve_env, settings):

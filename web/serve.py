@@ -38,6 +38,9 @@ log = logging.getLogger("funnel.web")
 
 #: The GIL switch interval the web server sets (see WebServer.start).
 SWITCH_INTERVAL = 0.001
+#: How long waitress's I/O loop waits in poll() when nothing happens (an int:
+#: waitress truncates it).  Only stop() waits on it, and stop() closes the sockets.
+LOOP_TIMEOUT_SECONDS = 1
 
 
 class WebServer:
@@ -91,7 +94,9 @@ class WebServer:
             channel_timeout=s.server_channel_timeout,
             cleanup_interval=s.server_cleanup_interval,
             backlog=s.server_backlog,
-            asyncore_loop_timeout=0.2,
+            # Whole seconds: waitress casts this to int, and 0 (what 0.2 became)
+            # made its I/O loop poll() without waiting, spinning a core even idle.
+            asyncore_loop_timeout=LOOP_TIMEOUT_SECONDS,
             **proxy,
         )
 
