@@ -54,8 +54,10 @@ def activity(db, now: datetime) -> list[tuple[str, dict[int, int]]]:
         return {days: db.execute(sql, (*params, iso(now - timedelta(days=days)), iso(now))).fetchone()[0]
                 for days in PERIODS}
 
-    out = [(label, counts("SELECT COUNT(*) FROM events WHERE kind = ? AND at >= ? AND at <= ?", kind))
-           for label, kind in ACTIVITY]
+    # Events about readers only: the admin's test sends and the clinic's appointment
+    # emails are logged without a subscriber and are not the list's activity.
+    sql = "SELECT COUNT(*) FROM events WHERE kind = ? AND at >= ? AND at <= ? AND subscriber_id IS NOT NULL"
+    out = [(label, counts(sql, kind)) for label, kind in ACTIVITY]
     return out + [(CLICKS[0], counts(CLICKS[1]))]
 
 

@@ -39,3 +39,22 @@ def test_dashboard_counts_human_clicks_from_the_clicks_table(db, clock):
 def test_the_click_count_reads_an_index(db):
     plan = " ".join(str(r) for r in db.execute("EXPLAIN QUERY PLAN " + dashboard.CLICKS[1], ("a", "b")))
     assert "clicks_verdict_at" in plan and "SCAN" not in plan, plan
+
+
+def test_sends_count_mail_to_readers_not_the_admins_test_sends(db, settings, clock, smtp_server):
+    from campaigns import broadcasts
+    from campaigns.sender import send_due
+    from campaigns.worker import tick
+    from subscribers import optin
+
+    sid = optin.signup(db, settings, "alex@example.com", clock(), name="Alex").subscriber_id
+    optin.activate_imported(db, settings, sid, clock(), "test fixture")
+    cid = broadcasts.create(db, settings, clock(), subject="Winter hours", body_md="Open on Saturdays.")
+    broadcasts.test_send(db, settings, cid, "manager@backinmotion-physio.co.uk", clock())
+    broadcasts.schedule_campaign(db, settings, cid, clock(), send_now=True)
+    tick(db, settings, clock())
+    send_due(db, settings, clock)
+    assert smtp_server.to("manager@backinmotion-physio.co.uk") and smtp_server.to("alex@example.com")
+    to_reader = len(smtp_server.to("alex@example.com"))  # the broadcast and series part 1
+    assert to_reader == 2
+    assert dict(dashboard.activity(db, clock()))["Sends"] == {7: to_reader, 30: to_reader}
