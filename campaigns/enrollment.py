@@ -647,6 +647,8 @@ class _Chunk:
         self.settings, self.times, self.now = settings, times, times.now
         self.stamp = times.iso(times.now)
         self.expires = times.now + timedelta(hours=settings.newsletter_expiry_hours)
+        # Whether a row queued now counts towards the cap (it does unless already expired).
+        self.counts = times.iso(self.expires) > self.stamp
         held = [s for s in steps if s.outcome is None]
         sids = list(dict.fromkeys(s.sid for s in held))
         self.facts = holds.hold_facts(db, settings, sids, self.now) if sids else {}
@@ -745,7 +747,7 @@ class _Chunk:
             "data": {"series": slug, "step": item.key, "part": item.part},
         })  # fmt: skip
         self.deliveries.append((sid, slug, item.key, item.part, dedupe, self.stamp))
-        if dedupe not in self.existing and times.iso(self.expires) > self.stamp:
+        if self.counts and dedupe not in self.existing:
             self.facts[sid].ahead += 1  # the new row is capped mail due now
         following = times.next_index(series, (*step.received, item.key))
         # A daily course counts its next day from the day this step really went, so

@@ -221,21 +221,27 @@ def hold_facts(db, settings, subscriber_ids: list[int], now: datetime) -> dict[i
         facts[sid].webinars.append((starts, minutes))
     if settings.frequency_cap <= 0:
         return facts
+    kinds = _in(TRANSACTIONAL_KINDS)
+    # Two queries, as in hold_until, so each reads only its index range: the sent
+    # mail of the window (not a reader's whole history) and the unsent rows.
+    for sid, sent_at in db.execute(
+        "SELECT subscriber_id, sent_at FROM outbox INDEXED BY outbox_sent_at "
+        "WHERE subscriber_id IN (SELECT value FROM json_each(?)) AND status = 'sent' "
+        f"AND sent_at > ? AND kind NOT IN {kinds}",
+        (ids, iso(now - CAP_WINDOW), *TRANSACTIONAL_KINDS),
+    ):
+        facts[sid].sent.append(parse_iso(sent_at))
     stamp = iso(now)
-    for sid, status, sent_at in db.execute(
-        "SELECT subscriber_id, status, sent_at FROM outbox WHERE subscriber_id IN "
-        f"(SELECT value FROM json_each(?)) AND kind NOT IN {_in(TRANSACTIONAL_KINDS)} "
-        "AND ((status = 'sent' AND sent_at > ?) OR status = 'sending' "
-        "OR (status IN ('queued', 'retry') AND due_at <= ? "
+    for sid, ahead in db.execute(
+        "SELECT subscriber_id, COUNT(*) FROM outbox WHERE subscriber_id IN "
+        "(SELECT value FROM json_each(?)) AND status IN ('sending', 'queued', 'retry') "
+        f"AND kind NOT IN {kinds} AND (status = 'sending' OR (due_at <= ? "
         "AND (expires_at IS NULL OR expires_at > ?) "
         "AND (campaign_id IS NULL OR campaign_id NOT IN "
-        "(SELECT id FROM campaigns WHERE status = 'paused'))))",
-        (ids, *TRANSACTIONAL_KINDS, iso(now - CAP_WINDOW), stamp, stamp),
+        "(SELECT id FROM campaigns WHERE status = 'paused')))) GROUP BY subscriber_id",
+        (ids, *TRANSACTIONAL_KINDS, stamp, stamp),
     ):
-        if status == "sent":
-            facts[sid].sent.append(parse_iso(sent_at))
-        else:
-            facts[sid].ahead += 1
+        facts[sid].ahead = ahead
     return facts
 
 
