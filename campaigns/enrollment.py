@@ -38,7 +38,7 @@ A daily course (``cadence = "daily"``, the 28-day programme) differs in two
 ways: its next day counts from when a step really went, so a held day moves
 the rest of the course back a day instead of sending two at once; and it
 yields to the reader's slower series under the frequency cap
-(:func:`_weekly_due_today`).  :func:`start_course` is its start button.
+(:meth:`_Chunk.yields_to`).  :func:`start_course` is its start button.
 """
 
 from __future__ import annotations
