@@ -38,7 +38,7 @@ A daily course (``cadence = "daily"``, the 28-day programme) differs in two
 ways: its next day counts from when a step really went, so a held day moves
 the rest of the course back a day instead of sending two at once; and it
 yields to the reader's slower series under the frequency cap
-(:func:`_weekly_due_today`).  :func:`start_course` is its start button.
+(:meth:`_Chunk.yields_to`).  :func:`start_course` is its start button.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from funnel import outbox
-from funnel.db import iso, log_event, parse_iso, transaction
+from funnel.db import iso, parse_iso, transaction
 from funnel.errors import FunnelError, InputError, NotFound
 from funnel.localtime import local_to_utc
 from funnel.settings import Settings
@@ -203,49 +203,74 @@ def enroll(
     stopped: steps already sent are never sent again.  With ``materialise``,
     a step that is due now (part 1, outside quiet hours) is queued at once.
     """
-    stream = series.stream if series is not None else f"series:{slug}"
+    times = _Times(settings, now)
     with transaction(db):
-        row = db.execute(
-            "SELECT status, timezone FROM subscribers WHERE id = ?", (subscriber_id,)
-        ).fetchone()
-        if row is None or row[0] != "active":
-            return "skipped"
-        tz = settings.zone_for(row[1])
-        sub_row = db.execute(
-            "SELECT status FROM subscriptions WHERE subscriber_id = ? AND stream = ?",
-            (subscriber_id, stream),
-        ).fetchone()
-        if sub_row is not None and sub_row[0] == "unsubscribed":
-            return "skipped"
-        if sub_row is None:
-            from subscribers import lifecycle
-
-            lifecycle.set_subscription(db, subscriber_id, stream, "subscribed", now)
-        due = now if series is None else _nominal_due(settings, series, 0, now, tz, first=True)
-        existing = db.execute(
-            "SELECT status FROM enrollments WHERE subscriber_id = ? AND series = ?",
-            (subscriber_id, slug),
-        ).fetchone()
-        if existing is None:
-            db.execute(
-                "INSERT INTO enrollments (subscriber_id, series, status, enrolled_at, next_step, "
-                "next_due_at, updated_at) VALUES (?, ?, 'active', ?, 0, ?, ?)",
-                (subscriber_id, slug, iso(now), iso(due), iso(now)),
-            )
-            outcome = "enrolled"
-        elif existing[0] == "stopped":
-            db.execute(
-                "UPDATE enrollments SET status = 'active', next_due_at = ?, updated_at = ? "
-                "WHERE subscriber_id = ? AND series = ?",
-                (iso(now), iso(now), subscriber_id, slug),
-            )
-            outcome = "resumed"
-        else:
-            return "already"
-        log_event(db, "enrolled", now, subscriber_id, f"series:{slug}")
-        if materialise and series is not None and is_applied(db, series, now):
-            _process(db, settings, series, subscriber_id, now)
+        (outcome,) = _enrol_many(db, slug, series, [subscriber_id], times)
+        if (
+            outcome in ("enrolled", "resumed")
+            and materialise
+            and series is not None
+            and is_applied(db, series, now)
+        ):
+            _advance(db, settings, [(subscriber_id, series)], times)
     return outcome
+
+
+def _enrol_many(db, slug: str, series: Series | None, sids: Sequence[int],
+                times: _Times) -> list[str]:
+    """Enrol these subscribers (inside the caller's transaction): :func:`enroll`'s rules
+    for a batch, read in one query and written with one executemany per table.
+    Returns the outcome per subscriber, in order."""
+    stream = series.stream if series is not None else f"series:{slug}"
+    now, stamp = times.now, times.iso(times.now)
+    outcomes: list[str] = []
+    streams_on, added, resumed, events = [], [], [], []
+    turned_on = json.dumps({"status": "subscribed"})  # as lifecycle.set_subscription logs it
+    for sid, status, zone, stream_status, state in db.execute(
+        "SELECT j.value, s.status, s.timezone, ss.status, e.status FROM json_each(?) j "
+        "LEFT JOIN subscribers s ON s.id = j.value "
+        "LEFT JOIN subscriptions ss ON ss.subscriber_id = j.value AND ss.stream = ? "
+        "LEFT JOIN enrollments e ON e.subscriber_id = j.value AND e.series = ? ORDER BY j.key",
+        (json.dumps(list(sids)), stream, slug),
+    ):
+        if status != "active" or stream_status == "unsubscribed":
+            outcomes.append("skipped")
+            continue
+        if stream_status is None:
+            streams_on.append((sid, stream, stamp))
+            events.append((stamp, "preferences", sid, stream, turned_on))
+        due = now if series is None else times.nominal(series, 0, now, times.zone(zone), True)
+        if state is None:
+            added.append((sid, slug, stamp, times.iso(due), stamp))
+            outcomes.append("enrolled")
+        elif state == "stopped":
+            resumed.append((stamp, stamp, sid, slug))
+            outcomes.append("resumed")
+        else:
+            outcomes.append("already")
+            continue
+        events.append((stamp, "enrolled", sid, f"series:{slug}", None))
+    db.conn.executemany(
+        "INSERT INTO subscriptions (subscriber_id, stream, status, paused_until, updated_at) "
+        "VALUES (?, ?, 'subscribed', NULL, ?) ON CONFLICT (subscriber_id, stream) DO UPDATE SET "
+        "status = excluded.status, paused_until = excluded.paused_until, "
+        "updated_at = excluded.updated_at",
+        streams_on,
+    )
+    db.conn.executemany(
+        "INSERT INTO enrollments (subscriber_id, series, status, enrolled_at, next_step, "
+        "next_due_at, updated_at) VALUES (?, ?, 'active', ?, 0, ?, ?)",
+        added,
+    )
+    db.conn.executemany(
+        "UPDATE enrollments SET status = 'active', next_due_at = ?, updated_at = ? "
+        "WHERE subscriber_id = ? AND series = ?",
+        resumed,
+    )
+    db.conn.executemany(
+        "INSERT INTO events (at, kind, subscriber_id, ref, data) VALUES (?, ?, ?, ?, ?)", events
+    )
+    return outcomes
 
 
 def start_course(db, settings: Settings, token: str, now: datetime) -> str:
@@ -426,13 +451,14 @@ def enroll_segment(
     segment: str | None = None,
     where: Sequence[str] = (),
     allow_gaps: bool = False,
-    batch: int = 500,
+    batch: int = 5000,
     progress: Callable[[int], None] | None = None,
 ) -> EnrollReport:
     """``funnel series enroll``: enrol existing subscribers (idempotent).
 
     Refuses a series with missing parts unless ``allow_gaps``.  Steps are not
     queued here: the next scheduler tick does it, with the frequency cap.
+    Members are enrolled ``batch`` at a time, one transaction each.
     """
     series = load(settings, slug)
     check_gaps(series, allow_gaps)
@@ -440,52 +466,143 @@ def enroll_segment(
         raise InputError("--segment: give a segment name or at least one --where expression")
     is_applied(db, series, now)
     report = EnrollReport()
+    times = _Times(settings, now)
     for rows in segments.iter_members(db, settings, segment, batch, where=where, now=now):
         with transaction(db):
-            for sid, _email in rows:
-                outcome = enroll(db, settings, sid, slug, now, series=series, materialise=False)
-                setattr(report, outcome, getattr(report, outcome) + 1)
+            outcomes = _enrol_many(db, slug, series, [sid for sid, _email in rows], times)
+        for outcome in outcomes:
+            setattr(report, outcome, getattr(report, outcome) + 1)
         if progress:
             progress(len(rows))
     return report
 
 
 # ----------------------------------------------------------------- the tick
-def _set(db, sid: int, slug: str, now: datetime, **fields) -> None:
-    fields["updated_at"] = iso(now)
-    sets = ", ".join(f"{k} = ?" for k in fields)
-    db.execute(
-        f"UPDATE enrollments SET {sets} WHERE subscriber_id = ? AND series = ?",
-        (*fields.values(), sid, slug),
-    )
+# The scheduler advances a chunk of due enrollments at a time, set-based: per
+# series one query for the gates (enrollment, subscriber, stream) and one for
+# the parts received, one pair of queries for the holds of the whole chunk,
+# then one executemany per table.  Readers are still decided one by one, in
+# the chunk's order, by the rules of the module docstring; what an earlier
+# reader of the chunk changes that a later one reads (a step queued for the
+# same reader counts towards their cap, a re-timed enrollment of theirs
+# changes what a daily course yields to) is carried in memory.
+# tests/test_series_bulk.py checks the whole against a reader-by-reader
+# reference on random populations.
 
 
-def _gate(db, settings: Settings, series: Series, sid: int, now: datetime):
-    """``(outcome, enrollment, subscriber, tz)``: outcome is ``stopped`` or ``paused``
-    when this enrollment cannot advance now, else None."""
-    slug = series.slug
-    e = db.execute(
-        "SELECT enrolled_at, last_due_at FROM enrollments WHERE subscriber_id = ? AND series = ?",
-        (sid, slug),
-    ).fetchone()
-    sub = db.execute(
-        "SELECT status, email, timezone FROM subscribers WHERE id = ?", (sid,)
-    ).fetchone()
-    if e is None or sub is None:
-        return "stopped", e, sub, None
-    if sub[0] != "active" or not sub[1]:
-        _set(db, sid, slug, now, status="stopped", next_due_at=None)
-        return "stopped", e, sub, None
-    stream = db.execute(
-        "SELECT status, paused_until FROM subscriptions WHERE subscriber_id = ? AND stream = ?",
-        (sid, series.stream),
-    ).fetchone()
-    if stream is None or stream[0] == "unsubscribed":
-        _set(db, sid, slug, now, status="stopped", next_due_at=None)
-        return "stopped", e, sub, None
-    tz = settings.zone_for(sub[2])
-    if stream[0] == "paused":
-        until = parse_iso(stream[1])
+class _Times:
+    """A pass's memo of the time math and formatting.
+
+    Readers share zones, anchors and slots, and computing a slot or formatting
+    a time is most of the Python cost of a row, so each is done once per pass.
+    """
+
+    def __init__(self, settings: Settings, now: datetime):
+        self.settings, self.now = settings, now
+        self._iso: dict[datetime, str] = {}
+        self._zones: dict[str | None, ZoneInfo] = {}
+        self._due: dict[tuple, datetime] = {}
+        self._next: dict[tuple, int | None] = {}
+
+    def iso(self, dt: datetime) -> str:
+        text = self._iso.get(dt)
+        if text is None:
+            text = self._iso[dt] = iso(dt)
+        return text
+
+    def zone(self, name: str | None) -> ZoneInfo:
+        tz = self._zones.get(name)
+        if tz is None:
+            tz = self._zones[name] = self.settings.zone_for(name)
+        return tz
+
+    def nominal(self, series: Series, index: int, previous: datetime, tz: ZoneInfo,
+                first: bool) -> datetime:
+        key = (series.slug, index, previous, tz, first)
+        due = self._due.get(key)
+        if due is None:
+            due = self._due[key] = _nominal_due(self.settings, series, index, previous, tz, first)
+        return due
+
+    def step_due(self, series: Series, index: int, previous: str, tz: ZoneInfo,
+                 first: bool) -> datetime:
+        """When step ``index`` is due: its nominal slot, or the next slot if that is long past."""
+        key = ("due", series.slug, index, previous, tz, first)
+        due = self._due.get(key)
+        if due is None:
+            due = self.nominal(series, index, parse_iso(previous), tz, first)
+            if self.now - due > _late_after(series):
+                # The next regular slot at or after now.
+                due = schedule.next_slot(
+                    self.now - timedelta(microseconds=1), tz, series.send_day, series.send_hour
+                )
+            self._due[key] = due
+        return due
+
+    def next_index(self, series: Series, received: tuple[str, ...]) -> int | None:
+        key = (series.slug, received)
+        if key not in self._next:
+            self._next[key] = next_step_index([s.key for s in series.steps], received)
+        return self._next[key]
+
+
+class _Step(NamedTuple):
+    """One due enrollment after its gates: either decided (``outcome`` and the
+    enrollment ``fields`` to write) or waiting for the holds (``outcome`` None)."""
+
+    sid: int
+    series: Series
+    outcome: str | None
+    fields: dict | None = None
+    index: int = 0
+    received: tuple[str, ...] = ()
+    due: datetime | None = None
+    tz: ZoneInfo | None = None
+    email: str = ""
+
+
+def _gates(db, series: Series, sids: list[int]) -> dict[int, tuple]:
+    """Per enrollment: (enrolled_at, last_due_at, subscriber status, email, zone,
+    stream status, paused_until); a reader without an enrollment row is absent."""
+    return {
+        row[0]: row[1:]
+        for row in db.execute(
+            "SELECT e.subscriber_id, e.enrolled_at, e.last_due_at, s.status, s.email, "
+            "s.timezone, ss.status, ss.paused_until FROM json_each(?) j "
+            "CROSS JOIN enrollments e ON e.subscriber_id = j.value AND e.series = ? "
+            "LEFT JOIN subscribers s ON s.id = e.subscriber_id "
+            "LEFT JOIN subscriptions ss ON ss.subscriber_id = e.subscriber_id AND ss.stream = ?",
+            (json.dumps(sids), series.slug, series.stream),
+        )
+    }
+
+
+def _received(db, slug: str, sids: list[int]) -> dict[int, list[tuple[str, str]]]:
+    """Per reader: the (step key, at) of the parts sent, oldest first."""
+    out: dict[int, list[tuple[str, str]]] = {}
+    for sid, key, at in db.execute(
+        "SELECT d.subscriber_id, d.step_key, d.at FROM json_each(?) j "
+        "CROSS JOIN series_deliveries d ON d.subscriber_id = j.value AND d.series = ? "
+        "ORDER BY d.subscriber_id, d.at, d.rowid",
+        (json.dumps(sids), slug),
+    ):
+        out.setdefault(sid, []).append((key, at))
+    return out
+
+
+def _decide(times: _Times, series: Series, sid: int, gate: tuple | None,
+            received_rows: list[tuple[str, str]]) -> _Step:
+    """The gates and the due time of one enrollment (nothing here depends on the
+    rest of the chunk).  ``stopped`` without fields: the row vanished."""
+    now = times.now
+    if gate is None or gate[2] is None:
+        return _Step(sid, series, "stopped")
+    enrolled_at, last_due_at, status, email, zone, stream, paused_until = gate
+    if status != "active" or not email or stream is None or stream == "unsubscribed":
+        return _Step(sid, series, "stopped", {"status": "stopped", "next_due_at": None})
+    tz = times.zone(zone)
+    if stream == "paused":
+        until = parse_iso(paused_until)
         if until is None or until > now:
             # An open-ended pause is looked at again daily; a dated one at its end.
             resume = (
@@ -493,136 +610,216 @@ def _gate(db, settings: Settings, series: Series, sid: int, now: datetime):
                 if until is None
                 else schedule.next_slot(until, tz, series.send_day, series.send_hour)
             )
-            _set(db, sid, slug, now, next_due_at=iso(resume))
-            return "paused", e, sub, tz
-    return None, e, sub, tz
-
-
-def _step_due(settings: Settings, series: Series, e, received_rows, index: int, tz,
-              now: datetime) -> datetime:
-    """When step ``index`` is due: its nominal slot, or the next slot if that is long past."""
-    if received_rows:
-        previous = parse_iso(e[1]) or parse_iso(received_rows[-1][1])
-    else:
-        previous = parse_iso(e[0])
-    due = _nominal_due(settings, series, index, previous, tz, first=not received_rows)
-    if now - due > _late_after(series):
-        # The next regular slot at or after now.
-        due = schedule.next_slot(
-            now - timedelta(microseconds=1), tz, series.send_day, series.send_hour
-        )
-    return due
-
-
-def _queue_step(db, settings: Settings, series: Series, sid: int, addr: str, index: int,
-                received: list[str], due: datetime, tz, now: datetime) -> None:
-    """Queue step ``index``, record its delivery, and time the step after it."""
-    slug = series.slug
-    keys = [s.key for s in series.steps]
-    step = series.steps[index]
-    ref = f"series:{slug}:{step.key}"
-    row_id = outbox.enqueue(
-        db,
-        settings,
-        dedupe_key=f"{ref}:{sid}",
-        kind="series",
-        subscriber_id=sid,
-        to_addr=addr,
-        due_at=now,
-        now=now,
-        stream=series.stream,
-        ref=ref,
-        priority=outbox.PRIORITY_SERIES,
-        expires_at=now + timedelta(hours=settings.newsletter_expiry_hours),
-        data={"series": slug, "step": step.key, "part": step.part},
-    )
-    db.execute(
-        "INSERT OR IGNORE INTO series_deliveries (subscriber_id, series, step_key, part, "
-        "outbox_id, at) VALUES (?, ?, ?, ?, ?, ?)",
-        (sid, slug, step.key, step.part, row_id, iso(now)),
-    )
-    following = next_step_index(keys, [*received, step.key])
-    # A daily course counts its next day from the day this step really went, so
-    # a day held back (cap, webinar) moves the rest back instead of doubling up.
-    anchor = max(due, now) if series.cadence_days == 1 else due
-    last = {"last_due_at": iso(anchor), "last_step_key": step.key}
-    if following is None:
-        _set(db, sid, slug, now, status="completed", next_due_at=None, next_step=len(keys), **last)
-        log_event(db, "completed", now, sid, f"series:{slug}")
-    else:
-        next_due = _nominal_due(settings, series, following, anchor, tz, first=False)
-        _set(db, sid, slug, now, next_due_at=iso(next_due), next_step=following, **last)
-
-
-def _process(db, settings: Settings, series: Series, sid: int, now: datetime) -> str:
-    """Advance one enrollment (inside the caller's transaction); returns what happened.
-
-    ``queued`` | ``waiting`` (re-timed, not due yet) | ``postponed`` (cap or
-    webinar) | ``paused`` | ``stopped`` | ``completed``.
-    """
-    slug = series.slug
-    outcome, e, sub, tz = _gate(db, settings, series, sid, now)
-    if outcome is not None:
-        return outcome
-    received_rows = db.execute(
-        "SELECT step_key, at FROM series_deliveries WHERE subscriber_id = ? AND series = ? "
-        "ORDER BY at, rowid",
-        (sid, slug),
-    ).fetchall()
-    received = [r[0] for r in received_rows]
-    index = next_step_index([s.key for s in series.steps], received)
+            return _Step(sid, series, "paused", {"next_due_at": times.iso(resume)})
+    received = tuple(key for key, _at in received_rows)
+    index = times.next_index(series, received)
     if index is None:
-        _set(db, sid, slug, now, status="completed", next_due_at=None)
-        return "completed"
-    due = _step_due(settings, series, e, received_rows, index, tz, now)
+        return _Step(sid, series, "completed", {"status": "completed", "next_due_at": None})
+    if received_rows:
+        previous = last_due_at if last_due_at is not None else received_rows[-1][1]
+    else:
+        previous = enrolled_at
+    due = times.step_due(series, index, previous, tz, first=not received_rows)
     if due > now:
-        _set(db, sid, slug, now, next_due_at=iso(due), next_step=index)
-        return "waiting"
-    reserved = _weekly_due_today(db, settings, series, sid, tz, now)
-    hold = holds.hold_until(db, settings, sid, now, reserved=reserved)
-    if hold is not None:
+        return _Step(sid, series, "waiting", {"next_due_at": times.iso(due), "next_step": index})
+    return _Step(sid, series, None, None, index, received, due, tz, email)
+
+
+def _other_enrollments(db, sids: list[int]) -> dict[int, list[tuple]]:
+    """Per reader: (series, status, next_due_at, stream) of each enrollment whose
+    stream is on, for a daily course's yielding (:func:`_Chunk.yields_to`)."""
+    out: dict[int, list[tuple]] = {}
+    for sid, *rest in db.execute(
+        "SELECT e.subscriber_id, e.series, e.status, e.next_due_at, ss.stream "
+        "FROM json_each(?) j CROSS JOIN enrollments e ON e.subscriber_id = j.value "
+        "JOIN subscriptions ss ON ss.subscriber_id = e.subscriber_id "
+        "AND ss.stream = 'series:' || e.series AND ss.status = 'subscribed'",
+        (json.dumps(sids),),
+    ):
+        out.setdefault(sid, []).append(tuple(rest))
+    return out
+
+
+class _Chunk:
+    """The holds and the writes of one chunk, decided in the chunk's order."""
+
+    def __init__(self, db, settings: Settings, times: _Times, steps: list[_Step]):
+        self.settings, self.times, self.now = settings, times, times.now
+        self.stamp = times.iso(times.now)
+        self.expires = times.now + timedelta(hours=settings.newsletter_expiry_hours)
+        # Whether a row queued now counts towards the cap (it does unless already expired).
+        self.counts = times.iso(self.expires) > self.stamp
+        held = [s for s in steps if s.outcome is None]
+        sids = list(dict.fromkeys(s.sid for s in held))
+        self.facts = holds.hold_facts(db, settings, sids, self.now) if sids else {}
+        daily = [s.sid for s in held if s.series.cadence_days == 1]
+        capped = settings.frequency_cap > 0
+        self.others = _other_enrollments(db, daily) if capped and daily else {}
+        self.done: dict[tuple[int, str], tuple[str, str | None]] = {}  # (status, next_due_at)
+        self.existing = self._existing_rows(db, held) if capped else set()
+        self.rows: list[dict] = []
+        self.deliveries: list[tuple] = []
+        self.updates: dict[tuple[str, ...], list[tuple]] = {}
+        self.events: list[tuple] = []
+
+    def _existing_rows(self, db, held: list[_Step]) -> set[str]:
+        """Dedupe keys already in the outbox among the steps of readers with several
+        steps in the chunk: queueing one of those adds no row to their cap count."""
+        repeated = {sid for sid, n in Counter(s.sid for s in held).items() if n > 1}
+        keys = [_dedupe(s) for s in held if s.sid in repeated]
+        if not keys:
+            return set()
+        return {
+            r[0]
+            for r in db.execute(
+                "SELECT dedupe_key FROM outbox WHERE dedupe_key IN (SELECT value FROM json_each(?))",
+                (json.dumps(keys),),
+            )
+        }
+
+    def update(self, sid: int, slug: str, fields: dict) -> None:
+        self.updates.setdefault(tuple(fields), []).append(
+            (*fields.values(), self.stamp, sid, slug)
+        )
+        self.done[(sid, slug)] = (fields.get("status", "active"), fields["next_due_at"])
+
+    def yields_to(self, step: _Step) -> int:
+        """How many of the reader's other series steps a daily course step makes room for.
+
+        A daily course (``cadence = "daily"``) shares the frequency cap with the
+        weekly series and yields to them: a step of another, slower series that
+        is due later the same local day keeps its place under the cap, so on a
+        day when the cap can't take both, the course's step slides to the next
+        day.  Other series never yield (0).
+        """
+        series, tz = step.series, step.tz
+        if series.cadence_days != 1 or self.settings.frequency_cap <= 0:
+            return 0
+        end_of_day = self.times.iso(
+            local_to_utc(self.now.astimezone(tz).date() + timedelta(days=1), 0, tz)
+        )
+        count = 0
+        for slug, status, next_due, stream in self.others.get(step.sid, ()):
+            status, next_due = self.done.get((step.sid, slug), (status, next_due))
+            if slug == series.slug or status != "active" or next_due is None:
+                continue
+            if not next_due < end_of_day:
+                continue
+            try:
+                other = load(self.settings, slug)
+            except FunnelError:
+                continue
+            if other.cadence_days > 1 and other.stream == stream:
+                count += 1
+        return count
+
+    def hold_or_queue(self, step: _Step) -> str:
+        facts = self.facts[step.sid]
+        hold = holds.decide_hold(
+            self.settings.frequency_cap, self.now, facts.webinars, facts.sent, facts.ahead,
+            self.yields_to(step),
+        )
+        if hold is None:
+            self.queue(step)
+            return "queued"
         later = schedule.postponed_due(
             hold[0],
             hold[1],
-            now,
-            tz,
-            series.send_hour,
-            settings.quiet_start_hour,
-            settings.quiet_end_hour,
+            self.now,
+            step.tz,
+            step.series.send_hour,
+            self.settings.quiet_start_hour,
+            self.settings.quiet_end_hour,
         )
-        _set(db, sid, slug, now, next_due_at=iso(later), next_step=index)
+        self.update(step.sid, step.series.slug,
+                    {"next_due_at": self.times.iso(later), "next_step": step.index})
         return "postponed"
-    _queue_step(db, settings, series, sid, sub[1], index, received, due, tz, now)
-    return "queued"
+
+    def queue(self, step: _Step) -> None:
+        """Queue step ``index``, record its delivery, and time the step after it."""
+        series, sid, times = step.series, step.sid, self.times
+        slug, item = series.slug, series.steps[step.index]
+        ref, dedupe = f"series:{slug}:{item.key}", _dedupe(step)
+        self.rows.append({
+            "dedupe_key": dedupe, "kind": "series", "subscriber_id": sid,
+            "to_addr": step.email, "due_at": self.now, "stream": series.stream, "ref": ref,
+            "priority": outbox.PRIORITY_SERIES, "expires_at": self.expires,
+            "data": {"series": slug, "step": item.key, "part": item.part},
+        })  # fmt: skip
+        self.deliveries.append((sid, slug, item.key, item.part, dedupe, self.stamp))
+        if self.counts and dedupe not in self.existing:
+            self.facts[sid].ahead += 1  # the new row is capped mail due now
+        following = times.next_index(series, (*step.received, item.key))
+        # A daily course counts its next day from the day this step really went, so
+        # a day held back (cap, webinar) moves the rest back instead of doubling up.
+        anchor = max(step.due, self.now) if series.cadence_days == 1 else step.due
+        last = {"last_due_at": times.iso(anchor), "last_step_key": item.key}
+        if following is None:
+            self.update(sid, slug, {"status": "completed", "next_due_at": None,
+                                    "next_step": len(series.steps), **last})
+            self.events.append((self.stamp, "completed", sid, f"series:{slug}"))
+        else:
+            next_due = times.nominal(series, following, anchor, step.tz, False)
+            self.update(sid, slug, {"next_due_at": times.iso(next_due), "next_step": following,
+                                    **last})
+
+    def write(self, db) -> None:
+        """The chunk's rows: outbox, deliveries (with their outbox ids), enrollments, events."""
+        if self.rows:
+            # Under the write lock new rows take ids above the current maximum, so
+            # this reads back exactly the rows just inserted (a duplicate gets none).
+            before = db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
+            outbox.enqueue_many(db, self.settings, self.rows, self.now)
+            ids = dict(db.execute("SELECT dedupe_key, id FROM outbox WHERE id > ?", (before,)))
+            db.conn.executemany(
+                "INSERT OR IGNORE INTO series_deliveries (subscriber_id, series, step_key, part, "
+                "outbox_id, at) VALUES (?, ?, ?, ?, ?, ?)",
+                [(sid, slug, key, part, ids.get(dedupe), at)
+                 for sid, slug, key, part, dedupe, at in self.deliveries],
+            )  # fmt: skip
+        for names, params in self.updates.items():
+            sets = "".join(f"{name} = ?, " for name in names)
+            db.conn.executemany(
+                f"UPDATE enrollments SET {sets}updated_at = ? WHERE subscriber_id = ? AND series = ?",
+                params,
+            )
+        db.conn.executemany(
+            "INSERT INTO events (at, kind, subscriber_id, ref) VALUES (?, ?, ?, ?)", self.events
+        )
 
 
-def _weekly_due_today(db, settings: Settings, series: Series, sid: int, tz, now: datetime) -> int:
-    """How many of the reader's other series steps a daily course step makes room for.
+def _dedupe(step: _Step) -> str:
+    return f"series:{step.series.slug}:{step.series.steps[step.index].key}:{step.sid}"
 
-    A daily course (``cadence = "daily"``) shares the frequency cap with the
-    weekly series and yields to them: a step of another, slower series that is
-    due later the same local day keeps its place under the cap, so on a day
-    when the cap can't take both, the course's step slides to the next day.
-    Other series never yield (0).
-    """
-    if series.cadence_days != 1 or settings.frequency_cap <= 0:
-        return 0
-    end_of_day = local_to_utc(now.astimezone(tz).date() + timedelta(days=1), 0, tz)
-    count = 0
-    for slug, stream in db.execute(
-        "SELECT e.series, ss.stream FROM enrollments e JOIN subscriptions ss "
-        "ON ss.subscriber_id = e.subscriber_id AND ss.stream = 'series:' || e.series "
-        "AND ss.status = 'subscribed' WHERE e.subscriber_id = ? AND e.series != ? "
-        "AND e.status = 'active' AND e.next_due_at < ?",
-        (sid, series.slug, iso(end_of_day)),
-    ).fetchall():
-        try:
-            other = load(settings, slug)
-        except FunnelError:
+
+def _advance(db, settings: Settings, due: list[tuple[int, Series]], times: _Times) -> Counter:
+    """Advance these enrollments (inside the caller's transaction), in order; counts
+    per outcome: ``queued`` | ``waiting`` (re-timed, not due yet) | ``postponed``
+    (cap or webinar) | ``paused`` | ``stopped`` | ``completed``."""
+    by_series: dict[str, tuple[Series, list[int]]] = {}
+    for sid, series in due:
+        by_series.setdefault(series.slug, (series, []))[1].append(sid)
+    gates: dict[str, dict] = {}
+    received: dict[str, dict] = {}
+    for slug, (series, sids) in by_series.items():
+        gates[slug] = _gates(db, series, sids)
+        received[slug] = _received(db, slug, sids)
+    steps = [
+        _decide(times, series, sid, gates[series.slug].get(sid),
+                received[series.slug].get(sid, []))
+        for sid, series in due
+    ]  # fmt: skip
+    chunk = _Chunk(db, settings, times, steps)
+    counts: Counter = Counter()
+    for step in steps:
+        if step.outcome is None:
+            counts[chunk.hold_or_queue(step)] += 1
             continue
-        if other.cadence_days > 1 and other.stream == stream:
-            count += 1
-    return count
+        if step.fields is not None:
+            chunk.update(step.sid, step.series.slug, step.fields)
+        counts[step.outcome] += 1
+    chunk.write(db)
+    return counts
 
 
 @dataclass
@@ -638,12 +835,12 @@ class TickReport:
 
 
 def schedule_series(
-    db, settings: Settings, now: datetime, *, batch: int = 500, report: TickReport | None = None
+    db, settings: Settings, now: datetime, *, batch: int = 5000, report: TickReport | None = None
 ) -> int:
     """Queue every series step that is due; returns how many rows were queued.
 
-    Streams enrollments in batches of ``batch`` (keyset order), one write
-    transaction per batch; the selection is made inside the transaction so two
+    Streams enrollments in chunks of ``batch`` (keyset order), one write
+    transaction per chunk; the selection is made inside the transaction so two
     schedulers running at once see each other's progress.
     """
     report = report if report is not None else TickReport()
@@ -651,6 +848,7 @@ def schedule_series(
     report.enrolled += done.enrolled
     report.resumed += done.resumed
     usable: dict[str, Series | None] = {}
+    times = _Times(settings, now)
     cursor: tuple = ("", 0, "")
     while True:
         with transaction(db):
@@ -661,17 +859,17 @@ def schedule_series(
                 "ORDER BY next_due_at, subscriber_id, series LIMIT ?",
                 (iso(now), *cursor, batch),
             ).fetchall()
+            due = []
             for _due, sid, slug in rows:
                 if slug not in usable:
                     usable[slug] = _usable(db, settings, slug, now, report)
-                series = usable[slug]
-                if series is None:
-                    continue
-                outcome = _process(db, settings, series, sid, now)
-                if outcome == "queued":
-                    report.queued += 1
-                elif outcome in ("postponed", "stopped", "completed"):
-                    setattr(report, outcome, getattr(report, outcome) + 1)
+                if usable[slug] is not None:
+                    due.append((sid, usable[slug]))
+            counts = _advance(db, settings, due, times) if due else Counter()
+        report.queued += counts["queued"]
+        report.postponed += counts["postponed"]
+        report.stopped += counts["stopped"]
+        report.completed += counts["completed"]
         if len(rows) < batch:
             return report.queued
         cursor = tuple(rows[-1])
