@@ -163,18 +163,20 @@ def _include(present: list[bytes]) -> list[bytes]:
 
 
 def _selected(fields: list[tuple[bytes, bytes]], names: list[bytes]) -> bytes:
-    """The canonical bytes of the fields named in h=, each picked bottom-up."""
-    lowered = [name.lower() for name, _ in fields]
+    """The canonical bytes of the fields named in h=, each picked bottom-up.
+
+    Each name's occurrences are listed top-down once; every use of the name
+    in h= takes the last one left (a name listed more often than it occurs,
+    as oversigning does, then adds nothing).
+    """
+    where: dict[bytes, list[int]] = {}
+    for i, (name, _) in enumerate(fields):
+        where.setdefault(name.lower(), []).append(i)
     out = []
-    last: dict[bytes, int] = {}
     for name in names:
-        i = last.get(name, len(fields))
-        while i > 0:
-            i -= 1
-            if lowered[i] == name:
-                out.append(canonical_header(*fields[i]))
-                break
-        last[name] = i
+        left = where.get(name)
+        if left:
+            out.append(canonical_header(*fields[left.pop()]))
     return b"".join(out)
 
 
