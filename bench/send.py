@@ -19,14 +19,18 @@ All figures come from ONE run on this machine:
 4. the naive pipeline on a sample (a new ``EmailMessage`` via
    ``mime.compose_stdlib``, the template compiled per message, a new SMTP
    connection per message, one claim and one commit per message);
-5. a CPU breakdown per stage of step 3;
+5. a CPU breakdown per stage of step 3, each stage on its own thread's clock
+   (SMTP, with DKIM's private-key operation, runs on the sender's wire thread
+   while the main thread builds the next message);
 6. click rewriting (campaigns/links.py) off and on: two N-recipient
    broadcasts sent in alternating slices of N/10 (the order swapped each
    round), so both see the same load.
 
 Targets: >= 40% of the one-session ceiling, >= 10x the naive pipeline, peak
 RSS < 150 MB and flat from 10k to 200k recipients, and with click rewriting
-on >= 90% of the rate without it.
+on >= 90% of the rate without it.  ``--runs 5``: >= 50% of each run's
+one-session ceiling in every run.  ``--dkim``: the rate with RSA-SHA256
+signing >= 80% of the rate without, in the same run.
 """
 
 from __future__ import annotations
@@ -181,7 +185,12 @@ def sample_message(db, settings, now: datetime) -> bytes:
 
 # ----------------------------------------------------------------- instrumentation
 class Stages:
-    """CPU (process_time) and wall time per stage, by wrapping the functions send_due calls."""
+    """CPU and wall time per stage, by wrapping the functions send_due calls.
+
+    A stage's CPU is its own thread's (``thread_time``): SMTP (with DKIM's
+    private-key operation) runs on the sender's wire thread while the main
+    thread builds the next message, so process time would count both.
+    """
 
     def __init__(self):
         self.cpu = defaultdict(float)
@@ -191,7 +200,7 @@ class Stages:
     def wrap(self, owner, name: str, stage: str) -> None:
         original = getattr(owner, name)
         cpu, wall = self.cpu, self.wall
-        pt, pc = time.process_time, time.perf_counter
+        pt, pc = time.thread_time, time.perf_counter
 
         def timed(*args, **kwargs):
             c0, w0 = pt(), pc()
@@ -446,9 +455,13 @@ def dkim_pass(port: int, n: int, batch: int, rounds: int = 3) -> dict:
 
     The three are interleaved over *rounds* rounds of n/rounds recipients each,
     and each keeps its best round, so load from other processes on a shared
-    machine hits all three alike.  CPU time per message (this process) is
-    printed too: it is what signing adds, whatever the machine's load.  The
-    bench settings carry no key, so ``signer=None`` is off.
+    machine hits all three alike.  The target is on the rate.  CPU per message
+    is printed twice: the whole process's, and the main thread's alone.  The
+    sender signs on its wire thread (campaigns/sender.py), so the private-key
+    operation runs on the second core while the main thread builds the next
+    message; the main thread's CPU is the critical path, and its share of off
+    is the load-independent figure.  The bench settings carry no key, so
+    ``signer=None`` is off.
     """
     from campaigns.dkim import DkimSigner
 
@@ -457,6 +470,7 @@ def dkim_pass(port: int, n: int, batch: int, rounds: int = 3) -> dict:
     each = max(500, n // rounds)
     rates: dict[str, float] = {}
     cpu: dict[str, float] = {}
+    main: dict[str, float] = {}  # this (the main) thread's CPU per message
     try:
         rsa_key, ed_key = dkim_keys(work)
         signers = {
@@ -470,32 +484,38 @@ def dkim_pass(port: int, n: int, batch: int, rounds: int = 3) -> dict:
                 settings, db = make_broadcast(folder, each, port, batch, now)
                 clock = lambda: datetime.now(UTC)  # noqa: E731
                 relay = smtp.Relay(settings.relays[0])
-                c0, t0 = time.process_time(), time.perf_counter()
+                c0, t0, m0 = time.process_time(), time.perf_counter(), time.thread_time()
                 summary = sender.send_due(db, settings, clock, relay=relay, signer=signer)
                 wall, used = time.perf_counter() - t0, time.process_time() - c0
+                own = time.thread_time() - m0
                 relay.close()
                 db.close()
                 shutil.rmtree(folder, ignore_errors=True)
                 assert summary.sent == each, summary.line()
                 rates[label] = max(rates.get(label, 0.0), each / wall)
                 cpu[label] = min(cpu.get(label, float("inf")), used / each)
+                main[label] = min(main.get(label, float("inf")), own / each)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"DKIM off vs on, {rounds} interleaved rounds of {each:,} recipients, one connection, "
           "best round each:")  # fmt: skip
     for label, rate in rates.items():
-        # The sender is CPU-bound, so its rate follows its CPU per message; on a shared
-        # machine that share is the steadier figure, and the target is judged on it.
-        share = cpu["off"] / cpu[label]
+        share = rate / rates["off"]
         target = "" if label == "off" else (
-            f"; rate share {rate / rates['off']:.0%}, CPU share {share:.0%} of off "
-            f"(target >= 80%: {'met' if share >= 0.8 else 'MISSED'})"
+            f"; rate {share:.0%} of off (target >= 80%: {'met' if share >= 0.8 else 'MISSED'}), "
+            f"main-thread CPU share {main['off'] / main[label]:.0%}"
         )
-        print(f"  {label:<14}{rate:8,.0f} msg/s, {cpu[label] * 1e6:6.0f} µs CPU/msg{target}")
+        print(
+            f"  {label:<14}{rate:8,.0f} msg/s, {cpu[label] * 1e6:6.0f} µs CPU/msg "
+            f"({main[label] * 1e6:4.0f} on the main thread){target}"
+        )
     return {"dkim_off": rates["off"], "dkim_rsa": rates["rsa-sha256"],
             "dkim_both": rates["rsa + ed25519"],
+            "dkim_rate_share": rates["rsa-sha256"] / rates["off"],
             "dkim_on_cpu_share": cpu["off"] / cpu["rsa-sha256"],
-            "dkim_cpu_us": {k: round(v * 1e6) for k, v in cpu.items()}}  # fmt: skip
+            "dkim_main_cpu_share": main["off"] / main["rsa-sha256"],
+            "dkim_cpu_us": {k: round(v * 1e6) for k, v in cpu.items()},
+            "dkim_main_cpu_us": {k: round(v * 1e6) for k, v in main.items()}}  # fmt: skip
 
 
 # ----------------------------------------------------------------- series and connections

@@ -4,7 +4,8 @@ Each row kind has a builder (the table in :mod:`campaigns.kinds`) that
 returns the template content for that row (kind, subject, body...) plus the
 per-recipient values (:mod:`campaigns.content`); this module then
 renders it (MJML compiled once per content, Jinja per recipient), assembles
-the MIME message with the fast path, and signs it with DKIM when configured.
+the MIME message with the fast path, and prepares its DKIM signature when
+configured (``Outgoing.wire()`` signs: the sender does that on its SMTP thread).
 
 Building is pure apart from reading the database: no network, no clock.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from funnel.outbox import OutboxRow
 from funnel.settings import Settings
@@ -23,12 +25,17 @@ from . import kinds, mime, render
 from . import links as tracking
 from .content import Content, Direct, SkipMessage, list_id
 
+if TYPE_CHECKING:  # pragma: no cover - campaigns.dkim loads OpenSSL; only senders with a key need it
+    from .dkim import Signing
+
 
 @dataclass(frozen=True)
 class Outgoing:
     row_id: int
     envelope_from: str
     recipient: str
+    #: The message; when ``signing`` is set, without its DKIM-Signature header(s):
+    #: :meth:`wire` adds them.
     data: bytes
     #: What view-in-browser shows for this row once it is sent (campaigns/views.py):
     #: the content with the recipient's first name folded in, and the build time.
@@ -36,6 +43,13 @@ class Outgoing:
     built_at: datetime | None = None
     #: The links behind this message's /c/ addresses (campaigns/links.py).
     links: tuple = ()
+    #: DKIM, prepared but not yet signed (campaigns/dkim.py): the private-key
+    #: operation is left to :meth:`wire`, which the sender runs on its SMTP thread.
+    signing: Signing | None = None
+
+    def wire(self) -> bytes:
+        """The bytes to send: the message, signed when a DKIM key is set."""
+        return self.data if self.signing is None else self.signing.headers() + self.data
 
 
 def verp_sender(settings: Settings, row_id: int) -> str:
@@ -105,13 +119,12 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
         extra_headers=[("X-Funnel-Row", str(row.id))],
         attachments=content.attachments,
     )
-    if signer is not None:
-        data = signer.sign(data)
+    signing = signer.prepare(data) if signer is not None else None
     view = None if stand_in else replace(
         content, attachments=(), recipient={**content.recipient, "first_name": sub.first_name}
     )
     return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data, view, now,
-                    rendered.links)
+                    rendered.links, signing)
 
 
 def _build_direct(settings: Settings, row: OutboxRow, now: datetime, direct: Direct,
@@ -132,9 +145,8 @@ def _build_direct(settings: Settings, row: OutboxRow, now: datetime, direct: Dir
         message_id=row.message_id, list_id=None, unsubscribe_url=None, unsubscribe_mailto=None,
         reply_to=direct.reply_to, extra_headers=[("X-Funnel-Row", str(row.id))],
     )  # fmt: skip
-    if signer is not None:
-        data = signer.sign(data)
-    return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data)
+    signing = signer.prepare(data) if signer is not None else None
+    return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data, signing=signing)
 
 
 def assemble(settings: Settings, rendered: render.Rendered, *, to_name: str, to_addr: str,

@@ -8,7 +8,9 @@ The hot path, per claimed batch (``settings.batch_size`` rows):
 
 1. one ``BEGIN IMMEDIATE`` claims the batch (lease token + owner);
 2. each row is built (template compiled once per content, Jinja per
-   recipient, MIME by hand) and written to a kept-open SMTP connection;
+   recipient, MIME by hand, DKIM prepared) and handed to one "wire" thread
+   that signs it and writes it to a kept-open SMTP connection, while the next
+   row is built (a one-deep pipeline, see ``_send_batch``);
 3. one transaction marks every outcome and records SMTP-time bounces.
 
 A kill between 1 and 3 leaves the batch in ``sending``; the next run finds it
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -32,7 +35,7 @@ from funnel.settings import Settings
 
 from . import holds, messages, views
 from .content import SkipMessage
-from .smtp import Relay, RelayPool, SendResult
+from .smtp import PoolResult, Relay, RelayPool, SendResult
 
 #: Retry backoff: base * 2**(attempt-1), capped, plus up to 20% jitter.  With
 #: the default 4-day expiry that is about 30 attempts (Postfix's queue
@@ -236,6 +239,9 @@ def send_due(
         return outbox.sent_via(db, label, since)
 
     fingerprint = config_fingerprint(settings)
+    # One thread signs and talks SMTP while this one builds (see _send_batch);
+    # it starts with the first message and is joined before the pool closes.
+    wire = ThreadPoolExecutor(max_workers=1, thread_name_prefix="funnel-wire")
 
     try:
         recovered = outbox.recover(db, settings, clock())
@@ -260,11 +266,14 @@ def send_due(
                     continue  # that recovered row is no longer claimable; try the next one
                 break
             summary.claimed += len(rows)
-            if _send_batch(db, settings, clock, pool, signer, token, rows, summary, fingerprint):
+            if _send_batch(
+                db, settings, clock, pool, signer, token, rows, summary, fingerprint, wire
+            ):
                 break
             if progress:
                 progress(len(rows))
     finally:
+        wire.shutdown(wait=True)  # an interrupted send finishes before its socket closes
         if own_pool:
             pool.close()
     if summary.blocked:
@@ -276,6 +285,21 @@ def send_due(
     return summary
 
 
+@dataclass
+class _Flight:
+    """A row handed to the wire thread whose answer has not been taken yet."""
+
+    row: outbox.OutboxRow
+    msg: messages.Outgoing
+    now: datetime
+    answer: Future
+
+
+def _transmit(pool: RelayPool, msg: messages.Outgoing, now: datetime):
+    """On the wire thread: sign (the RSA operation runs without the GIL), then SMTP."""
+    return pool.send(msg.envelope_from, msg.recipient, msg.wire(), now)
+
+
 def _send_batch(
     db,
     settings: Settings,
@@ -285,43 +309,76 @@ def _send_batch(
     token: str,
     rows: list[outbox.OutboxRow],
     summary: Summary,
-    fingerprint: str = "",
+    fingerprint: str,
+    wire: ThreadPoolExecutor,
 ) -> bool:
-    """Send one claimed batch and mark it; returns True when sending must stop."""
+    """Send one claimed batch and mark it; returns True when sending must stop.
+
+    A one-deep pipeline: while row N is signed and on the wire (the ``wire``
+    thread; OpenSSL and socket waits release the GIL), this thread builds row
+    N+1, then takes N's answer before handing N+1 over.  So outcomes are
+    taken in row order, the pool is only ever used by one thread at a time,
+    and the ledger rules are those of a plain loop: a row handed over whose
+    answer was not taken (an interrupt, a crash) stays in 'sending' and is
+    recovered as uncertain; a row only built goes back untouched; when N's
+    answer stops the batch (no relay could take it, the pool is blocked), the
+    already built N+1 goes back untouched too.
+    """
     outcomes: list[outbox.Outcome] = []
     bounced: dict[int, tuple[outbox.OutboxRow, SendResult, str]] = {}
     sent: dict[int, messages.Outgoing] = {}  # their views are stored with the outcomes
     stop = False
-    in_flight: int | None = None
+    flight: _Flight | None = None
     try:
         for row in rows:
-            in_flight = row.id
             now = clock()
             msg = _build(db, settings, signer, row, now, summary, fingerprint)
+            if flight is not None:
+                stop = _land(settings, pool, flight, outcomes, summary, bounced, sent)
+                flight = None
+                if stop:
+                    break
             if isinstance(msg, outbox.Outcome):
-                outcome: outbox.Outcome | None = msg
+                outcomes.append(msg)
+                summary.add(msg.status)
             else:
-                outcome = _send(settings, pool, row, msg, now, summary, bounced)
-                if outcome is not None and outcome.status == "sent":
-                    sent[row.id] = msg
-            in_flight = None
-            if outcome is None:  # no relay could take it: it goes back unsent
-                stop = True
-                break
-            outcomes.append(outcome)
-            summary.add(outcome.status)
-            if pool.blocked(now):
-                summary.blocked = pool.blocked(now)
-                stop = True
-                break
+                flight = _Flight(row, msg, now, wire.submit(_transmit, pool, msg, now))
+        if flight is not None:
+            stop = _land(settings, pool, flight, outcomes, summary, bounced, sent)
+            flight = None
     finally:
         # Even when interrupted (Ctrl-C), record what is known.  A row whose
-        # fate is unknown (``in_flight``) stays in 'sending' and is recovered
-        # as uncertain by the next run.
+        # fate is unknown (handed to the wire thread, answer not taken) stays
+        # in 'sending' and is recovered as uncertain by the next run.
         handled = {o.row_id for o in outcomes}
+        in_flight = flight.row.id if flight is not None else None
         untouched = [r.id for r in rows if r.id not in handled and r.id != in_flight]
         _record(db, settings, clock, token, outcomes, bounced, untouched, summary, sent)
     return stop
+
+
+def _land(
+    settings: Settings,
+    pool: RelayPool,
+    flight: _Flight,
+    outcomes: list[outbox.Outcome],
+    summary: Summary,
+    bounced: dict,
+    sent: dict[int, messages.Outgoing],
+) -> bool:
+    """Take a row's SMTP answer into the batch's outcomes; True when sending must stop."""
+    outcome = _outcome(settings, flight.row, flight.answer.result(), flight.now, summary, bounced)
+    if outcome is None:  # no relay could take it: it goes back unsent
+        return True
+    if outcome.status == "sent":
+        sent[flight.row.id] = flight.msg
+    outcomes.append(outcome)
+    summary.add(outcome.status)
+    blocked = pool.blocked(flight.now)
+    if blocked:
+        summary.blocked = blocked
+        return True
+    return False
 
 
 def _record(
@@ -382,16 +439,15 @@ def _build(
         )
 
 
-def _send(
+def _outcome(
     settings: Settings,
-    pool: RelayPool,
     row: outbox.OutboxRow,
-    msg: messages.Outgoing,
+    sent: PoolResult,
     now: datetime,
     summary: Summary,
     bounced: dict,
 ) -> outbox.Outcome | None:
-    sent = pool.send(msg.envelope_from, msg.recipient, msg.data, now)
+    """The ledger outcome of the pool's answer for a row; None when no relay took it."""
     if sent.result is None:
         summary.blocked = sent.blocked
         return None
