@@ -70,6 +70,18 @@ def test_bad_rows_reject_the_whole_file(db, settings, clock, tmp_path):
     assert count(db, "subscribers") == 0 and count(db, "outbox") == 0 and count(db, "consent") == 0
 
 
+def test_import_cache_is_given_back(db, settings, clock, tmp_path):
+    """The import's big page cache (subscribers/io.py IMPORT_CACHE_KIB) lasts the import
+    only, whether the file is stored or rejected."""
+    before = db.execute("PRAGMA cache_size").fetchone()[0]
+    import_csv(db, settings, write(tmp_path, MESSY), clock())
+    assert db.execute("PRAGMA cache_size").fetchone()[0] == before
+    with pytest.raises(RowsRejected):
+        import_csv(db, settings, write(tmp_path, "email\nnew@example.com\nnot-an-email\n", "bad.csv"), clock())
+    assert db.execute("PRAGMA cache_size").fetchone()[0] == before
+    assert count(db, "subscribers") == 3  # the rejected file stored nothing
+
+
 def test_skip_invalid_imports_the_good_rows(db, settings, clock, tmp_path):
     text = "email,name\ngood@example.com,Good\nbad@,Bad\nok@example.com,\"Line\nBreak\"\nfine@example.com,\n"
     report = import_csv(db, settings, write(tmp_path, text), clock(), skip_invalid=True)
