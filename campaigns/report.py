@@ -178,14 +178,16 @@ def _people(db, kind: str, lo: str, hi: str) -> frozenset:
     return _ids(text)
 
 
+READERS_SQL = (
+    "SELECT group_concat(subscriber_id) FROM (SELECT DISTINCT subscriber_id FROM events "
+    "WHERE kind = ? AND ref = ? AND subscriber_id IS NOT NULL{where})"
+)
+
+
 def _readers(db, kind: str, ref: str, lo: str, hi: str) -> frozenset:
     """Who has an event of *kind* about *ref* in the window."""
     where, params = _window("at", lo, hi)
-    (text,) = db.execute(
-        "SELECT group_concat(subscriber_id) FROM (SELECT DISTINCT subscriber_id FROM events "
-        f"WHERE kind = ? AND ref = ? AND subscriber_id IS NOT NULL{where})",
-        (kind, ref, *params),
-    ).fetchone()
+    (text,) = db.execute(READERS_SQL.format(where=where), (kind, ref, *params)).fetchone()
     return _ids(text)
 
 
@@ -325,6 +327,9 @@ def _email_label(kind: str, ref: str, subject: str | None,
     return "webinar", f"{bits[1] if len(bits) > 1 else ref} \u00b7 {kind.removeprefix('webinar_')}"
 
 
+SENT_SQL = "SELECT o.kind, o.ref, o.campaign_id, COUNT(*) FROM outbox o WHERE {scope} GROUP BY o.kind, o.ref, o.campaign_id"
+
+
 def click_rates(db, lo: str, hi: str, parts: dict[tuple[str, str], int]) -> list[ClickRate]:
     """Per series step, broadcast and webinar email sent in the window: sent, clicked, filtered.
 
@@ -337,11 +342,7 @@ def click_rates(db, lo: str, hi: str, parts: dict[tuple[str, str], int]) -> list
     scope = f"o.status = 'sent' AND o.sent_at IS NOT NULL AND o.kind IN ({kinds}){where}"
     found: dict[tuple[str, str], list[int]] = {}
     campaign: dict[tuple[str, str], int] = {}  # a broadcast's campaign, for its subject
-    for kind, ref, cid, sent in db.execute(
-        f"SELECT o.kind, o.ref, o.campaign_id, COUNT(*) FROM outbox o WHERE {scope} "
-        "GROUP BY o.kind, o.ref, o.campaign_id",
-        (*_TRACKED, *params),
-    ):
+    for kind, ref, cid, sent in db.execute(SENT_SQL.format(scope=scope), (*_TRACKED, *params)):
         found.setdefault((kind, ref), [0, 0, 0, 0, 0])[0] += sent
         if cid is not None:
             campaign[(kind, ref)] = cid
