@@ -158,7 +158,7 @@ CLAIM_SQL = (
     "SELECT id FROM outbox WHERE status IN ('queued', 'retry') AND due_at <= ? "
     "ORDER BY priority, due_at, id LIMIT 1000"
 )
-SENT_SCOPE = "o.status = 'sent' AND o.sent_at IS NOT NULL AND o.kind IN (?, ?, ?, ?, ?)"
+SENT_SCOPE = "o.status = 'sent' AND o.sent_at IS NOT NULL"  # all time
 SEARCH_SQL = (  # the text search of subscribers.people.search, for its plan
     "SELECT s.id FROM subscribers s WHERE ((s.email COLLATE NOCASE >= ? AND s.email COLLATE NOCASE < ?) "
     "OR (s.name COLLATE NOCASE >= ? AND s.name COLLATE NOCASE < ?)) ORDER BY s.id DESC LIMIT 51"
@@ -197,7 +197,7 @@ def measure(db, settings, n: int, now: datetime) -> dict:
     report.render_text(report.compute(db, settings, now=now))  # what `funnel report` does
     out["report_s"] = time.perf_counter() - t0
     out["plans"]["report (readers of a step)"] = plan(db, report.READERS_SQL.format(where=""), ("sent", "x"))
-    out["plans"]["report (messages sent)"] = plan(db, report.SENT_SQL.format(scope=SENT_SCOPE), report._TRACKED)
+    out["plans"]["report (messages sent)"] = plan(db, report.SENT_SQL.format(scope=SENT_SCOPE), ("series", "x"))
 
     searches = {}
     # (A one-letter search is bench/admin_search.py's: here every reader's address and
