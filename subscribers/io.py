@@ -121,7 +121,7 @@ def import_csv(
     if pre_confirmed and not consent_note.strip():
         raise InputError("--consent-note: pre-confirmed imports need a note saying how these people consented")
     report = ImportReport(str(path))
-    seen: dict[str, int] = {}
+    seen: dict = {}
     with _big_cache(db), transaction(db):
         writer = _BatchWriter(db, settings, path, now, pre_confirmed, consent_note)
         pending: list[tuple] = []  # validated rows waiting for one batched existence check
@@ -172,7 +172,7 @@ def preview_csv(path: Path, *, first: int = 10, default_source: str = "import",
     path = Path(path)
     shown = shown_name or str(path)
     report = Preview(shown)
-    seen: dict[str, int] = {}
+    seen: dict = {}
     try:
         for line, row in _rows(path):
             try:
@@ -189,9 +189,13 @@ def preview_csv(path: Path, *, first: int = 10, default_source: str = "import",
     return report
 
 
-def _clean_row(row: dict[str, str], line: int, seen: dict[str, int],
+def _clean_row(row: dict[str, str], line: int, seen: dict,
                default_source: str) -> tuple[str, str, str, str | None, str]:
-    """(email, hash, name, timezone, source) of one CSV row, or InputError saying why not."""
+    """(email, hash, name, timezone, source) of one CSV row, or InputError saying why not.
+
+    *seen* holds the file's addresses so far (lower-cased -> line) and, under
+    (column, value) keys, its zones and sources already checked.
+    """
     if "__error__" in row:
         raise InputError(row["__error__"])
     email = optin.clean_email(row.get("email", ""), field="email")
@@ -200,9 +204,20 @@ def _clean_row(row: dict[str, str], line: int, seen: dict[str, int],
         raise InputError(f"duplicate of line {seen[key]} ({email})")
     seen[key] = line
     name = optin.clean_name(row.get("name"), field="name")
-    tz = optin.clean_timezone(row.get("timezone"), field="timezone")
-    source = optin.clean_source(row.get("source") or default_source, field="source")
+    tz = _cleaned(seen, "timezone", row.get("timezone"), optin.clean_timezone)
+    source = _cleaned(seen, "source", row.get("source") or default_source, optin.clean_source)
     return email, lifecycle.email_hash(email), name, tz, source
+
+
+def _cleaned(seen: dict, field: str, raw: str | None, clean):
+    """clean(raw) for a column whose few values repeat (zones, sources), checked once
+    per file and remembered in *seen* under a tuple key; a bad value raises each time."""
+    key = (field, raw)
+    if key in seen:
+        return seen[key]
+    value = clean(raw, field=field)
+    seen[key] = value
+    return value
 
 
 class _BatchWriter:
