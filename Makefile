@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## bench: the performance scripts in order, then one summary table (bench/README.md); send needs Debian's postfix (smtp-sink/smtp-source); SCALE=1 for the 1M-subscriber database
+## bench: the performance scripts in order, then one summary table and every issue-15 target met or missed (bench/README.md); send needs Debian's postfix (smtp-sink/smtp-source); SCALE=1 for the 1M-subscriber database
 SCALE ?= 0.1
 bench: $(STAMP)
 	$(BIN)/python bench/summary.py --scale $(SCALE)

@@ -1023,3 +1023,28 @@ def m0030_clicks_at(db: sqlite_utils.Database) -> None:
     """The console's dashboard counts human clicks in a time window; without
     this index that count read the whole clicks table on every page load."""
     db.executescript("CREATE INDEX clicks_verdict_at ON clicks(verdict, at);")
+
+
+@migrations(name="0027_report_scale")
+def m0027_report_scale(db: sqlite_utils.Database) -> None:
+    """``funnel report`` at 10M events and 5M outbox rows (issue 15, part 4).
+
+    Each funnel step is a set of distinct readers; read through (kind, at, ...)
+    every reader's events had to be de-duplicated in a temporary b-tree.  In
+    (kind, ref, reader) order the distinct readers of each kind and ref come out
+    already sorted, so the report reads them in one pass.  The click-rate table
+    counts the messages sent per (kind, ref): a partial index of the sent rows in
+    that order replaces a read of the whole outbox (``status`` is in it so that
+    the count reads the index alone; a query that repeats the index's WHERE
+    terms skips testing them on each row: half the time).  series_deliveries_part gains the step key
+    and the reader, so the report's known parts and a ``series:SLUG>=N``
+    segment read that index alone."""
+    db.executescript(
+        """
+        CREATE INDEX events_kind_ref_reader ON events(kind, ref, subscriber_id, at);
+        CREATE INDEX outbox_sent_kind_ref ON outbox(kind, ref, campaign_id, sent_at, status)
+            WHERE status = 'sent' AND sent_at IS NOT NULL;
+        DROP INDEX series_deliveries_part;
+        CREATE INDEX series_deliveries_part ON series_deliveries(series, part, step_key, subscriber_id);
+        """
+    )

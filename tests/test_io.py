@@ -70,6 +70,36 @@ def test_bad_rows_reject_the_whole_file(db, settings, clock, tmp_path):
     assert count(db, "subscribers") == 0 and count(db, "outbox") == 0 and count(db, "consent") == 0
 
 
+def test_import_cache_is_given_back(db, settings, clock, tmp_path):
+    """The import's big page cache (subscribers/io.py IMPORT_CACHE_KIB) lasts the import
+    only, whether the file is stored or rejected."""
+    before = db.execute("PRAGMA cache_size").fetchone()[0]
+    import_csv(db, settings, write(tmp_path, MESSY), clock())
+    assert db.execute("PRAGMA cache_size").fetchone()[0] == before
+    with pytest.raises(RowsRejected):
+        import_csv(db, settings, write(tmp_path, "email\nnew@example.com\nnot-an-email\n", "bad.csv"), clock())
+    assert db.execute("PRAGMA cache_size").fetchone()[0] == before
+    assert count(db, "subscribers") == 3  # the rejected file stored nothing
+
+
+def test_repeated_zones_and_sources_are_checked_on_every_line(db, settings, clock, tmp_path):
+    """Zones and sources are checked once per distinct value (import speed), but a bad
+    value is still reported on each line that has it, and good ones are stored."""
+    text = ("email,timezone,source\n"
+            "a@example.com,Mars/Base,ok\n"
+            "b@example.com,Europe/Paris,ok\n"
+            "c@example.com,Mars/Base,ok\n"
+            "d@example.com,Europe/Paris,bad\x07\n")
+    with pytest.raises(RowsRejected) as err:
+        import_csv(db, settings, write(tmp_path, text), clock())
+    lines = [p.split(": ", 1)[0].rsplit(":", 1)[1] for p in err.value.report.problems]
+    assert lines == ["2", "4", "5"]
+    report = import_csv(db, settings, write(tmp_path, text), clock(), skip_invalid=True)
+    assert report.imported == 1
+    assert db.execute("SELECT email, timezone, source FROM subscribers").fetchall() == [
+        ("b@example.com", "Europe/Paris", "ok")]
+
+
 def test_skip_invalid_imports_the_good_rows(db, settings, clock, tmp_path):
     text = "email,name\ngood@example.com,Good\nbad@,Bad\nok@example.com,\"Line\nBreak\"\nfine@example.com,\n"
     report = import_csv(db, settings, write(tmp_path, text), clock(), skip_invalid=True)
