@@ -60,7 +60,7 @@ from funnel.db import iso, parse_iso, transaction
 from funnel.errors import FunnelError, InputError, NotFound
 from funnel.localtime import local_to_utc
 from funnel.settings import Settings
-from subscribers import segments, tokens
+from subscribers import lifecycle, segments, tokens
 
 from . import holds, render, schedule, webinars
 from .content import Content, SkipMessage
@@ -237,7 +237,7 @@ def _enrol_many(db, slug: str, series: Series | None, sids: Sequence[int],
             outcomes.append("skipped")
             continue
         if stream_status is None:
-            streams_on.append((sid, stream, stamp))
+            streams_on.append((sid, stream, "subscribed", None, stamp))
             events.append((stamp, "preferences", sid, stream, turned_on))
         due = now if series is None else times.nominal(series, 0, now, times.zone(zone), True)
         if state is None:
@@ -250,13 +250,7 @@ def _enrol_many(db, slug: str, series: Series | None, sids: Sequence[int],
             outcomes.append("already")
             continue
         events.append((stamp, "enrolled", sid, f"series:{slug}", None))
-    db.conn.executemany(
-        "INSERT INTO subscriptions (subscriber_id, stream, status, paused_until, updated_at) "
-        "VALUES (?, ?, 'subscribed', NULL, ?) ON CONFLICT (subscriber_id, stream) DO UPDATE SET "
-        "status = excluded.status, paused_until = excluded.paused_until, "
-        "updated_at = excluded.updated_at",
-        streams_on,
-    )
+    lifecycle.write_streams(db, streams_on)
     db.conn.executemany(
         "INSERT INTO enrollments (subscriber_id, series, status, enrolled_at, next_step, "
         "next_due_at, updated_at) VALUES (?, ?, 'active', ?, 0, ?, ?)",

@@ -275,11 +275,7 @@ class _BatchWriter:
         )
         if pre:
             streams = optin.default_streams(self.settings)
-            db.conn.executemany(
-                "INSERT INTO subscriptions (subscriber_id, stream, status, updated_at) "
-                "VALUES (?, ?, 'subscribed', ?)",
-                [(r[0], s, stamp) for r in rows for s in streams],
-            )
+            lifecycle.write_streams(db, [(r[0], s, "subscribed", None, stamp) for r in rows for s in streams])
         else:
             outbox.enqueue_many(
                 db, self.settings,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -220,6 +220,19 @@ def subscriptions(db, subscriber_id: int) -> dict[str, dict]:
     return {r[0]: {"status": r[1], "paused_until": r[2]} for r in rows}
 
 
+def write_streams(db, rows: Sequence[tuple[int, str, str, str | None, str]]) -> None:
+    """The one writer of ``subscriptions`` rows: each (subscriber_id, stream, status,
+    paused_until, updated_at) is inserted or replaces that reader's row for the
+    stream, with one executemany however many there are.  The caller checks the
+    transition and logs its event; this only stores it."""
+    db.conn.executemany(
+        "INSERT INTO subscriptions (subscriber_id, stream, status, paused_until, updated_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (subscriber_id, stream) DO UPDATE SET "
+        "status = excluded.status, paused_until = excluded.paused_until, updated_at = excluded.updated_at",
+        rows,
+    )
+
+
 def set_subscription(db, subscriber_id: int, stream: str, status: str, now: datetime,
                      paused_until: datetime | None = None, source: str = "") -> None:
     """Subscribe, pause or unsubscribe one stream.  Unsubscribing cancels its queue."""
@@ -232,12 +245,8 @@ def set_subscription(db, subscriber_id: int, stream: str, status: str, now: date
                 f"subscriber {subscriber_id} is {sub.status}; streams can only be turned on "
                 "for active subscribers."
             )
-        db.execute(
-            "INSERT INTO subscriptions (subscriber_id, stream, status, paused_until, updated_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (subscriber_id, stream) DO UPDATE SET "
-            "status = excluded.status, paused_until = excluded.paused_until, updated_at = excluded.updated_at",
-            (subscriber_id, stream, status, iso(paused_until) if paused_until else None, iso(now)),
-        )
+        write_streams(db, [(subscriber_id, stream, status, iso(paused_until) if paused_until else None,
+                            iso(now))])
         if status == "unsubscribed":
             cancel_queued(db, subscriber_id, now, stream=stream, reason=f"unsubscribed from {stream}")
             log_event(db, "unsubscribed", now, subscriber_id, stream,
@@ -258,12 +267,7 @@ def grant_stream(db, subscriber_id: int, stream: str, now: datetime) -> None:
         sub = get(db, subscriber_id)
         if sub.email is None:
             raise TransitionError(f"subscriber {subscriber_id} is erased; restore the address first.")
-        db.execute(
-            "INSERT INTO subscriptions (subscriber_id, stream, status, paused_until, updated_at) "
-            "VALUES (?, ?, 'subscribed', NULL, ?) ON CONFLICT (subscriber_id, stream) DO UPDATE SET "
-            "status = 'subscribed', paused_until = NULL, updated_at = excluded.updated_at",
-            (subscriber_id, stream, iso(now)),
-        )
+        write_streams(db, [(subscriber_id, stream, "subscribed", None, iso(now))])
         log_event(db, "preferences", now, subscriber_id, stream, json.dumps({"status": "subscribed"}))
 
 
