@@ -550,8 +550,10 @@ def worker_pass(settings, n: int, connections: int) -> float:
     return n / wall
 
 
-def series_pass(source_bin: str, port: int, n: int, batch: int, runs: int) -> list[dict]:
-    """*runs* consecutive runs, each: smtp-source's 1-session ceiling, then our worker."""
+def series_pass(source_bin: str, port: int, n: int, batch: int, runs: int,
+                connections: int = 1) -> list[dict]:
+    """*runs* consecutive runs, each: smtp-source's 1-session ceiling, then our worker
+    with *connections* connections."""
     now = datetime.now(UTC)
     out = []
     for i in range(runs):
@@ -561,7 +563,7 @@ def series_pass(source_bin: str, port: int, n: int, batch: int, runs: int) -> li
             message = sample_message(db, settings, now)
             db.close()
             ceiling = source_ceiling(source_bin, port, message, max(10_000, n), 1)
-            rate = worker_pass(settings, n, 1)
+            rate = worker_pass(settings, n, connections)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         out.append({"run": i + 1, "rate": rate, "ceiling": ceiling, "share": rate / ceiling})
@@ -615,6 +617,10 @@ def main() -> None:
         "--runs", type=int, default=0, help="only: N consecutive runs of the worker vs the ceiling"
     )
     parser.add_argument(
+        "--series-connections", type=int, default=1, metavar="K",
+        help="the --runs series with `funnel worker --connections K` (default 1)",
+    )
+    parser.add_argument(
         "--connections", action="store_true", help="only: 1, 2, 4 connections vs smtp-source -s N"
     )
     parser.add_argument("--json", action="store_true", help="end with one JSON line of ratios")
@@ -654,8 +660,11 @@ def extra_passes(source_bin: str, port: int, args) -> None:
     if args.dkim:
         summary.update(dkim_pass(port, args.n, args.batch))
     if args.runs:
-        print(f"{args.runs} consecutive runs, {args.n:,} recipients, `funnel worker`, 1 connection:")
-        runs = series_pass(source_bin, port, args.n, args.batch, args.runs)
+        k = args.series_connections
+        print(f"{args.runs} consecutive runs, {args.n:,} recipients, `funnel worker --connections {k}`, "
+              f"against the 1-session ceiling:")
+        runs = series_pass(source_bin, port, args.n, args.batch, args.runs, k)
+        summary["send_series_connections"] = k
         summary["send_share_worst"] = min(r["share"] for r in runs)
         summary["send_shares"] = [round(r["share"], 3) for r in runs]
     if args.connections:
@@ -663,6 +672,8 @@ def extra_passes(source_bin: str, port: int, args) -> None:
         scaling = connections_pass(source_bin, port, args.n, args.batch)
         summary["send_scaling"] = {r["connections"]: round(r["rate"] / scaling[0]["rate"], 2)
                                    for r in scaling}  # fmt: skip
+        summary["send_connection_shares"] = {r["connections"]: round(r["rate"] / r["ceiling"], 3)
+                                             for r in scaling}  # fmt: skip
     if args.json:
         print(json.dumps({"bench": "send", **summary}))
 

@@ -34,7 +34,11 @@ def scripts(scale: float) -> list[tuple[str, list[str]]]:
         ("import", []),
         ("reconcile", []),
         ("send", []),
-        ("send", ["--dkim", "--runs", "5", "--connections", "--n", "20000", "--json"]),
+        # The 5-run series with two connections: `funnel worker --connections 2`, the
+        # set-up the README recommends on a 2-core machine (the 1-connection share is
+        # the --connections pass's first line).
+        ("send", ["--dkim", "--runs", "5", "--series-connections", "2", "--connections",
+                  "--n", "20000", "--json"]),
         ("send", ["--rss-check"]),
         ("signup", []),
         ("scale", ["--scale", str(scale), "--json"]),
@@ -79,8 +83,12 @@ def rss_figures(lines: list[str]) -> dict | None:
 TARGETS = [
     ("send: DKIM on / off rate", ">= 80%",
      lambda f: f.get("dkim_rsa") / f["dkim_off"] if f.get("dkim_off") else None, lambda v: v >= 0.8),
-    ("send: worst share of the smtp-source ceiling, 5 runs", ">= 50% every run",
+    ("send: worst share of the 1-session ceiling, 5 runs", ">= 50% every run",
      lambda f: f.get("send_share_worst"), lambda v: v >= 0.5),
+    ("  (those runs: funnel worker --connections)", "(reported)",
+     lambda f: f.get("send_series_connections"), None),
+    ("send: 1 connection vs smtp-source -s 1", "(reported)",
+     lambda f: f["send_connection_shares"]["1"] if "send_connection_shares" in f else None, None),
     ("signup: signups/s", ">= 300", lambda f: f.get("signups_per_s"), lambda v: v >= 300),
     ("signup: p99 ms", "< 200", lambda f: f.get("p99_ms"), lambda v: v < 200),
     ("signup: lost + not one confirmation", "0",

@@ -84,3 +84,23 @@ def test_unreadable_key_is_one_line_at_startup(cli_env, tmp_path, monkeypatch, s
         f"Error: dkim_key_file {tmp_path / 'missing.pem'}: cannot read the DKIM key (No such file or directory)"
     ]
     assert smtp_server.messages == []
+
+
+def test_every_message_of_a_batch_carries_its_own_signature(db, settings, clock, smtp_server, mailings,
+                                                           rsa_key):
+    """The private-key operation runs on the wire thread while the next row is built:
+    each received message verifies on its own bytes (no signature lands on a
+    neighbour), and no wire thread outlives the send."""
+    import threading
+
+    key, record = rsa_key
+    signed = settings.replace(dkim_selector="s1", dkim_domain="clinic.example", dkim_key_file=str(key))
+    people = [f"reader{i}@example.com" for i in range(7)]
+    for addr in people:
+        mailings.queue(mailings.subscriber(addr, addr.split("@")[0].title()), addr)
+    assert sender.send_due(db, signed, clock).sent == len(people)
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == sorted(people)
+    for m in smtp_server.messages:
+        assert m.message["To"].endswith(m.rcpt_tos[0]) or m.rcpt_tos[0] in m.message["To"]
+        assert dkim.verify(m.data, dnsfunc=lambda name, timeout=5: record)
+    assert not [t for t in threading.enumerate() if t.name.startswith("funnel-wire")]
