@@ -522,6 +522,7 @@ def dkim_pass(port: int, n: int, batch: int, rounds: int = 3) -> dict:
 def worker_pass(settings, n: int, connections: int) -> float:
     """Msg/s of the real worker loop (``run_worker``) with *connections* senders, until
     the queued broadcast is all sent."""
+    import multiprocessing
     import threading
 
     from campaigns.worker import run_worker
@@ -530,6 +531,10 @@ def worker_pass(settings, n: int, connections: int) -> float:
     stop = threading.Event()
 
     def watch() -> None:
+        # No query until run_worker has forked its senders: a fork while this thread
+        # is inside SQLite can leave the child waiting forever on a lock it copied.
+        while len(multiprocessing.active_children()) < connections - 1 and not stop.is_set():
+            time.sleep(0.005)
         while not stop.is_set():
             left = db.execute("SELECT COUNT(*) FROM outbox WHERE status != 'sent'").fetchone()[0]
             if not left:
