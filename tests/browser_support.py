@@ -175,9 +175,11 @@ def zone() -> str:
     return daytime_zone()
 
 
-@pytest.fixture
-def page(chromium, zone):
-    context = chromium.new_context(timezone_id=zone, viewport={"width": 800, "height": 900})
+@contextmanager
+def new_page(chromium, zone: str, width: int = 800):
+    """A page in a fresh context *width* px wide in *zone*; its console errors are
+    collected in ``pg.console_errors``; the context is closed afterwards."""
+    context = chromium.new_context(timezone_id=zone, viewport={"width": width, "height": 900})
     context.set_default_timeout(15_000)
     pg = context.new_page()
     errors: list[str] = []
@@ -187,6 +189,12 @@ def page(chromium, zone):
         yield pg
     finally:
         context.close()
+
+
+@pytest.fixture
+def page(chromium, zone):
+    with new_page(chromium, zone) as pg:
+        yield pg
 
 
 ADMIN = "manager@backinmotion-physio.co.uk"
@@ -208,13 +216,7 @@ def signed_in_page(live, chromium, zone: str, width: int, path: str, *, totp: bo
     """
     admins.add_user(live.db, ADMIN, ADMIN_PASSWORD, utcnow())
     secret = admins.totp_setup(live.db, ADMIN, utcnow()) if totp else None
-    context = chromium.new_context(viewport={"width": width, "height": 900}, timezone_id=zone)
-    context.set_default_timeout(15_000)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    pg.console_errors = errors
-    try:
+    with new_page(chromium, zone, width) as pg:
         pg.goto(live.url + path)
         pg.wait_for_url(re.compile(r".*/admin/login\?.*"))
         pg.fill("#email", ADMIN)
@@ -226,5 +228,3 @@ def signed_in_page(live, chromium, zone: str, width: int, path: str, *, totp: bo
             pg.click("main button[type=submit]")
         pg.wait_for_url(live.url + path)
         yield pg
-    finally:
-        context.close()
