@@ -10,6 +10,7 @@ keeps the good rows and reports the rest.  Every problem is reported as
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import secrets
 from collections.abc import Iterator
@@ -121,7 +122,7 @@ def import_csv(
     if pre_confirmed and not consent_note.strip():
         raise InputError("--consent-note: pre-confirmed imports need a note saying how these people consented")
     report = ImportReport(str(path))
-    seen: dict = {}
+    seen: dict[str, int] = {}
     with _big_cache(db), transaction(db):
         writer = _BatchWriter(db, settings, path, now, pre_confirmed, consent_note)
         pending: list[tuple] = []  # validated rows waiting for one batched existence check
@@ -172,7 +173,7 @@ def preview_csv(path: Path, *, first: int = 10, default_source: str = "import",
     path = Path(path)
     shown = shown_name or str(path)
     report = Preview(shown)
-    seen: dict = {}
+    seen: dict[str, int] = {}
     try:
         for line, row in _rows(path):
             try:
@@ -189,12 +190,11 @@ def preview_csv(path: Path, *, first: int = 10, default_source: str = "import",
     return report
 
 
-def _clean_row(row: dict[str, str], line: int, seen: dict,
+def _clean_row(row: dict[str, str], line: int, seen: dict[str, int],
                default_source: str) -> tuple[str, str, str, str | None, str]:
     """(email, hash, name, timezone, source) of one CSV row, or InputError saying why not.
 
-    *seen* holds the file's addresses so far (lower-cased -> line) and, under
-    (column, value) keys, its zones and sources already checked.
+    *seen* holds the file's addresses so far (lower-cased -> line).
     """
     if "__error__" in row:
         raise InputError(row["__error__"])
@@ -204,20 +204,16 @@ def _clean_row(row: dict[str, str], line: int, seen: dict,
         raise InputError(f"duplicate of line {seen[key]} ({email})")
     seen[key] = line
     name = optin.clean_name(row.get("name"), field="name")
-    tz = _cleaned(seen, "timezone", row.get("timezone"), optin.clean_timezone)
-    source = _cleaned(seen, "source", row.get("source") or default_source, optin.clean_source)
+    tz = _clean_zone(row.get("timezone"), "timezone")
+    source = _clean_source(row.get("source") or default_source, "source")
     return email, lifecycle.email_hash(email), name, tz, source
 
 
-def _cleaned(seen: dict, field: str, raw: str | None, clean):
-    """clean(raw) for a column whose few values repeat (zones, sources), checked once
-    per file and remembered in *seen* under a tuple key; a bad value raises each time."""
-    key = (field, raw)
-    if key in seen:
-        return seen[key]
-    value = clean(raw, field=field)
-    seen[key] = value
-    return value
+#: Zones and sources repeat down a file, so each distinct value is checked once.
+#: The checks are pure, and an exception is not cached: a bad value is still
+#: reported on every line that has it.
+_clean_zone = functools.lru_cache(maxsize=1024)(optin.clean_timezone)
+_clean_source = functools.lru_cache(maxsize=1024)(optin.clean_source)
 
 
 class _BatchWriter:
