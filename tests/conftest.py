@@ -293,6 +293,16 @@ def cli_env(settings, monkeypatch):
 
 
 # ----------------------------------------------------------------- sending (delivery engine)
+#: A valid appointment request as campaigns.appointments.create_request takes it.
+APPOINTMENT_REQUEST = {
+    "name": "Priya Shah",
+    "email": "priya@example.com",
+    "phone": "+44 (0)7700 900123",
+    "contact_method": "text",
+    "times": ["weekday-morning", "saturday-morning"],
+    "reason": "Stiff lower back after long drives.",
+    "consent": True,
+}
 TEST_BULK_KIND = "test_bulk"
 
 

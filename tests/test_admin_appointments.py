@@ -25,21 +25,14 @@ from admin_support import (  # noqa: F401 (fixtures)
     signed_in,
 )
 from browser_support import ARTIFACTS, chromium, live, zone  # noqa: F401 (fixtures)
+from conftest import APPOINTMENT_REQUEST
 
 from campaigns import appointments
 from funnel.db import utcnow
 from funnel.errors import InputError, TransitionError
 from subscribers import admins
 
-GOOD = {
-    "name": "Priya Shah",
-    "email": "priya@example.com",
-    "phone": "+44 (0)7700 900123",
-    "contact_method": "text",
-    "times": ["weekday-morning", "saturday-morning"],
-    "reason": "Stiff lower back after long drives.",
-    "consent": True,
-}
+GOOD = APPOINTMENT_REQUEST
 SERIES = {"kind": "series", "series": "importance-of-exercise", "step": "03-weak-abs-busy-back"}
 
 

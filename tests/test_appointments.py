@@ -9,6 +9,7 @@ import re
 
 import pytest
 from browser_support import ARTIFACTS, chromium, live, page, zone  # noqa: F401 (fixtures)
+from conftest import APPOINTMENT_REQUEST
 
 import web
 from campaigns import appointments, check, render, report, worker
@@ -20,15 +21,7 @@ from subscribers import lifecycle
 
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 CLINIC = "desk@backinmotion-physio.co.uk"
-GOOD = {
-    "name": "Priya Shah",
-    "email": "priya@example.com",
-    "phone": "+44 (0)7700 900123",
-    "contact_method": "text",
-    "times": ["weekday-morning", "saturday-morning"],
-    "reason": "Stiff lower back after long drives.",
-    "consent": True,
-}
+GOOD = APPOINTMENT_REQUEST
 
 
 @pytest.fixture
