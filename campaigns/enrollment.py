@@ -239,7 +239,7 @@ def _enrol_many(db, slug: str, series: Series | None, sids: Sequence[int],
         if stream_status is None:
             streams_on.append((sid, stream, "subscribed", None, stamp))
             events.append((stamp, "preferences", sid, stream, turned_on))
-        due = now if series is None else times.nominal(series, 0, now, times.zone(zone), True)
+        due = now if series is None else times.nominal(series, 0, now, times.settings.zone_for(zone), True)
         if state is None:
             added.append((sid, slug, stamp, times.iso(due), stamp))
             outcomes.append("enrolled")
@@ -494,7 +494,6 @@ class _Times:
     def __init__(self, settings: Settings, now: datetime):
         self.settings, self.now = settings, now
         self._iso: dict[datetime, str] = {}
-        self._zones: dict[str | None, ZoneInfo] = {}
         self._due: dict[tuple, datetime] = {}
         self._next: dict[tuple, int | None] = {}
 
@@ -503,12 +502,6 @@ class _Times:
         if text is None:
             text = self._iso[dt] = iso(dt)
         return text
-
-    def zone(self, name: str | None) -> ZoneInfo:
-        tz = self._zones.get(name)
-        if tz is None:
-            tz = self._zones[name] = self.settings.zone_for(name)
-        return tz
 
     def nominal(self, series: Series, index: int, previous: datetime, tz: ZoneInfo,
                 first: bool) -> datetime:
@@ -594,7 +587,7 @@ def _decide(times: _Times, series: Series, sid: int, gate: tuple | None,
     enrolled_at, last_due_at, status, email, zone, stream, paused_until = gate
     if status != "active" or not email or stream is None or stream == "unsubscribed":
         return _Step(sid, series, "stopped", {"status": "stopped", "next_due_at": None})
-    tz = times.zone(zone)
+    tz = times.settings.zone_for(zone)
     if stream == "paused":
         until = parse_iso(paused_until)
         if until is None or until > now:
