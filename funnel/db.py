@@ -1048,3 +1048,24 @@ def m0027_report_scale(db: sqlite_utils.Database) -> None:
         CREATE INDEX series_deliveries_part ON series_deliveries(series, part, step_key, subscriber_id);
         """
     )
+
+
+@migrations(name="0031_outbox_fewer_indexes")
+def m0031_outbox_fewer_indexes(db: sqlite_utils.Database) -> None:
+    """Queueing series steps at 1M readers (issue 15, part 4): every outbox insert
+    wrote seven indexes.  Two go:
+
+    * ``outbox_due (due_at, priority)`` duplicated ``outbox_claim (priority,
+      due_at, id)`` over the same unsent rows.  The queries that read a due_at
+      range (``outbox.due_count``, ``enrollment.defer_held``) now seek
+      ``outbox_claim`` once per priority in use (``outbox.DUE_PRIORITIES``).
+    * ``outbox_campaign`` becomes partial (``campaign_id IS NOT NULL``): series
+      steps and transactional mail have no campaign, and every query on it asks
+      for one campaign, which implies NOT NULL, so the planner still uses it."""
+    db.executescript(
+        """
+        DROP INDEX outbox_due;
+        DROP INDEX outbox_campaign;
+        CREATE INDEX outbox_campaign ON outbox(campaign_id, status) WHERE campaign_id IS NOT NULL;
+        """
+    )
