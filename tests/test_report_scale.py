@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from campaigns import report
-from funnel.db import iso, transaction
+from funnel.db import READER_BITS_FROM_EVENTS, iso, transaction
 from funnel.localtime import local_to_utc
 
 START = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
@@ -219,7 +219,7 @@ def test_ids_reads_group_concat_as_the_rows_would(db):
     values = "WITH v(i) AS (VALUES (5), (1), (123456789), (5), (42), (NULL))"
     (text,) = db.execute(f"{values} SELECT group_concat(i) FROM v").fetchone()
     rows = db.execute(f"{values} SELECT i FROM v WHERE i IS NOT NULL").fetchall()
-    assert report._ids(text) == frozenset(report._id(i) for (i,) in rows)
+    assert report._ids(text) == report.EventLog(db, "", "9999").ids(i for (i,) in rows)
     assert report._ids(text) == {"1", "5", "42", "123456789"}
     assert report._ids(None) == frozenset()
 
@@ -230,5 +230,83 @@ def test_the_report_reads_its_indexes(db, settings):
     plan = lambda sql, *p: " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql, p))  # noqa: E731
     readers = plan(report.READERS_SQL.format(where=""), "sent", "x")
     assert "events_kind_ref_reader" in readers and "TEMP B-TREE" not in readers
+    bits = plan("SELECT word, bits FROM reader_bits WHERE kind = ? AND ref = ? ORDER BY word", "sent", "x")
+    assert bits == "SEARCH reader_bits USING PRIMARY KEY (kind=? AND ref=?)"
     sent = plan(report.SENT_SQL.format(scope="o.status = 'sent' AND o.sent_at IS NOT NULL"), "series", "x")
     assert "COVERING INDEX outbox_sent_kind_ref (kind=? AND ref=?)" in sent
+
+
+# ----------------------------------------------------------------- reader_bits (migration 0032)
+def test_readers_answer_as_frozensets_do():
+    """Readers (an int's bits) gives what Report.rows asks of a frozenset: len, <=, &, |."""
+    rng = random.Random(7)
+    for _ in range(300):
+        top = rng.choice((3, 64, 130, 5000))
+        a, b = ({rng.randrange(top) for _ in range(rng.randrange(0, 40))} for _ in range(2))
+        if rng.random() < 0.3:
+            b |= a  # contained
+        ra, rb = report.Readers.of(a), report.Readers.of(b)
+        assert (len(ra), ra <= rb, rb <= ra, bool(ra)) == (len(a), a <= b, b <= a, bool(a))
+        assert ((ra & rb).bits, (ra | rb).bits) == (report.Readers.of(a & b).bits, report.Readers.of(a | b).bits)
+        requests = report.Readers.of(b, "request")  # another space: shares nothing with subscribers
+        as_tuples = frozenset(("request", i) for i in b)
+        assert (requests <= ra, len(ra & requests), ra <= requests) == (as_tuples <= a, 0, not a)
+    assert len(report.Readers.of([0, 63, 64, 2**20])) == 4
+
+
+def _bits(db):
+    return sorted(db.execute("SELECT kind, ref, word, bits FROM reader_bits WHERE bits != 0"))
+
+
+def _expected_bits(db):
+    return sorted(row for row in db.execute(READER_BITS_FROM_EVENTS) if row[3])
+
+
+def test_reader_bits_follow_the_events_and_give_the_same_report(db, settings):
+    """The triggers keep reader_bits equal to the migration's backfill query over the
+    events, through inserts, deletes, updates and erased readers; and the all-time
+    report read from it is the one read from the events, text and all."""
+    rng = random.Random(11)
+    seed(db, rng, readers=300)
+    db.execute("INSERT INTO events (at, kind, subscriber_id, ref) VALUES ('2026-10-02', 'sent', 299, 'campaign:1')")
+    assert _bits(db) == _expected_bits(db) and len(_bits(db)) > 20
+    assert {w for _k, _r, w, _b in _bits(db)} == {0, 1, 2, 3, 4}  # ids 1..300: five 64-reader words
+    with transaction(db):
+        ids = [i for (i,) in db.execute("SELECT id FROM events WHERE subscriber_id IS NOT NULL")]
+        for eid in rng.sample(ids, 200):
+            db.execute("DELETE FROM events WHERE id = ?", (eid,))
+        for eid in rng.sample([i for i in ids if db.execute("SELECT 1 FROM events WHERE id = ?", (i,)).fetchone()],
+                              100):
+            db.execute("UPDATE events SET subscriber_id = ?, kind = ?, ref = ? WHERE id = ?",
+                       (rng.choice((None, rng.randrange(1, 301))), rng.choice(KINDS + ("sent", "enrolled")),
+                        rng.choice(SENT_REFS + (None, f"series:{COURSE}")), eid))
+        db.execute("UPDATE events SET data = '{}' WHERE subscriber_id = 5")  # not a reader, kind or ref change
+        db.execute("DELETE FROM outbox WHERE subscriber_id IN (7, 64, 65)")
+        db.execute("DELETE FROM series_deliveries WHERE subscriber_id IN (7, 64, 65)")
+        db.execute("DELETE FROM subscribers WHERE id IN (7, 64, 65)")  # their events: SET NULL
+    assert _bits(db) == _expected_bits(db)
+    assert not [row for row in _bits(db) if row[2] == 1 and row[3] & 3]  # 64 and 65 are gone
+    fast = report.compute(db, settings)
+    assert isinstance(fast.steps[0].people, report.Readers)
+    real_sets = report._sets
+    try:
+        report._sets = lambda db, lo, hi: report.EventLog(db, lo, hi)
+        slow = report.compute(db, settings)
+    finally:
+        report._sets = real_sets
+    assert isinstance(slow.steps[0].people, frozenset)
+    assert report.render_text(fast) == report.render_text(slow)
+    assert [(s.label, s.count, a, b) for s, a, b in fast.rows()] == [(s.label, s.count, a, b) for s, a, b in slow.rows()]
+    of_stage = [a for _s, a, _b in fast.rows()[1:]]
+    assert None in of_stage and any(a is not None for a in of_stage)  # some contained, some not
+
+
+def test_a_negative_reader_id_sends_the_report_to_the_events(db, settings):
+    """SQLite never assigns one, but a stored negative id has no bit: the report reads the events."""
+    with transaction(db):
+        db.execute("INSERT INTO subscribers (id, email, email_hash, status, created_at, updated_at) "
+                   "VALUES (-3, 'n@example.com', 'hn', 'active', '2026-10-02', '2026-10-02')")
+        db.execute("INSERT INTO events (at, kind, subscriber_id) VALUES ('2026-10-02', 'subscribed', -3)")
+    assert _bits(db) == _expected_bits(db) == [("subscribed", "", -1, 2**61)]
+    rep = report.compute(db, settings)
+    assert rep.steps[0].count == 1 and rep.steps[0].people == frozenset({"-3"})
