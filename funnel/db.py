@@ -838,16 +838,18 @@ def _widen_event_kinds(db: sqlite_utils.Database) -> None:
     """Rebuild ``events`` so its CHECK allows every kind in EVENT_KINDS.
 
     SQLite cannot alter a CHECK constraint; the table is copied into a new one
-    with the same columns and indexes.  Later migrations that add event kinds
-    call this again (it reads the current definition, so added columns stay).
+    with the same columns, indexes and triggers (reader_bits, migration 0032).
+    Later migrations that add event kinds call this again (it reads the
+    current definition, so added columns stay).
     """
     sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()[0]
     wanted = _check("kind", EVENT_KINDS)
     new_sql, n = re.subn(r"CHECK \(kind IN \([^)]*\)\)", wanted, sql, count=1)
     if n != 1 or new_sql == sql:
         return
-    indexes = [r[0] for r in db.execute(
-        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND sql IS NOT NULL"
+    indexes = [r[0] for r in db.execute(  # indexes first: the triggers' queries may use them
+        "SELECT sql FROM sqlite_master WHERE type IN ('index', 'trigger') AND tbl_name = 'events' "
+        "AND sql IS NOT NULL ORDER BY type = 'trigger'"
     ).fetchall()]
     db.execute(new_sql.replace("CREATE TABLE events", "CREATE TABLE events_widened", 1))
     db.execute("INSERT INTO events_widened SELECT * FROM events")

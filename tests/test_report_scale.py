@@ -310,3 +310,28 @@ def test_a_negative_reader_id_sends_the_report_to_the_events(db, settings):
     assert _bits(db) == _expected_bits(db) == [("subscribed", "", -1, 2**61)]
     rep = report.compute(db, settings)
     assert rep.steps[0].count == 1 and rep.steps[0].people == frozenset({"-3"})
+
+
+def test_widening_the_event_kinds_keeps_the_reader_bits_triggers(db, clock):
+    """A later migration that adds an event kind rebuilds ``events``; the triggers come along."""
+    from funnel import db as schema
+
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    keep = [r[0] for r in db.execute("SELECT sql FROM sqlite_master WHERE tbl_name = 'events' "
+                                     "AND type IN ('index', 'trigger') AND sql IS NOT NULL")]
+    assert sum(s.startswith("CREATE TRIGGER reader_bits") for s in keep) == 3
+    with transaction(db):  # an events table without the 'admin' kind, with its indexes and triggers
+        db.execute("ALTER TABLE events RENAME TO events_before")
+        db.execute(sql.replace(", 'admin'", ""))
+        db.execute("INSERT INTO events SELECT * FROM events_before")
+        db.execute("DROP TABLE events_before")
+        for statement in keep:
+            db.execute(statement)
+        schema._widen_event_kinds(db)
+    after = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'events'")}
+    assert {"reader_bits_insert", "reader_bits_delete", "reader_bits_update"} <= after
+    with transaction(db):
+        db.execute("INSERT INTO subscribers (id, email, email_hash, status, created_at, updated_at) "
+                   "VALUES (3, 'a@example.com', 'h', 'active', '2026-10-02', '2026-10-02')")
+        schema.log_event(db, "confirmed", clock(), 3)
+    assert _bits(db) == [("confirmed", "", 0, 8)]
