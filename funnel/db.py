@@ -1089,10 +1089,13 @@ def m0032_reader_bits(db: sqlite_utils.Database) -> None:
     reader's rows; only a new row touches it, not a bit set in an existing one."""
     new_event, old_event = READER_BITS_EVENT.format(e="NEW"), READER_BITS_EVENT.format(e="OLD")
     new_ref, old_ref = READER_BITS_REF.format(e="NEW"), READER_BITS_REF.format(e="OLD")
-    set_bit = (  # INSERT ... SELECT ... WHERE: the WHERE keeps ON CONFLICT from reading as a join
-        f"INSERT INTO reader_bits (kind, ref, word, bits) SELECT NEW.kind, {new_ref}, NEW.subscriber_id >> 6, "
-        f"1 << (NEW.subscriber_id & 63) WHERE {new_event} "
-        "ON CONFLICT (kind, ref, word) DO UPDATE SET bits = bits | excluded.bits;"
+    # The row is nearly always there: UPDATE, then INSERT only when it changed nothing
+    # (changes() is the trigger's own last statement's).  An UPSERT cost 3x as much CPU.
+    set_bit = (
+        f"UPDATE reader_bits SET bits = bits | (1 << (NEW.subscriber_id & 63)) WHERE {new_event} "
+        f"AND kind = NEW.kind AND ref = {new_ref} AND word = NEW.subscriber_id >> 6; "
+        f"INSERT OR IGNORE INTO reader_bits (kind, ref, word, bits) SELECT NEW.kind, {new_ref}, "
+        f"NEW.subscriber_id >> 6, 1 << (NEW.subscriber_id & 63) WHERE changes() = 0 AND {new_event};"
     )
     clear_bit = (
         f"UPDATE reader_bits SET bits = bits & ~(1 << (OLD.subscriber_id & 63)) WHERE {old_event} "
