@@ -262,7 +262,13 @@ def _expected_bits(db):
     return sorted(row for row in db.execute(READER_BITS_FROM_EVENTS) if row[3])
 
 
-def test_reader_bits_follow_the_events_and_give_the_same_report(db, settings):
+def _read_from_events(db, settings, monkeypatch):
+    """The all-time report with its sets read from the events, as a window's are."""
+    monkeypatch.setattr(report, "_sets", lambda db, lo, hi: report.EventLog(db, lo, hi))
+    return report.compute(db, settings)
+
+
+def test_reader_bits_follow_the_events_and_give_the_same_report(db, settings, monkeypatch):
     """The triggers keep reader_bits equal to the migration's backfill query over the
     events, through inserts, deletes, updates and erased readers; and the all-time
     report read from it is the one read from the events, text and all."""
@@ -288,12 +294,7 @@ def test_reader_bits_follow_the_events_and_give_the_same_report(db, settings):
     assert not [row for row in _bits(db) if row[2] == 1 and row[3] & 3]  # 64 and 65 are gone
     fast = report.compute(db, settings)
     assert isinstance(fast.steps[0].people, report.Readers)
-    real_sets = report._sets
-    try:
-        report._sets = lambda db, lo, hi: report.EventLog(db, lo, hi)
-        slow = report.compute(db, settings)
-    finally:
-        report._sets = real_sets
+    slow = _read_from_events(db, settings, monkeypatch)
     assert isinstance(slow.steps[0].people, frozenset)
     assert report.render_text(fast) == report.render_text(slow)
     assert [(s.label, s.count, a, b) for s, a, b in fast.rows()] == [(s.label, s.count, a, b) for s, a, b in slow.rows()]
@@ -335,3 +336,21 @@ def test_widening_the_event_kinds_keeps_the_reader_bits_triggers(db, clock):
                    "VALUES (3, 'a@example.com', 'h', 'active', '2026-10-02', '2026-10-02')")
         schema.log_event(db, "confirmed", clock(), 3)
     assert _bits(db) == [("confirmed", "", 0, 8)]
+
+
+def test_the_migration_fills_reader_bits_from_the_events_already_there(settings, monkeypatch):
+    """An upgraded database: migration 0032 backfills reader_bits from the existing events."""
+    import sqlite_utils
+
+    from funnel.db import connect, migrations
+
+    raw = sqlite_utils.Database(settings.db)
+    migrations.apply(raw, stop_before="0032_reader_bits")
+    seed(raw, random.Random(5))
+    raw.close()
+    db = connect(settings.db, migrate=True)
+    assert _bits(db) == _expected_bits(db) and len(_bits(db)) > 20
+    before = report.render_text(report.compute(db, settings))
+    with transaction(db):
+        db.execute("DELETE FROM reader_bits")
+    assert report.render_text(_read_from_events(db, settings, monkeypatch)) == before
