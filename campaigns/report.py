@@ -33,6 +33,11 @@ email address (a course reader who books from the clinic's own site counts
 too; a request attributed to a course email by someone else's address does
 not).
 
+An all-time report reads its sets of readers from ``reader_bits`` (migration
+0032: 64 readers a row per event kind, kept by triggers on ``events``) and
+compares them as the bits of an int (:class:`Readers`); a report over a
+window reads the events themselves (frozensets).  Both give the same report.
+
 The HTML page is self-contained: inline CSS and an inline SVG bar chart; no
 scripts, fonts or images are fetched.
 """

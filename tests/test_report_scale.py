@@ -5,7 +5,10 @@ The old reading is kept here, and only here: one Python row per distinct
 (kind, at), and the click table's per-message subqueries.  On a randomized
 event log, outbox, click and open set, both must give the same report: the
 same steps and counts, the same percentages (the containment rule), the same
-click rates and notes, for all time and for windows.
+click rates and notes, for all time and for windows.  All time reads the
+reader sets from reader_bits (migration 0032), a window from the events; the
+tests below also check reader_bits against the events through inserts,
+deletes, updates and erased readers, and the bit sets against frozensets.
 """
 
 from __future__ import annotations
