@@ -403,7 +403,8 @@ def compute(
         if part is None:
             notes.append(f"could not tell which part {ref!r} is")
             continue
-        people[(slug, part)] = people.get((slug, part), sets.empty) | readers
+        known = people.get((slug, part))
+        people[(slug, part)] = readers if known is None else known | readers
     course = settings.programme_series  # shown as a course below, not part by part
     for slug in sorted({s for s, _ in people} - {course}):
         title = content.get(slug, (slug, {}))[0] or slug
