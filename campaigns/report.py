@@ -468,9 +468,11 @@ def click_rates(db, lo: str, hi: str, parts: dict[tuple[str, str], int]) -> list
     The messages sent are counted per (kind, ref) in outbox_sent_kind_ref, one
     range each (a GROUP BY over all of them costs 3x as much per row); the
     clicks and opens, far fewer, are each read once and joined to their
-    message (not looked up once per message sent).
+    message (not looked up once per message sent).  In a window, the unary ``+``
+    keeps sent_at from choosing the plan: after ANALYZE the planner skip-scanned
+    every (kind, ref) of the index for the sent_at range, 10x the range read.
     """
-    where, params = _window("o.sent_at", lo, hi)
+    where, params = _window("+o.sent_at", lo, hi)
     scope = f"o.status = 'sent' AND o.sent_at IS NOT NULL{where}"
     found: dict[tuple[str, str], list[int]] = {}
     campaign: dict[tuple[str, str], int] = {}
