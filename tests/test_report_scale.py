@@ -5,7 +5,10 @@ The old reading is kept here, and only here: one Python row per distinct
 (kind, at), and the click table's per-message subqueries.  On a randomized
 event log, outbox, click and open set, both must give the same report: the
 same steps and counts, the same percentages (the containment rule), the same
-click rates and notes, for all time and for windows.
+click rates and notes, for all time and for windows.  All time reads the
+reader sets from reader_bits (migration 0032), a window from the events; the
+tests below also check reader_bits against the events through inserts,
+deletes, updates and erased readers, and the bit sets against frozensets.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from campaigns import report
-from funnel.db import iso, transaction
+from funnel.db import READER_BITS_FROM_EVENTS, iso, transaction
 from funnel.localtime import local_to_utc
 
 START = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
@@ -219,7 +222,7 @@ def test_ids_reads_group_concat_as_the_rows_would(db):
     values = "WITH v(i) AS (VALUES (5), (1), (123456789), (5), (42), (NULL))"
     (text,) = db.execute(f"{values} SELECT group_concat(i) FROM v").fetchone()
     rows = db.execute(f"{values} SELECT i FROM v WHERE i IS NOT NULL").fetchall()
-    assert report._ids(text) == frozenset(report._id(i) for (i,) in rows)
+    assert report._ids(text) == report.EventLog(db, "", "9999").ids(i for (i,) in rows)
     assert report._ids(text) == {"1", "5", "42", "123456789"}
     assert report._ids(None) == frozenset()
 
@@ -230,5 +233,140 @@ def test_the_report_reads_its_indexes(db, settings):
     plan = lambda sql, *p: " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql, p))  # noqa: E731
     readers = plan(report.READERS_SQL.format(where=""), "sent", "x")
     assert "events_kind_ref_reader" in readers and "TEMP B-TREE" not in readers
+    bits = plan("SELECT word, bits FROM reader_bits WHERE kind = ? AND ref = ? ORDER BY word", "sent", "x")
+    assert bits == "SEARCH reader_bits USING PRIMARY KEY (kind=? AND ref=?)"
     sent = plan(report.SENT_SQL.format(scope="o.status = 'sent' AND o.sent_at IS NOT NULL"), "series", "x")
     assert "COVERING INDEX outbox_sent_kind_ref (kind=? AND ref=?)" in sent
+    # With the statistics ANALYZE wrote for scale.py's database, a window seeks (kind, ref)
+    # instead of skip-scanning every (kind, ref) for the sent_at range.
+    db.execute("ANALYZE")
+    db.execute("DELETE FROM sqlite_stat1 WHERE tbl = 'outbox'")
+    db.conn.executemany("INSERT INTO sqlite_stat1 VALUES ('outbox', ?, ?)", [
+        ("outbox_sent_kind_ref", "500000 250000 41667 41667 41667 41667"), ("outbox_sent_at", "500000 5 5"),
+        ("outbox_ref", "500000 83334 83334"), ("outbox_subscriber", "500000 5 5")])
+    db.execute("ANALYZE sqlite_schema")  # reload them
+    windowed = {column: plan(report.SENT_SQL.format(scope="o.status = 'sent' AND o.sent_at IS NOT NULL"
+                                                    + report._window(column, "a", "b")[0]), "a", "b", "series", "x")
+                for column in ("o.sent_at", "+o.sent_at")}
+    assert "ANY(kind)" in windowed["o.sent_at"]
+    assert windowed["+o.sent_at"] == "SEARCH o USING COVERING INDEX outbox_sent_kind_ref (kind=? AND ref=?)"
+
+
+# ----------------------------------------------------------------- reader_bits (migration 0032)
+def test_readers_answer_as_frozensets_do():
+    """Readers (an int's bits) gives what Report.rows asks of a frozenset: len, <=, &, |."""
+    rng = random.Random(7)
+    for _ in range(300):
+        top = rng.choice((3, 64, 130, 5000))
+        a, b = ({rng.randrange(top) for _ in range(rng.randrange(0, 40))} for _ in range(2))
+        if rng.random() < 0.3:
+            b |= a  # contained
+        ra, rb = report.Readers.of(a), report.Readers.of(b)
+        assert (len(ra), ra <= rb, rb <= ra, bool(ra)) == (len(a), a <= b, b <= a, bool(a))
+        assert ((ra & rb).bits, (ra | rb).bits) == (report.Readers.of(a & b).bits, report.Readers.of(a | b).bits)
+        requests = report.Readers.of(b, "request")  # another space: shares nothing with subscribers
+        as_tuples = frozenset(("request", i) for i in b)
+        assert (requests <= ra, len(ra & requests), ra <= requests) == (as_tuples <= a, 0, not a)
+    assert len(report.Readers.of([0, 63, 64, 2**20])) == 4
+
+
+def _bits(db):
+    return sorted(db.execute("SELECT kind, ref, word, bits FROM reader_bits WHERE bits != 0"))
+
+
+def _expected_bits(db):
+    return sorted(row for row in db.execute(READER_BITS_FROM_EVENTS) if row[3])
+
+
+def _read_from_events(db, settings, monkeypatch):
+    """The all-time report with its sets read from the events, as a window's are."""
+    monkeypatch.setattr(report, "_sets", lambda db, lo, hi: report.EventLog(db, lo, hi))
+    return report.compute(db, settings)
+
+
+def test_reader_bits_follow_the_events_and_give_the_same_report(db, settings, monkeypatch):
+    """The triggers keep reader_bits equal to the migration's backfill query over the
+    events, through inserts, deletes, updates and erased readers; and the all-time
+    report read from it is the one read from the events, text and all."""
+    rng = random.Random(11)
+    seed(db, rng, readers=300)
+    db.execute("INSERT INTO events (at, kind, subscriber_id, ref) VALUES ('2026-10-02', 'sent', 299, 'campaign:1')")
+    assert _bits(db) == _expected_bits(db) and len(_bits(db)) > 20
+    assert {w for _k, _r, w, _b in _bits(db)} == {0, 1, 2, 3, 4}  # ids 1..300: five 64-reader words
+    with transaction(db):
+        ids = [i for (i,) in db.execute("SELECT id FROM events WHERE subscriber_id IS NOT NULL")]
+        for eid in rng.sample(ids, 200):
+            db.execute("DELETE FROM events WHERE id = ?", (eid,))
+        for eid in rng.sample([i for i in ids if db.execute("SELECT 1 FROM events WHERE id = ?", (i,)).fetchone()],
+                              100):
+            db.execute("UPDATE events SET subscriber_id = ?, kind = ?, ref = ? WHERE id = ?",
+                       (rng.choice((None, rng.randrange(1, 301))), rng.choice(KINDS + ("sent", "enrolled")),
+                        rng.choice(SENT_REFS + (None, f"series:{COURSE}")), eid))
+        db.execute("UPDATE events SET data = '{}' WHERE subscriber_id = 5")  # not a reader, kind or ref change
+        db.execute("DELETE FROM outbox WHERE subscriber_id IN (7, 64, 65)")
+        db.execute("DELETE FROM series_deliveries WHERE subscriber_id IN (7, 64, 65)")
+        db.execute("DELETE FROM subscribers WHERE id IN (7, 64, 65)")  # their events: SET NULL
+    assert _bits(db) == _expected_bits(db)
+    assert not [row for row in _bits(db) if row[2] == 1 and row[3] & 3]  # 64 and 65 are gone
+    fast = report.compute(db, settings)
+    assert isinstance(fast.steps[0].people, report.Readers)
+    slow = _read_from_events(db, settings, monkeypatch)
+    assert isinstance(slow.steps[0].people, frozenset)
+    assert report.render_text(fast) == report.render_text(slow)
+    assert [(s.label, s.count, a, b) for s, a, b in fast.rows()] == [(s.label, s.count, a, b) for s, a, b in slow.rows()]
+    of_stage = [a for _s, a, _b in fast.rows()[1:]]
+    assert None in of_stage and any(a is not None for a in of_stage)  # some contained, some not
+
+
+def test_a_negative_reader_id_sends_the_report_to_the_events(db, settings):
+    """SQLite never assigns one, but a stored negative id has no bit: the report reads the events."""
+    with transaction(db):
+        db.execute("INSERT INTO subscribers (id, email, email_hash, status, created_at, updated_at) "
+                   "VALUES (-3, 'n@example.com', 'hn', 'active', '2026-10-02', '2026-10-02')")
+        db.execute("INSERT INTO events (at, kind, subscriber_id) VALUES ('2026-10-02', 'subscribed', -3)")
+    assert _bits(db) == _expected_bits(db) == [("subscribed", "", -1, 2**61)]
+    rep = report.compute(db, settings)
+    assert rep.steps[0].count == 1 and rep.steps[0].people == frozenset({"-3"})
+
+
+def test_widening_the_event_kinds_keeps_the_reader_bits_triggers(db, clock):
+    """A later migration that adds an event kind rebuilds ``events``; the triggers come along."""
+    from funnel import db as schema
+
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    keep = [r[0] for r in db.execute("SELECT sql FROM sqlite_master WHERE tbl_name = 'events' "
+                                     "AND type IN ('index', 'trigger') AND sql IS NOT NULL")]
+    assert sum(s.startswith("CREATE TRIGGER reader_bits") for s in keep) == 3
+    with transaction(db):  # an events table without the 'admin' kind, with its indexes and triggers
+        db.execute("ALTER TABLE events RENAME TO events_before")
+        db.execute(sql.replace(", 'admin'", ""))
+        db.execute("INSERT INTO events SELECT * FROM events_before")
+        db.execute("DROP TABLE events_before")
+        for statement in keep:
+            db.execute(statement)
+        schema._widen_event_kinds(db)
+    after = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'events'")}
+    assert {"reader_bits_insert", "reader_bits_delete", "reader_bits_update"} <= after
+    with transaction(db):
+        db.execute("INSERT INTO subscribers (id, email, email_hash, status, created_at, updated_at) "
+                   "VALUES (3, 'a@example.com', 'h', 'active', '2026-10-02', '2026-10-02')")
+        schema.log_event(db, "confirmed", clock(), 3)
+    assert _bits(db) == [("confirmed", "", 0, 8)]
+
+
+def test_the_migration_fills_reader_bits_from_the_events_already_there(settings, monkeypatch):
+    """An upgraded database: migration 0032 backfills reader_bits from the existing events."""
+    import sqlite_utils
+
+    from funnel.db import connect, migrations
+
+    raw = sqlite_utils.Database(settings.db)
+    migrations.apply(raw, stop_before="0032_reader_bits")
+    seed(raw, random.Random(5))
+    raw.close()
+    db = connect(settings.db, migrate=True)
+    assert _bits(db) == _expected_bits(db) and len(_bits(db)) > 20
+    before = report.render_text(report.compute(db, settings))
+    with transaction(db):
+        db.execute("DELETE FROM reader_bits")
+    assert report.render_text(_read_from_events(db, settings, monkeypatch)) == before
