@@ -259,18 +259,25 @@ class ReaderBits:
 
     def refs(self, kind: str) -> list[str]:
         """The refs kept for *kind* (series refs of sent and enrolled): a loose scan of the key."""
-        return [ref for (ref,) in self.db.execute(
-            "WITH RECURSIVE r(ref) AS (SELECT MIN(ref) FROM reader_bits WHERE kind = ? UNION ALL "
-            "SELECT (SELECT MIN(ref) FROM reader_bits WHERE kind = ? AND ref > r.ref) FROM r "
-            "WHERE r.ref IS NOT NULL) SELECT ref FROM r WHERE ref IS NOT NULL",
-            (kind, kind),
-        )]
+        return _distinct_refs(self.db, "reader_bits", kind)
 
     def ids(self, ids) -> Readers:
         return Readers.of(ids)
 
     def requests(self, ids) -> Readers:
         return Readers.of(ids, "request")
+
+
+
+def _distinct_refs(db, table: str, kind: str) -> list[str]:
+    """The distinct refs of *kind* in *table* (events or reader_bits, both indexed on
+    (kind, ref, ...)): a loose index scan, one seek per ref."""
+    return [ref for (ref,) in db.execute(
+        f"WITH RECURSIVE r(ref) AS (SELECT MIN(ref) FROM {table} WHERE kind = ? UNION ALL "
+        f"SELECT (SELECT MIN(ref) FROM {table} WHERE kind = ? AND ref > r.ref) FROM r "
+        "WHERE r.ref IS NOT NULL) SELECT ref FROM r WHERE ref IS NOT NULL",
+        (kind, kind),
+    )]
 
 
 class EventLog:
@@ -301,12 +308,7 @@ class EventLog:
     def refs(self, kind: str) -> list[str]:
         """The distinct refs of *kind*'s events, one index seek each (a loose index scan:
         there are a few per series step or campaign, among millions of events)."""
-        return [ref for (ref,) in self.db.execute(
-            "WITH RECURSIVE r(ref) AS (SELECT MIN(ref) FROM events WHERE kind = ? UNION ALL "
-            "SELECT (SELECT MIN(ref) FROM events WHERE kind = ? AND ref > r.ref) FROM r "
-            "WHERE r.ref IS NOT NULL) SELECT ref FROM r WHERE ref IS NOT NULL",
-            (kind, kind),
-        )]
+        return _distinct_refs(self.db, "events", kind)
 
     def ids(self, ids) -> frozenset:
         """Subscriber ids read row by row, as :func:`_ids` holds them (decimal text)."""
