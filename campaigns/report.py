@@ -268,7 +268,6 @@ class ReaderBits:
         return Readers.of(ids, "request")
 
 
-
 def _distinct_refs(db, table: str, kind: str) -> list[str]:
     """The distinct refs of *kind* in *table* (events or reader_bits, both indexed on
     (kind, ref, ...)): a loose index scan, one seek per ref."""

@@ -847,7 +847,7 @@ def _widen_event_kinds(db: sqlite_utils.Database) -> None:
     new_sql, n = re.subn(r"CHECK \(kind IN \([^)]*\)\)", wanted, sql, count=1)
     if n != 1 or new_sql == sql:
         return
-    indexes = [r[0] for r in db.execute(  # indexes first: the triggers' queries may use them
+    schema = [r[0] for r in db.execute(  # indexes first: the triggers' queries may use them
         "SELECT sql FROM sqlite_master WHERE type IN ('index', 'trigger') AND tbl_name = 'events' "
         "AND sql IS NOT NULL ORDER BY type = 'trigger'"
     ).fetchall()]
@@ -855,8 +855,8 @@ def _widen_event_kinds(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO events_widened SELECT * FROM events")
     db.execute("DROP TABLE events")
     db.execute("ALTER TABLE events_widened RENAME TO events")
-    for index in indexes:
-        db.execute(index)
+    for sql in schema:
+        db.execute(sql)
 
 
 @migrations(name="0021_admin")
