@@ -56,7 +56,7 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from funnel import outbox
-from funnel.db import iso, parse_iso, transaction
+from funnel.db import iso, log_events, parse_iso, transaction
 from funnel.errors import FunnelError, InputError, NotFound
 from funnel.localtime import local_to_utc
 from funnel.settings import Settings
@@ -261,9 +261,7 @@ def _enrol_many(db, slug: str, series: Series | None, sids: Sequence[int],
         "WHERE subscriber_id = ? AND series = ?",
         resumed,
     )
-    db.conn.executemany(
-        "INSERT INTO events (at, kind, subscriber_id, ref, data) VALUES (?, ?, ?, ?, ?)", events
-    )
+    log_events(db, events)
     return outcomes
 
 
@@ -415,10 +413,7 @@ def _enrol_queued(
         "next_due_at, updated_at) VALUES (?, ?, 'active', ?, 0, ?, ?)",
         enrolments,
     )
-    db.conn.executemany(
-        "INSERT INTO events (at, kind, subscriber_id, ref) VALUES (?, 'enrolled', ?, ?)",
-        [(stamp, sid, f"series:{slug}") for sid, _zone in rows],
-    )
+    log_events(db, [(stamp, "enrolled", sid, f"series:{slug}") for sid, _zone in rows])
     return len(rows)
 
 
@@ -770,9 +765,7 @@ class _Chunk:
                 f"UPDATE enrollments SET {sets}updated_at = ? WHERE subscriber_id = ? AND series = ?",
                 params,
             )
-        db.conn.executemany(
-            "INSERT INTO events (at, kind, subscriber_id, ref) VALUES (?, ?, ?, ?)", self.events
-        )
+        log_events(db, self.events)
 
 
 def _dedupe(step: _Step) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import sqlite3
@@ -500,6 +501,39 @@ def log_event(
         "INSERT INTO events (at, kind, subscriber_id, ref, data) VALUES (?, ?, ?, ?, ?)",
         (iso(now), kind, subscriber_id, ref, data),
     )
+
+
+#: Events per statement in :func:`log_events`; keeps each JSON parameter a few hundred KB.
+EVENTS_PER_STATEMENT = 5000
+_LOG_EVENTS = (
+    "INSERT INTO events (at, kind, subscriber_id, ref, data) SELECT json_extract(value, '$[0]'), "
+    "json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]'), "
+    "json_extract(value, '$[4]') FROM json_each(?)"
+)
+
+
+def log_events(db: sqlite_utils.Database, rows: list[tuple]) -> None:
+    """Append many events, each ``(at, kind, subscriber_id, ref[, data])``, in few
+    statements (call inside the caller's transaction).
+
+    Why not ``executemany``: ``events`` has triggers (reader_bits, migration 0032),
+    and SQLite then opens a statement journal for every execution of the INSERT,
+    whether a trigger's WHEN holds or not: 23 µs an event against 7 µs without
+    triggers.  One ``INSERT … SELECT FROM json_each`` per chunk pays that once per
+    chunk, and the triggers still see each row: 10–11 µs an event (1M imported
+    readers, 1M enrolled readers: about 12 s each).  JSON keeps every value's type:
+    text stays text, an id stays an integer, None is NULL.
+    """
+    for start in range(0, len(rows), EVENTS_PER_STATEMENT):
+        chunk = rows[start : start + EVENTS_PER_STATEMENT]
+        payload = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+        if "\\u0000" in payload:  # SQLite's JSON cuts a string at an escaped NUL: bind them one by one
+            db.conn.executemany(
+                "INSERT INTO events (at, kind, subscriber_id, ref, data) VALUES (?, ?, ?, ?, ?)",
+                [(*row, None) if len(row) == 4 else row for row in chunk],
+            )
+        else:
+            db.conn.execute(_LOG_EVENTS, (payload,))
 
 
 @migrations(name="0005_delivery")

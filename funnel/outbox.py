@@ -432,10 +432,13 @@ def mark_owned(db, lease_token: str, outcomes: Sequence[Outcome], now: datetime)
                 for o in mine
             ],
         )  # fmt: skip
-        db.conn.executemany(
+        # One statement for the batch, not executemany: see db.log_events for why.
+        db.conn.execute(
             "INSERT INTO events (at, kind, subscriber_id, ref) "
-            "SELECT ?, ?, subscriber_id, COALESCE(ref, kind) FROM outbox WHERE id = ?",
-            [(stamp, o.status, o.row_id) for o in mine if o.status in _FINAL_EVENTS],
+            "SELECT ?, json_extract(j.value, '$[1]'), o.subscriber_id, COALESCE(o.ref, o.kind) "
+            "FROM json_each(?) j CROSS JOIN outbox o ON o.id = json_extract(j.value, '$[0]') "
+            "ORDER BY j.key",
+            (stamp, json.dumps([(o.row_id, o.status) for o in mine if o.status in _FINAL_EVENTS])),
         )
     return [o.row_id for o in outcomes if o.row_id not in owned]
 

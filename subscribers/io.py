@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from funnel import outbox
-from funnel.db import db_path, iso, transaction
+from funnel.db import db_path, iso, log_events, transaction
 from funnel.errors import InputError, RowsRejected
 from funnel.settings import Settings
 from funnel.spreadsheet import SafeDictWriter
@@ -265,10 +265,7 @@ class _BatchWriter:
         )
         tail = self.consent[1:]
         lifecycle.record_consent(db, [lifecycle.Consent(r[0], *tail) for r in rows])
-        db.conn.executemany(
-            "INSERT INTO events (at, kind, subscriber_id, ref) VALUES (?, ?, ?, 'import')",
-            [(stamp, "confirmed" if pre else "subscribed", r[0]) for r in rows],
-        )
+        log_events(db, [(stamp, "confirmed" if pre else "subscribed", r[0], "import") for r in rows])
         if pre:
             streams = optin.default_streams(self.settings)
             lifecycle.write_streams(db, [(r[0], s, "subscribed", None, stamp) for r in rows for s in streams])

@@ -444,6 +444,8 @@ def state(db) -> dict[str, list[tuple]]:
             "SELECT * FROM subscriptions ORDER BY subscriber_id, stream"
         ).fetchall(),
         "enrollment_queue": db.execute("SELECT * FROM enrollment_queue ORDER BY 1").fetchall(),
+        # The report's reader sets, which the events triggers keep (migration 0032).
+        "reader_bits": db.execute("SELECT * FROM reader_bits WHERE bits != 0 ORDER BY 1, 2, 3").fetchall(),
     }
 
 
