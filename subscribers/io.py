@@ -281,8 +281,16 @@ class _ExistingLookup:
 
     def __init__(self, db):
         self.db = db
+        # Made inside the import's write transaction: when nobody is stored or suppressed
+        # yet (a first import), nobody can be until it commits, and the file's own
+        # duplicates are caught by _clean_row, so there is nothing to look up.
+        self.empty = db.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM subscribers) AND NOT EXISTS (SELECT 1 FROM suppressions)"
+        ).fetchone()[0] == 1
 
     def known(self, hashes: list[str]) -> set[str]:
+        if self.empty:
+            return set()
         marks = ",".join("?" * len(hashes))
         return {
             r[0]

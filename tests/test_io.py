@@ -182,6 +182,16 @@ def test_erase_unknown_address_still_suppresses(db, settings, clock):
     assert lifecycle.is_suppressed(db, "stranger@example.com")
 
 
+def test_a_first_import_still_skips_suppressed_addresses(db, settings, clock, tmp_path):
+    """With nobody stored the import skips its lookups, but only when nobody is suppressed either."""
+    with pytest.raises(InputError, match="suppressed anyway"):
+        erase(db, "stranger@example.com", clock())
+    assert count(db, "subscribers") == 0
+    report = import_csv(db, settings, write(tmp_path, "email\nStranger@example.com\nnew@example.com\n"), clock())
+    assert (report.imported, report.already_present) == (1, 1)
+    assert db.execute("SELECT email FROM subscribers").fetchall() == [("new@example.com",)]
+
+
 def test_export_after_unsubscribe_and_fresh_signup_shows_the_current_consent(db, settings, clock):
     confirmed_at = clock()
     sid = optin.signup(db, settings, "ana@example.com", clock(), source="form").subscriber_id
