@@ -331,6 +331,10 @@ def m0004_webinars(db: sqlite_utils.Database) -> None:
 
 
 # ----------------------------------------------------------------- connections
+#: Bytes of WAL file kept on disk after a checkpoint (see :func:`connect`).
+WAL_SIZE_LIMIT = 64 * 2**20
+
+
 def connect(path: str | Path, *, migrate: bool = False, readonly_ok: bool = False) -> sqlite_utils.Database:
     """Open the database with the connection settings every process uses.
 
@@ -350,6 +354,11 @@ def connect(path: str | Path, *, migrate: bool = False, readonly_ok: bool = Fals
         # 32 MB page cache (default 2 MB): random-keyed unique indexes (email_hash,
         # message_id) stay in memory during bulk imports and queueing.
         conn.execute("PRAGMA cache_size = -32000")
+        # A big import or send leaves a WAL file of its size; SQLite reuses the file but
+        # never shrinks it while any connection is open (the web server, the worker).
+        # With this limit it is cut back to WAL_SIZE_LIMIT once a checkpoint lets the
+        # log start over, so a year of running doesn't keep the biggest day's log on disk.
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal" and not readonly_ok and path != ":memory:":
             raise DatabaseError(f"{path}: could not switch the database to WAL mode (got {mode})")

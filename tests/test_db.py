@@ -23,6 +23,28 @@ def test_connection_settings(settings):
     assert pragma("busy_timeout") >= 5000
     assert pragma("foreign_keys") == 1
     assert pragma("synchronous") == 2  # FULL
+    assert pragma("journal_size_limit") == 64 * 2**20
+
+
+def test_the_wal_file_shrinks_after_a_big_write_while_other_connections_stay_open(tmp_path, monkeypatch):
+    """A long-running web server and worker keep connections open, so SQLite never
+    deletes the WAL; the size limit cuts it back once the log starts over."""
+    import funnel.db as fdb
+
+    monkeypatch.setattr(fdb, "WAL_SIZE_LIMIT", 2**20)
+    path = tmp_path / "t.db"
+    writer, web = connect(path), connect(path)
+    writer.execute("CREATE TABLE t (v BLOB)")
+    web.execute("SELECT COUNT(*) FROM t").fetchone()  # the web server's connection, open throughout
+    wal = tmp_path / "t.db-wal"
+    with transaction(writer):
+        writer.conn.executemany("INSERT INTO t VALUES (randomblob(1000))", [()] * 8000)
+    assert wal.stat().st_size > 7 * 2**20
+    for _ in range(3):  # the next commits checkpoint and start the log over
+        with transaction(writer):
+            writer.execute("INSERT INTO t VALUES (x'00')")
+    assert wal.stat().st_size <= 2**20
+    assert web.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 8003
 
 
 def test_nested_transactions_roll_back_alone_at_any_depth(tmp_path):
