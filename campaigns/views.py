@@ -127,15 +127,22 @@ def show(db, settings: Settings, subscriber_id: int, row_id: int, now: datetime)
     Raises NotFound when the row is not this subscriber's, was never sent, or
     can no longer be shown (the subscriber was erased).
     """
+    # A test send goes to an address with no subscriber row; its link names the
+    # stand-in reader (id 0) it was built for, and only such a row is shown for it.
+    stand_in = subscriber_id == 0
     found = db.execute(
-        f"SELECT {_ROW_COLUMNS}, status, sent_at FROM outbox WHERE id = ? AND subscriber_id = ?",
-        (row_id, subscriber_id),
+        f"SELECT {_ROW_COLUMNS}, status, sent_at FROM outbox WHERE id = ? AND "
+        + ("subscriber_id IS NULL" if stand_in else "subscriber_id = ?"),
+        (row_id,) if stand_in else (row_id, subscriber_id),
     ).fetchone()
-    if found is None:
+    if found is None or (stand_in and found[2] not in kinds.WITHOUT_SUBSCRIBER):
         raise NotFound(f"view: message {row_id} does not exist for this reader")
     *columns, status, sent_at = found
     row = _row(tuple(columns))
-    sub = lifecycle.get(db, subscriber_id)
+    if stand_in:
+        sub = lifecycle.stand_in(row.to_addr or "", str(row.data.get("name") or ""))
+    else:
+        sub = lifecycle.get(db, subscriber_id)
     if sub.status == "erased" or row.to_addr is None:
         raise NotFound("view: this message is no longer available")
     stored = _stored(db, row.id)

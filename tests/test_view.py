@@ -22,10 +22,11 @@ from test_web import Site, dump, text  # the Flask client that reads form tokens
 
 import web
 from campaigns import attendance, broadcasts, webinars
-from campaigns.kinds import BUILDERS, WITHOUT_SUBSCRIBER
+from campaigns.kinds import BUILDERS
 from campaigns.sender import send_due
 from campaigns.worker import tick
-from subscribers import lifecycle, optin
+from funnel.db import transaction
+from subscribers import lifecycle, optin, tokens
 
 LONDON = ZoneInfo("Europe/London")
 #: The webinar day: 19 days after the clock's start (10 December 2026 with the default clock).
@@ -104,6 +105,11 @@ def test_every_kind_is_viewable_as_sent_before_and_after_the_reader_acts(
     broadcasts.queue_due(db, settings, clock())
     for m in reader.send():
         reader.check(m)
+    # the admin's test send of it: no reader row, but its view link works too
+    broadcasts.test_send(db, settings, cid, "manager@clinic.example", clock())
+    (test_mail,) = reader.send()
+    assert str(test_mail.message["Subject"]).startswith("[Test]")
+    reader.check(test_mail)
 
     # webinar: invite, then registration from the invite (the reader acts)
     w = webinars.create_webinar(db, settings, {
@@ -165,8 +171,7 @@ def test_every_kind_is_viewable_as_sent_before_and_after_the_reader_acts(
 
     # Every kind in the builder table was sent and checked.
     kinds = {k for k, _ in reader.seen}
-    # A test send (no reader row) keeps no view: view-in-browser is for readers.
-    expected = set(BUILDERS) - {"test_bulk"} - WITHOUT_SUBSCRIBER
+    expected = set(BUILDERS) - {"test_bulk"}
     assert kinds == expected, expected ^ kinds
 
     # The readers act on everything: Ana unsubscribes from everything, the
@@ -256,3 +261,19 @@ def test_resend_refuses_a_row_that_is_not_a_confirmation(db, settings, clock, sm
     before = dump(db)
     r = site.post(f"/m/{forged}/resend", token_from="/")
     assert r.status_code == 404 and dump(db) == before
+
+
+def test_a_test_send_link_shows_only_test_sends(db, settings, clock, smtp_server, site):
+    """The stand-in reader (id 0) of a test send's link sees only test sends: other rows
+    without a reader (an appointment email, a deleted reader's mail) stay unseen."""
+    reader = Reader(db, settings, clock, smtp_server, site)
+    optin.signup(db, settings, "gone@example.com", clock())
+    (mail,) = reader.send()
+    rid = int(mail.message["X-Funnel-Row"])
+    with transaction(db):
+        db.execute("UPDATE outbox SET subscriber_id = NULL WHERE id = ?", (rid,))
+    forged = tokens.subscriber_token(settings, "view", 0, clock(), r=rid)
+    assert site.get(f"/m/{forged}").status_code == 404
+    with transaction(db):  # the same row as a test send: shown
+        db.execute("UPDATE outbox SET kind = 'broadcast_test' WHERE id = ?", (rid,))
+    assert site.get(f"/m/{forged}").status_code == 200
