@@ -26,7 +26,7 @@ ACTIVITY = (
 )
 #: The activity row after the events: clicks on tracked links that campaigns/clicks.py
 #: judged a person's (the first per message and link), not a link scanner's.
-CLICKS = ("Clicks", "SELECT COUNT(*) FROM clicks WHERE verdict = 'human' AND at >= ? AND at <= ?")
+CLICKS = ("Clicks", "verdict = 'human'")
 PERIODS = (7, 30)
 
 
@@ -50,31 +50,44 @@ class Overview:
 
 
 def activity(db, now: datetime) -> list[tuple[str, dict[int, int]]]:
-    def counts(sql: str, *params) -> dict[int, int]:
-        return {days: db.execute(sql, (*params, iso(now - timedelta(days=days)), iso(now))).fetchone()[0]
-                for days in PERIODS}
+    """Per kind of event (and the clicks): how many in each of the last PERIODS days,
+    counted in one pass over the longest period."""
+    bounds = [iso(now - timedelta(days=days)) for days in PERIODS]
+    within = ", ".join("SUM(at >= ?)" for _ in PERIODS)
+
+    def counts(source: str, where: str, *params) -> dict[int, int]:
+        found = db.execute(
+            f"SELECT {within} FROM {source} WHERE {where} AND at >= ? AND at <= ?",
+            (*bounds, *params, min(bounds), iso(now)),
+        ).fetchone()
+        return {days: int(n or 0) for days, n in zip(PERIODS, found, strict=True)}
 
     # Events about readers only: the admin's test sends and the clinic's appointment
     # emails are logged without a subscriber and are not the list's activity.
-    sql = "SELECT COUNT(*) FROM events WHERE kind = ? AND at >= ? AND at <= ? AND subscriber_id IS NOT NULL"
-    out = [(label, counts(sql, kind)) for label, kind in ACTIVITY]
-    return out + [(CLICKS[0], counts(CLICKS[1]))]
+    out = [(label, counts("events", "kind = ? AND subscriber_id IS NOT NULL", kind))
+           for label, kind in ACTIVITY]
+    return out + [(CLICKS[0], counts("clicks", CLICKS[1]))]
 
 
 def outbox_health(db, now: datetime) -> list[RelayHealth]:
     """Per relay: waiting (queued, held by a setting), retrying, and the last 30 days'
-    failures and parked rows (failed after crashing the sender ``crash_limit`` times)."""
+    failures and parked rows (failed after crashing the sender ``crash_limit`` times).
+
+    Two index reads (outbox_claim holds the waiting rows, outbox_failed the
+    failures), not a pass over every row ever sent."""
     since = iso(now - timedelta(days=30))
     rows = db.execute(
         "SELECT COALESCE(relay, 'not tried yet'), "
         "SUM(status = 'queued' AND held_config IS NULL), "
         "SUM(status = 'queued' AND held_config IS NOT NULL), "
         "SUM(status = 'retry'), "
-        "SUM(status = 'failed' AND updated_at >= ? AND COALESCE(last_error, '') NOT LIKE 'parked:%'), "
-        "SUM(status = 'failed' AND updated_at >= ? AND last_error LIKE 'parked:%') "
-        "FROM outbox WHERE status IN ('queued', 'retry') OR (status = 'failed' AND updated_at >= ?) "
-        "GROUP BY 1 ORDER BY 1",
-        (since, since, since),
+        "SUM(status = 'failed' AND COALESCE(last_error, '') NOT LIKE 'parked:%'), "
+        "SUM(status = 'failed' AND last_error LIKE 'parked:%') "
+        "FROM (SELECT relay, status, held_config, last_error FROM outbox "
+        "WHERE status IN ('queued', 'retry') UNION ALL "
+        "SELECT relay, status, held_config, last_error FROM outbox "
+        "WHERE status = 'failed' AND updated_at >= ?) GROUP BY 1 ORDER BY 1",
+        (since,),
     ).fetchall()
     return [RelayHealth(r[0], *(int(v or 0) for v in r[1:])) for r in rows]
 
