@@ -46,12 +46,10 @@ from __future__ import annotations
 import difflib
 import itertools
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -64,37 +62,16 @@ from subscribers import lifecycle, segments, tokens
 
 from . import holds, render, schedule, webinars
 from .content import Content, SkipMessage
-from .series import Series, check_gaps, find_series, series_folder
+from .series import Series, check_gaps, find_series, load_cached, series_folder
+
 
 # ----------------------------------------------------------------- loading
-_series_cache: dict[tuple[str, str], tuple[tuple, Series]] = {}
-
-
-def _signature(folder: Path) -> tuple:
-    """Names, sizes and mtimes of the series' files: changes when anything is edited."""
-    try:
-        return tuple(
-            sorted(
-                (e.name, e.stat().st_mtime_ns, e.stat().st_size)
-                for e in os.scandir(folder)
-                if e.is_file()
-            )
-        )
-    except (FileNotFoundError, NotADirectoryError):
-        return ()
-
-
 def load(settings: Settings, slug: str) -> Series:
     """The series ``slug`` from the content folder, re-read only when its files change."""
-    key = (tuple(map(str, settings.content_paths)), slug)
     folder = series_folder(settings.content_paths, slug)
-    signature = _signature(folder) if folder else ()
-    cached = _series_cache.get(key)
-    if cached is not None and signature and cached[0] == signature:
-        return cached[1]
-    series = find_series(settings.content_paths, slug)
-    _series_cache[key] = (signature, series)
-    return series
+    if folder is None:
+        return find_series(settings.content_paths, slug)  # raises NotFound, naming the folders
+    return load_cached(folder)
 
 
 # ----------------------------------------------------------------- the rule

@@ -355,7 +355,38 @@ def list_series(content_dir: ContentDirs) -> list[Series]:
 
     With several folders, the first one holding a slug wins.
     """
-    return [load_series(folder) for folder in series_folders(content_dir).values()]
+    return [load_cached(folder) for folder in series_folders(content_dir).values()]
+
+
+# A series folder's files are read again only when one of them changes (the worker
+# ticks every second and the report and dashboard list every series).
+_cache: dict[str, tuple[tuple, Series]] = {}
+
+
+def _signature(folder: Path) -> tuple:
+    """Names, sizes and mtimes of the series' files: changes when anything is edited."""
+    try:
+        return tuple(
+            sorted(
+                (e.name, e.stat().st_mtime_ns, e.stat().st_size)
+                for e in os.scandir(folder)
+                if e.is_file()
+            )
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        return ()
+
+
+def load_cached(folder: Path) -> Series:
+    """:func:`load_series` of ``folder``, re-read only when its files change."""
+    key = str(folder)
+    signature = _signature(folder)
+    cached = _cache.get(key)
+    if cached is not None and signature and cached[0] == signature:
+        return cached[1]
+    series = load_series(folder)
+    _cache[key] = (signature, series)
+    return series
 
 
 def find_series(content_dir: ContentDirs, slug: str) -> Series:
