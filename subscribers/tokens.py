@@ -43,6 +43,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 from datetime import datetime
 from functools import lru_cache
@@ -87,9 +88,20 @@ class _Signer(TimestampSigner):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._key = super().derive_key()
+        # itsdangerous's HMACAlgorithm calls hmac.new(key, digestmod=<a Python
+        # function>) per signature, which takes hmac's pure-Python path (two
+        # hash objects and a 64-byte XOR each time).  The same HMAC by the
+        # digest's name runs in OpenSSL; the key is absorbed once here and the
+        # object copied per signature.  Same bytes (tests/test_tokens.py).
+        self._mac = hmac.new(self._key, digestmod=self.digest_method().name)
 
     def derive_key(self, secret_key=None):  # noqa: D102 - see class doc
         return self._key if secret_key is None else super().derive_key(secret_key)
+
+    def get_signature(self, value: bytes) -> bytes:  # noqa: D102 - see class doc
+        mac = self._mac.copy()
+        mac.update(value)
+        return base64_encode(mac.digest())
 
     def sign_at(self, value: bytes, timestamp: int) -> bytes:
         value = value + b"." + base64_encode(int_to_bytes(timestamp))
@@ -102,13 +114,19 @@ def _signer_for(keys: tuple[str, ...], purpose: str) -> _Signer:
     return _Signer(s.secret_keys, salt=s.salt, **s.signer_kwargs)
 
 
+#: itsdangerous's compact JSON (``_CompactJSON.dumps``: json.dumps with these
+#: arguments) as one encoder object: json.dumps builds a new encoder on every
+#: call with non-default arguments.  Same text (tests/test_tokens.py).
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def make_token(settings: Settings, purpose: str, payload: dict[str, Any], now: datetime) -> str:
     """Sign ``payload`` for ``purpose``; ``now`` is the issue time (fake clocks welcome)."""
     s = _serializer_for(settings.secret_keys, purpose)
     signer = _signer_for(settings.secret_keys, purpose)
     # URLSafeSerializer.dump_payload also tries zlib on every call, which only
     # wins for payloads far larger than ours; without it the bytes are the same.
-    body = s.serializer.dumps(payload, **s.serializer_kwargs).encode("utf-8")
+    body = _COMPACT_JSON.encode(payload).encode("utf-8")
     if len(body) > 200:
         return signer.sign_at(s.dump_payload(payload), int(now.timestamp())).decode("ascii")
     return signer.sign_at(base64_encode(body), int(now.timestamp())).decode("ascii")
