@@ -453,6 +453,15 @@ def _qp_island(text: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=64)
+def _island_piece(text: str) -> tuple[bytes, bytes]:
+    """An island's QP and relaxed form.  Cached for a few messages' worth: the
+    same values (the click link, unsubscribe, view) recur in the text and the
+    HTML of one message."""
+    qp = _qp_island(text)
+    return qp, relaxed_lines(qp)
+
+
+@functools.lru_cache(maxsize=64)
 def _static_pieces(static: tuple[str, ...]) -> tuple[tuple[bytes, bytes], ...] | None:
     """Each static segment's QP and its relaxed form, once per compiled content
     (None when a segment holds a CR: left to the full path).  The text ends
@@ -489,9 +498,9 @@ def encode_spliced(static: tuple[str, ...], islands: tuple[str, ...]) -> Encoded
     qp, canon = [pieces[0][0]], [pieces[0][1]]
     for island, (static_qp, static_canon) in zip(islands, pieces[1:], strict=True):
         if island:
-            island_qp = _qp_island(island)
+            island_qp, island_canon = _island_piece(island)
             qp.append(island_qp)
-            canon.append(relaxed_lines(island_qp))
+            canon.append(island_canon)
         qp.append(static_qp)
         canon.append(static_canon)
     return Encoded(b"".join(qp), b"".join(canon))
