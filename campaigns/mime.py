@@ -276,6 +276,21 @@ def _message_id(value: str) -> str:
     return value
 
 
+# The values that are the same for every message of a send (sender, subject,
+# list): checked and encoded once, not per message.  Pure functions of their
+# arguments; an InputError is raised again on every call (exceptions are not cached).
+@functools.lru_cache(maxsize=256)
+def _from_value(from_name: str, from_addr: str) -> str:
+    return format_address(from_name, from_addr, "from_addr", name_field="from_name",
+                          header_name="From")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def _subject_value(subject: str) -> str:
+    return header_value(subject, "subject", header_name="Subject")
+
+
+@functools.lru_cache(maxsize=256)
 def _list_id(value: str) -> str:
     check_header_text(value, "list_id")
     m = _LIST_ID_RE.fullmatch(value.strip())
@@ -660,10 +675,9 @@ def _headers(
 ) -> list[tuple[str, str]]:
     """Validate every header input and return (name, folded value) pairs."""
     headers = [
-        ("From", format_address(from_name, from_addr, "from_addr", name_field="from_name",
-                                header_name="From")),
+        ("From", _from_value(from_name, from_addr)),
         ("To", format_address(to_name, to_addr, "to_addr", name_field="to_name", header_name="To")),
-        ("Subject", header_value(subject, "subject", header_name="Subject")),
+        ("Subject", _subject_value(subject)),
         ("Date", format_datetime(_check_date(date))),
         ("Message-ID", _message_id(message_id)),
     ]  # fmt: skip
