@@ -274,15 +274,15 @@ class DkimSigner:
 
         *canonical_body*, when given, is the body already in relaxed form
         (mime.compose_signable builds it from pieces canonicalised once per
-        content): only its hash is left to do.
+        content): only its hash is left, and :meth:`Signing.headers` does it
+        (hashlib releases the GIL on data this size, so on the SMTP thread it
+        runs beside the building).
         """
         fields, body = _split(message)
         h = _include([name.lower() for name, _ in fields])
         if canonical_body is None:
-            bh = self._body_hash(body)
-        else:
-            bh = base64.b64encode(hashlib.sha256(canonical_body).digest())
-        return Signing(self, _selected(fields, h), h, bh)
+            return Signing(self, _selected(fields, h), h, self._body_hash(body))
+        return Signing(self, _selected(fields, h), h, b"", canonical_body)
 
     def _rsa_field(self, signed: bytes, h: list[bytes], bh: bytes) -> bytes:
         field = self._field(b"rsa-sha256", self.selector, h, bh)
@@ -300,14 +300,18 @@ class DkimSigner:
 class Signing:
     """A message's signature(s), prepared by :meth:`DkimSigner.prepare`, made by :meth:`headers`."""
 
-    __slots__ = ("_bh", "_h", "_signed", "_signer")
+    __slots__ = ("_bh", "_canonical", "_h", "_signed", "_signer")
 
-    def __init__(self, signer: DkimSigner, signed: bytes, h: list[bytes], bh: bytes) -> None:
+    def __init__(self, signer: DkimSigner, signed: bytes, h: list[bytes], bh: bytes,
+                 canonical_body: bytes = b"") -> None:
         self._signer, self._signed, self._h, self._bh = signer, signed, h, bh
+        self._canonical = canonical_body  # hashed by headers() when bh is not known yet
 
     def headers(self) -> bytes:
         """The DKIM-Signature header field(s) to put in front of the message (RSA first)."""
         signer = self._signer
+        if not self._bh:
+            self._bh = base64.b64encode(hashlib.sha256(self._canonical).digest())
         out = signer._rsa_field(self._signed, self._h, self._bh)
         if signer._ed25519 is not None:
             out += signer._ed25519_field(self._signed, self._h, self._bh)
