@@ -85,16 +85,17 @@ def whole(c: render.CompiledEmail, r: dict) -> render.Rendered:
         c.splices = kept
 
 
+HEAD = dict(from_name="Back Clinic", from_addr="news@clinic.example", to_name="Ann",
+            to_addr="ann@example.com", subject="Hello", date=DATE,
+            message_id="<1.a@clinic.example>")  # fmt: skip
+
+
 def message(rendered: render.Rendered, spliced: bool) -> tuple[bytes, bytes | None]:
     text, html = rendered.text, rendered.html
     if spliced:
         text = mime.encode_spliced(*rendered.text_splice)
         html = mime.encode_spliced(*rendered.html_splice)
-    return mime.compose_signable(
-        from_name="Back Clinic", from_addr="news@clinic.example", to_name="Ann",
-        to_addr="ann@example.com", subject="Hello", date=DATE, message_id="<1.a@clinic.example>",
-        text=text, html=html,
-    )  # fmt: skip
+    return mime.compose_signable(**HEAD, text=text, html=html)
 
 
 def decoded_parts(raw: bytes) -> list[bytes]:
@@ -132,6 +133,8 @@ def test_spliced_message_decodes_to_the_whole_render(site, kind, body, track, fi
     assert none is None
     check_lines(spliced)
     assert decoded_parts(spliced) == decoded_parts(full)
+    stdlib = mime.compose_stdlib(**HEAD, text=reference.text, html=reference.html)
+    assert decoded_parts(spliced) == decoded_parts(stdlib)
     # The relaxed body built from the pieces is the one computed from the bytes.
     assert canonical == dkim.canonical_body(spliced.split(b"\r\n\r\n", 1)[1])
 
