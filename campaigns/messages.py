@@ -107,7 +107,7 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
     content = make(db, settings, row, sub, now)
     links = standard_links(settings, sub, now, row.stream)
     rendered = render_for(settings, content, sub, row, now, links)
-    data = assemble(
+    data, canonical = assemble_signable(
         settings, rendered, to_name=sub.name, to_addr=row.to_addr, date=now,
         message_id=row.message_id,
         list_id=content.list_id or (list_id(settings, row.stream) if content.bulk else None),
@@ -119,7 +119,7 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
         extra_headers=[("X-Funnel-Row", str(row.id))],
         attachments=content.attachments,
     )
-    signing = signer.prepare(data) if signer is not None else None
+    signing = signer.prepare(data, canonical) if signer is not None else None
     view = None if stand_in else replace(
         content, attachments=(), recipient={**content.recipient, "first_name": sub.first_name}
     )
@@ -154,7 +154,27 @@ def assemble(settings: Settings, rendered: render.Rendered, *, to_name: str, to_
              unsubscribe_url: str | None, unsubscribe_mailto: str | None,
              extra_headers=(), attachments=(), reply_to: str | None = None) -> bytes:
     """The wire bytes of a rendered email from this site's sender (sends and previews)."""
-    return mime.compose(
+    return assemble_signable(
+        settings, rendered, to_name=to_name, to_addr=to_addr, date=date,
+        message_id=message_id, list_id=list_id, unsubscribe_url=unsubscribe_url,
+        unsubscribe_mailto=unsubscribe_mailto, extra_headers=extra_headers,
+        attachments=attachments, reply_to=reply_to,
+    )[0]  # fmt: skip
+
+
+def _part(text: str, splice: tuple | None) -> str | mime.Encoded:
+    """A part's text, or its QP with the static segments encoded once per content."""
+    return text if splice is None else mime.encode_spliced(*splice)
+
+
+def assemble_signable(settings: Settings, rendered: render.Rendered, *, to_name: str,
+                      to_addr: str, date: datetime, message_id: str, list_id: str | None,
+                      unsubscribe_url: str | None, unsubscribe_mailto: str | None,
+                      extra_headers=(), attachments=(),
+                      reply_to: str | None = None) -> tuple[bytes, bytes | None]:
+    """:func:`assemble`, and the DKIM relaxed body when it came for free
+    (mime.compose_signable)."""
+    return mime.compose_signable(
         from_name=settings.from_name or settings.site_name,
         from_addr=settings.from_addr,
         to_name=to_name,
@@ -162,8 +182,8 @@ def assemble(settings: Settings, rendered: render.Rendered, *, to_name: str, to_
         subject=rendered.subject,
         date=date,
         message_id=message_id,
-        text=rendered.text,
-        html=rendered.html,
+        text=_part(rendered.text, rendered.text_splice),
+        html=_part(rendered.html, rendered.html_splice),
         list_id=list_id,
         unsubscribe_url=unsubscribe_url,
         unsubscribe_mailto=unsubscribe_mailto,

@@ -61,6 +61,7 @@ from funnel.settings import Settings
 
 from . import links as tracking
 from . import merge_tags
+from .mime import interleave
 
 EMAIL_KINDS = (
     "confirm",
@@ -153,6 +154,12 @@ class Rendered:
     text: str
     #: the message's tracked links (campaigns/links.py), empty when untracked
     links: tuple = ()
+    #: (static segments, rendered islands) of the text and of the HTML when
+    #: the compiled email could be cut at its per-recipient values (:class:`Splice`):
+    #: ``text`` is the segments and islands interleaved.  mime.py then encodes
+    #: the static segments once per content.  None: only the full strings.
+    text_splice: tuple | None = None
+    html_splice: tuple | None = None
 
 
 # ------------------------------------------------------------ sentinels
@@ -585,6 +592,86 @@ def _mjml_to_html(source: str) -> str:
 _UNDEFINED_NAME_RE = re.compile(r"'([^']+)' is undefined")
 
 
+# ------------------------------------------------------------ splicing
+#: Any stage-2 tag, or the start of a comment (which makes a part not spliceable).
+_TAG_RE = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#", re.DOTALL)
+#: What _neutralise leaves for a literal "{": static, not a per-recipient island.
+_LITERAL_BRACE = '{{ "{" }}'
+#: Joins the islands in the one template that renders them (one Jinja pass a
+#: part).  A NUL and the per-process nonce: no recipient value can hold it,
+#: and render() checks the count anyway.
+_ISLAND_SEP = f"\x00{_NONCE}\x00"
+
+
+class Splice:
+    """A stage-2 part cut at its per-recipient islands.
+
+    An island is a top-level ``{{ ... }}`` or a whole ``{% if %}...{% endif %}``
+    block; what lies between islands is literal text (``keep_trailing_newline``
+    is on and no tag trims whitespace), so rendering the islands alone and
+    interleaving them with the static segments gives exactly the full render.
+    :func:`_splice` returns None for anything else (comments, other
+    statements, whitespace control), and ``_compile`` checks the equality on
+    sample recipients; then the part is rendered whole, as before.
+    """
+
+    __slots__ = ("islands", "static", "template")
+
+    def __init__(self, static: tuple[str, ...], islands: tuple[str, ...], template):
+        self.static = static
+        self.islands = islands
+        self.template = template
+
+    def render(self, ctx: dict) -> tuple[str, ...] | None:
+        t = self.template
+        out = "".join(t.root_render_func(t.new_context(ctx, shared=True))).split(_ISLAND_SEP)
+        return tuple(out) if len(out) == len(self.islands) else None
+
+
+def _splice(env: jinja2.Environment, source: str) -> Splice | None:
+    """*source* cut at its islands (see :class:`Splice`), or None when it cannot be."""
+    static: list[str] = []
+    islands: list[str] = []
+    text: list[str] = []
+    pos = depth = start = 0
+    for m in _TAG_RE.finditer(source):
+        tag = m.group(0)
+        if tag == "{#" or tag[2:3] in "-+" or tag[-3:-2] in "-+":
+            return None
+        if tag.startswith("{%"):
+            word = (tag[2:-2].split() or [""])[0]
+            if word == "if":
+                if depth == 0:
+                    text.append(source[pos : m.start()])
+                    start = m.start()
+                depth += 1
+            elif word in ("elif", "else") and depth:
+                continue
+            elif word == "endif" and depth:
+                depth -= 1
+                if depth == 0:
+                    static.append("".join(text))
+                    text = []
+                    islands.append(source[start : m.end()])
+                    pos = m.end()
+            else:
+                return None
+        elif depth == 0:
+            text.append(source[pos : m.start()])
+            if tag == _LITERAL_BRACE:
+                text.append("{")
+            else:
+                static.append("".join(text))
+                text = []
+                islands.append(tag)
+            pos = m.end()
+    if depth or not islands:
+        return None
+    text.append(source[pos:])
+    static.append("".join(text))
+    return Splice(tuple(static), tuple(islands), env.from_string(_ISLAND_SEP.join(islands)))
+
+
 class CompiledEmail:
     """One email compiled for given content; :meth:`render` personalises it."""
 
@@ -612,6 +699,8 @@ class CompiledEmail:
         self.text_source = text_source
         #: The links behind ``{{ click_url }}N`` (campaigns/links.py); empty when untracked.
         self.links = links
+        #: The html and text parts cut at their islands, when they can be (set by _compile).
+        self.splices: tuple[Splice | None, Splice | None] = (None, None)
 
     def render(self, recipient: Mapping[str, object]) -> Rendered:
         # Template.render() copies the context and merges Jinja's globals for
@@ -619,9 +708,7 @@ class CompiledEmail:
         # Build the context once and share it (the templates never assign).
         ctx = {**recipient, **self._constants}
         try:
-            subject, preheader, html, text = (
-                "".join(t.root_render_func(t.new_context(ctx, shared=True))) for t in self._parts
-            )
+            return self._render(ctx)
         except jinja2.UndefinedError as exc:
             m = _UNDEFINED_NAME_RE.search(exc.message or "")
             name = m.group(1) if m else exc.message
@@ -629,7 +716,22 @@ class CompiledEmail:
                 f"{self.kind}.mjml.j2: the recipient value {name!r} is missing "
                 f"(a {self.kind} email needs {', '.join(recipient_keys(self.kind))})"
             ) from None
-        return Rendered(subject, preheader, html, text, self.links)
+
+    def _render(self, ctx: dict) -> Rendered:
+        parts = []
+        cut: list[tuple | None] = []
+        for t, splice in zip(self._parts[2:], self.splices, strict=True):
+            islands = splice.render(ctx) if splice is not None else None
+            if islands is None:  # not spliceable, or a value held the separator
+                parts.append("".join(t.root_render_func(t.new_context(ctx, shared=True))))
+                cut.append(None)
+            else:
+                parts.append(interleave(splice.static, islands))
+                cut.append((splice.static, islands))
+        subject, preheader = (
+            "".join(t.root_render_func(t.new_context(ctx, shared=True))) for t in self._parts[:2]
+        )
+        return Rendered(subject, preheader, parts[0], parts[1], self.links, cut[1], cut[0])
 
     def __repr__(self) -> str:
         return f"<CompiledEmail {self.kind}>"
@@ -783,6 +885,7 @@ def _compile(
         text_source=sources["text"],
         links=links,
     )
+    compiled.splices = _splices(compiled, settings, kind, strict, sources)
     size = len(compiled.render(_long_sample(settings, kind)).html.encode("utf-8"))
     if size > CLIP_LIMIT_BYTES:
         raise RenderError(
@@ -790,6 +893,27 @@ def _compile(
             f"Gmail's clipping limit of {CLIP_LIMIT_BYTES:,} bytes; shorten the body"
         )
     return compiled
+
+
+def _splices(compiled: CompiledEmail, settings: Settings, kind: str, strict: bool,
+             sources: Mapping[str, str]) -> tuple[Splice | None, Splice | None]:
+    """The html and text parts cut at their islands, each kept only if the cut
+    renders exactly what the whole template does for two sample recipients."""
+    out = []
+    samples = [sample_recipient(settings, kind), _long_sample(settings, kind)]
+    for i, part in enumerate(("html", "text")):
+        splice = _splice(_STAGE2[(strict, part)], sources[part])
+        template = compiled._parts[2 + i]
+        for sample in samples if splice is not None else ():
+            ctx = {**sample, tracking.CLICK_KEY: "c/", tracking.OPEN_KEY: "px/",
+                   **compiled._constants}  # fmt: skip
+            islands = splice.render(ctx)
+            whole = "".join(template.root_render_func(template.new_context(ctx, shared=True)))
+            if islands is None or interleave(splice.static, islands) != whole:
+                splice = None
+                break
+        out.append(splice)
+    return out[0], out[1]
 
 
 # ------------------------------------------------------------ cache
@@ -963,6 +1087,7 @@ __all__ = [
     "CompiledEmail",
     "Rendered",
     "RenderError",
+    "Splice",
     "cache_info",
     "clear_cache",
     "compile_email",

@@ -41,8 +41,10 @@ local part, ``unsubscribe+`` + 18 digits + ``-`` + 16, is 47 octets.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
+import json
 import re
 from datetime import datetime
 from functools import lru_cache
@@ -55,7 +57,7 @@ from itsdangerous import (
     TimestampSigner,
     URLSafeTimedSerializer,
 )
-from itsdangerous.encoding import base64_encode, int_to_bytes
+from itsdangerous.encoding import int_to_bytes
 
 from funnel.errors import TokenError
 from funnel.settings import Settings
@@ -87,13 +89,34 @@ class _Signer(TimestampSigner):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._key = super().derive_key()
+        # itsdangerous's HMACAlgorithm calls hmac.new(key, digestmod=<a Python
+        # function>) per signature, which takes hmac's pure-Python path (two
+        # hash objects and a 64-byte XOR each time).  The same HMAC by the
+        # digest's name runs in OpenSSL; the key is absorbed once here and the
+        # object copied per signature.  Same bytes (tests/test_tokens.py).
+        self._mac = hmac.new(self._key, digestmod=self.digest_method().name)
 
     def derive_key(self, secret_key=None):  # noqa: D102 - see class doc
         return self._key if secret_key is None else super().derive_key(secret_key)
 
+    def get_signature(self, value: bytes) -> bytes:  # noqa: D102 - see class doc
+        mac = self._mac.copy()
+        mac.update(value)
+        return _b64(mac.digest())
+
     def sign_at(self, value: bytes, timestamp: int) -> bytes:
-        value = value + b"." + base64_encode(int_to_bytes(timestamp))
+        value = value + b"." + _b64(int_to_bytes(timestamp))
         return value + b"." + self.get_signature(value)
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _b64(data: bytes) -> bytes:
+    """itsdangerous's ``base64_encode`` (URL-safe base64 without padding) for
+    bytes, in the C calls ``base64.urlsafe_b64encode`` makes, without its
+    Python layers: four calls a token."""
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=")
 
 
 @lru_cache(maxsize=64)
@@ -102,16 +125,22 @@ def _signer_for(keys: tuple[str, ...], purpose: str) -> _Signer:
     return _Signer(s.secret_keys, salt=s.salt, **s.signer_kwargs)
 
 
+#: itsdangerous's compact JSON (``_CompactJSON.dumps``: json.dumps with these
+#: arguments) as one encoder object: json.dumps builds a new encoder on every
+#: call with non-default arguments.  Same text (tests/test_tokens.py).
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def make_token(settings: Settings, purpose: str, payload: dict[str, Any], now: datetime) -> str:
     """Sign ``payload`` for ``purpose``; ``now`` is the issue time (fake clocks welcome)."""
     s = _serializer_for(settings.secret_keys, purpose)
     signer = _signer_for(settings.secret_keys, purpose)
     # URLSafeSerializer.dump_payload also tries zlib on every call, which only
     # wins for payloads far larger than ours; without it the bytes are the same.
-    body = s.serializer.dumps(payload, **s.serializer_kwargs).encode("utf-8")
+    body = _COMPACT_JSON.encode(payload).encode("utf-8")
     if len(body) > 200:
         return signer.sign_at(s.dump_payload(payload), int(now.timestamp())).decode("ascii")
-    return signer.sign_at(base64_encode(body), int(now.timestamp())).decode("ascii")
+    return signer.sign_at(_b64(body), int(now.timestamp())).decode("ascii")
 
 
 def read_token(
