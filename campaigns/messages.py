@@ -120,9 +120,8 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
         attachments=content.attachments,
     )
     signing = signer.prepare(data, canonical) if signer is not None else None
-    view = None if stand_in else replace(
-        content, attachments=(), recipient={**content.recipient, "first_name": sub.first_name}
-    )
+    # Stored for a test send too: its view link shows the stand-in's email as built.
+    view = replace(content, attachments=(), recipient={**content.recipient, "first_name": sub.first_name})
     return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data, view, now,
                     rendered.links, signing)
 
