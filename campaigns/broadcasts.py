@@ -49,7 +49,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from funnel import outbox
-from funnel.db import OUTBOX_UNFINISHED, iso, parse_iso, transaction
+from funnel.db import OUTBOX_UNFINISHED, iso, parse_iso, transaction, unchanged
 from funnel.errors import InputError, NotFound, TransitionError
 from funnel.localtime import local_to_utc
 from funnel.settings import Settings
@@ -846,7 +846,8 @@ def build_test(db, settings: Settings, row, sub, now: datetime) -> Content:
 
 # ----------------------------------------------------------------- builder
 def build_broadcast(db, settings: Settings, row, sub, now: datetime) -> Content:
-    c = get(db, row.campaign_id)
+    # Read once per batch, not per message: the row is the same until something is written.
+    c = unchanged(db, ("campaign", row.campaign_id), lambda: get(db, row.campaign_id))
     if c.status == "cancelled":
         raise SkipMessage("cancelled", f"campaign {c.id} was cancelled")
     if sub.status != "active":

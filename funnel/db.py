@@ -512,6 +512,26 @@ def log_event(
     )
 
 
+def unchanged(db: sqlite_utils.Database, key: tuple, load):
+    """``load()``, reused for ``key`` while nothing in the database has changed.
+
+    For reads repeated per message while a batch is built (a broadcast's campaign
+    row for each of its 500 messages): nothing changed when no other connection
+    has committed (``PRAGMA data_version``) and this one has written nothing
+    (``total_changes``), so the row read before is the row now.  The memo lives
+    on this connection's Database object and holds one database state at a time.
+    """
+    state = (db.conn.execute("PRAGMA data_version").fetchone()[0], db.conn.total_changes)
+    memo = db.__dict__.get("_funnel_unchanged")
+    if memo is None or memo[0] != state:
+        memo = (state, {})
+        db.__dict__["_funnel_unchanged"] = memo
+    found = memo[1].get(key, memo)  # the memo itself marks "absent"
+    if found is memo:
+        found = memo[1][key] = load()
+    return found
+
+
 #: Events per statement in :func:`log_events`; keeps each JSON parameter a few hundred KB.
 EVENTS_PER_STATEMENT = 5000
 _LOG_EVENTS = (

@@ -377,3 +377,24 @@ def test_campaign_body_from_standard_input(cli_env, db):
     cid = int(r.output.strip().splitlines()[-1])
     body = db.execute("SELECT body_md FROM campaigns WHERE id = ?", (cid,)).fetchone()[0]
     assert "**Saturdays**" in body
+
+
+def test_an_edit_or_cancel_from_another_process_reaches_the_batch_being_built(db, settings, clock):
+    """The builder reads the campaign once per batch (db.unchanged); a commit by the
+    admin's process in the middle of the batch is seen by the next message."""
+    from campaigns.content import SkipMessage
+
+    ids = [add_active(db, f"r{i}@example.com") for i in range(3)]
+    cid = broadcasts.create(db, settings, clock(), subject="First subject", body_md="Hello.")
+    broadcasts.schedule_campaign(db, settings, cid, clock(), send_now=True)
+    broadcasts.queue(db, settings, cid, clock())
+    _token, rows = outbox.claim(db, clock(), 3)
+    subs = {sid: lifecycle.get(db, sid) for sid in ids}
+    build = lambda row: broadcasts.build_broadcast(db, settings, row, subs[row.subscriber_id], clock())  # noqa: E731
+    assert build(rows[0]).subject == "First subject"
+    admin = connect(settings.db)
+    admin.execute("UPDATE campaigns SET subject = 'Second subject' WHERE id = ?", (cid,))
+    assert build(rows[1]).subject == "Second subject"
+    broadcasts.cancel(admin, cid, clock())
+    with pytest.raises(SkipMessage, match="cancelled"):
+        build(rows[2])

@@ -118,3 +118,28 @@ def test_enrolling_and_marking_sends_keep_the_reader_sets(db, settings, clock, t
                       ("failed", claimed[1].subscriber_id, claimed[1].ref)]
     sent = [(k, r) for k, r, _w, b in _bits_agree(db) if k == "sent"]
     assert sent == [("sent", claimed[0].ref)]
+
+
+def test_unchanged_reads_again_after_any_write_here_or_elsewhere(db, settings):
+    """db.unchanged: one load while nothing changes; a write on this connection or a
+    commit on another one (the admin editing the campaign mid-send) loads again."""
+    from funnel.db import connect, unchanged
+
+    db.execute("CREATE TABLE box (v TEXT)")
+    db.execute("INSERT INTO box VALUES ('a')")
+    loads = []
+
+    def read():
+        loads.append(1)
+        return db.execute("SELECT v FROM box").fetchone()[0]
+
+    assert [unchanged(db, ("box",), read) for _ in range(3)] == ["a", "a", "a"]
+    assert len(loads) == 1
+    db.execute("UPDATE box SET v = 'b'")  # this connection writes
+    assert unchanged(db, ("box",), read) == "b" and len(loads) == 2
+    other = connect(settings.db)
+    with transaction(other):  # another process commits
+        other.execute("UPDATE box SET v = 'c'")
+    assert unchanged(db, ("box",), read) == "c" and len(loads) == 3
+    assert unchanged(db, ("other key",), lambda: "x") == "x"  # keys are apart
+    assert unchanged(db, ("box",), read) == "c" and len(loads) == 3
