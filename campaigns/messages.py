@@ -93,13 +93,9 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
     direct = kinds.DIRECT_BUILDERS.get(row.kind)
     if direct is not None and row.to_addr is not None:
         return _build_direct(settings, row, now, direct(db, settings, row, now), signer)
-    stand_in = row.subscriber_id is None and row.kind in kinds.WITHOUT_SUBSCRIBER
-    if row.to_addr is None or (row.subscriber_id is None and not stand_in):
+    sub = reader(db, row)
+    if sub is None:
         raise SkipMessage("cancelled", "the recipient was erased")
-    if stand_in:
-        sub = lifecycle.stand_in(row.to_addr, str(row.data.get("name") or ""))
-    else:
-        sub = lifecycle.get(db, row.subscriber_id)
     try:
         make = kinds.BUILDERS[row.kind]
     except KeyError as exc:
@@ -124,6 +120,19 @@ def build(db, settings: Settings, row: OutboxRow, now: datetime,
     view = replace(content, attachments=(), recipient={**content.recipient, "first_name": sub.first_name})
     return Outgoing(row.id, verp_sender(settings, row.id), row.to_addr, data, view, now,
                     rendered.links, signing)
+
+
+def reader(db, row: OutboxRow) -> lifecycle.Subscriber | None:
+    """Whom ``row`` is written to: its subscriber, a stand-in for a test send (an
+    address with no subscriber row, kinds.WITHOUT_SUBSCRIBER), or None when the
+    recipient was erased."""
+    if row.to_addr is None:
+        return None
+    if row.subscriber_id is not None:
+        return lifecycle.get(db, row.subscriber_id)
+    if row.kind in kinds.WITHOUT_SUBSCRIBER:
+        return lifecycle.stand_in(row.to_addr, str(row.data.get("name") or ""))
+    return None
 
 
 def _build_direct(settings: Settings, row: OutboxRow, now: datetime, direct: Direct,

@@ -139,11 +139,8 @@ def show(db, settings: Settings, subscriber_id: int, row_id: int, now: datetime)
         raise NotFound(f"view: message {row_id} does not exist for this reader")
     *columns, status, sent_at = found
     row = _row(tuple(columns))
-    if stand_in:
-        sub = lifecycle.stand_in(row.to_addr or "", str(row.data.get("name") or ""))
-    else:
-        sub = lifecycle.get(db, subscriber_id)
-    if sub.status == "erased" or row.to_addr is None:
+    sub = messages.reader(db, row)
+    if sub is None or sub.status == "erased":
         raise NotFound("view: this message is no longer available")
     stored = _stored(db, row.id)
     if stored is not None:
