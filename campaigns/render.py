@@ -603,6 +603,13 @@ _LITERAL_BRACE = '{{ "{" }}'
 _ISLAND_SEP = f"\x00{_NONCE}\x00"
 
 
+def _run(template, ctx: dict) -> str:
+    """Render a compiled template with *ctx* shared, not copied (Template.render()
+    copies the context and merges Jinja's globals on every call; the templates
+    never assign, so one context built per message serves every part)."""
+    return "".join(template.root_render_func(template.new_context(ctx, shared=True)))
+
+
 class Splice:
     """A stage-2 part cut at its per-recipient islands.
 
@@ -623,8 +630,7 @@ class Splice:
         self.template = template
 
     def render(self, ctx: dict) -> tuple[str, ...] | None:
-        t = self.template
-        out = "".join(t.root_render_func(t.new_context(ctx, shared=True))).split(_ISLAND_SEP)
+        out = _run(self.template, ctx).split(_ISLAND_SEP)
         return tuple(out) if len(out) == len(self.islands) else None
 
 
@@ -723,14 +729,12 @@ class CompiledEmail:
         for t, splice in zip(self._parts[2:], self.splices, strict=True):
             islands = splice.render(ctx) if splice is not None else None
             if islands is None:  # not spliceable, or a value held the separator
-                parts.append("".join(t.root_render_func(t.new_context(ctx, shared=True))))
+                parts.append(_run(t, ctx))
                 cut.append(None)
             else:
                 parts.append(interleave(splice.static, islands))
                 cut.append((splice.static, islands))
-        subject, preheader = (
-            "".join(t.root_render_func(t.new_context(ctx, shared=True))) for t in self._parts[:2]
-        )
+        subject, preheader = (_run(t, ctx) for t in self._parts[:2])
         return Rendered(subject, preheader, parts[0], parts[1], self.links, cut[1], cut[0])
 
     def __repr__(self) -> str:
@@ -908,7 +912,7 @@ def _splices(compiled: CompiledEmail, settings: Settings, kind: str, strict: boo
             ctx = {**sample, tracking.CLICK_KEY: "c/", tracking.OPEN_KEY: "px/",
                    **compiled._constants}  # fmt: skip
             islands = splice.render(ctx)
-            whole = "".join(template.root_render_func(template.new_context(ctx, shared=True)))
+            whole = _run(template, ctx)
             if islands is None or interleave(splice.static, islands) != whole:
                 splice = None
                 break
