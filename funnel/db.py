@@ -506,10 +506,10 @@ def log_event(
     data: str | None = None,
 ) -> None:
     """Append to the event log (call inside the caller's transaction)."""
-    db.execute(
-        "INSERT INTO events (at, kind, subscriber_id, ref, data) VALUES (?, ?, ?, ?, ?)",
-        (iso(now), kind, subscriber_id, ref, data),
-    )
+    db.execute(_LOG_EVENT, (iso(now), kind, subscriber_id, ref, data))
+
+
+_LOG_EVENT = "INSERT INTO events (at, kind, subscriber_id, ref, data) VALUES (?, ?, ?, ?, ?)"
 
 
 def unchanged(db: sqlite_utils.Database, key: tuple, load):
@@ -557,10 +557,7 @@ def log_events(db: sqlite_utils.Database, rows: list[tuple]) -> None:
         chunk = rows[start : start + EVENTS_PER_STATEMENT]
         payload = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
         if "\\u0000" in payload:  # SQLite's JSON cuts a string at an escaped NUL: bind them one by one
-            db.conn.executemany(
-                "INSERT INTO events (at, kind, subscriber_id, ref, data) VALUES (?, ?, ?, ?, ?)",
-                [(*row, None) if len(row) == 4 else row for row in chunk],
-            )
+            db.conn.executemany(_LOG_EVENT, [(*row, None) if len(row) == 4 else row for row in chunk])
         else:
             db.conn.execute(_LOG_EVENTS, (payload,))
 
