@@ -48,7 +48,9 @@ from __future__ import annotations
 
 import re
 import smtplib
+import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -152,6 +154,8 @@ class Relay:
         except BaseException:
             _quietly_close(conn)
             raise
+        if not isinstance(conn.sock, ssl.SSLSocket):  # TLS keeps Python's timeout (see below)
+            _kernel_timeouts(conn.sock, c.timeout)
         self._conn = conn
         self._used = 0
         self.connections += 1
@@ -209,6 +213,7 @@ class Relay:
                 553, f"{recipient!r}: address unusable in SMTP (needs SMTPUTF8?)", "local"
             )
         mail_opts = b" SMTPUTF8" if smtputf8 and not (sender + rcpt).isascii() else b""
+        started = time.monotonic()
         sock = conn.sock
         if conn.file is None:
             conn.file = sock.makefile("rb")
@@ -242,8 +247,7 @@ class Relay:
                 return SendResult(code, msg, "data")
             return self._send_data(sock, read, data)
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
-            self._drop()
-            return SendResult(None, redact(f"connection to {self.label} failed: {exc}"), stage)
+            return self._failure(exc, stage, started)
 
     def _send_data(self, sock, read, data: bytes) -> SendResult:
         """After DATA's 354: the dot-stuffed message, then the server's verdict.
@@ -287,6 +291,7 @@ class Relay:
         self, conn: smtplib.SMTP, envelope_from: str, recipient: str, data: bytes
     ) -> SendResult:
         stage = "mail"
+        started = time.monotonic()
         try:
             code, msg = conn.mail(envelope_from)
             if code != 250:
@@ -307,9 +312,16 @@ class Relay:
             self._drop()
             return SendResult(exc.smtp_code, _text(exc.smtp_error), stage)
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
-            self._drop()
-            return SendResult(None, redact(f"connection to {self.label} failed: {exc}"), stage)
+            return self._failure(exc, stage, started)
         return SendResult(250, _text(msg), "ok")
+
+    def _failure(self, exc: Exception, stage: str, started: float) -> SendResult:
+        """A dropped connection's result; a silent server is named as a timeout (a kernel
+        timeout reads as a closed connection or EAGAIN, see :func:`_kernel_timeouts`)."""
+        self._drop()
+        if time.monotonic() - started >= self.config.timeout * 0.9:
+            exc = f"no reply within {self.config.timeout:g} s"
+        return SendResult(None, redact(f"connection to {self.label} failed: {exc}"), stage)
 
     def _reset(self, code: int | None) -> None:
         if code == 421 or self._conn is None:
@@ -324,6 +336,28 @@ class Relay:
         if self._conn is not None:
             _quietly_close(self._conn)
             self._conn = None
+
+
+def _kernel_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Make the socket blocking, with the relay's timeout kept by the kernel.
+
+    With a Python-level timeout every send and receive is a poll() and then
+    the call, each leaving and retaking the GIL; the wire thread does about
+    eight of them a message while the main thread builds the next one, and
+    each retake waits for the builder.  SO_RCVTIMEO/SO_SNDTIMEO give the same
+    bound with one system call per operation.  A read that times out then
+    looks like a closed connection to smtplib's reader, and a write fails
+    with EAGAIN; both are connection failures (the row is retried), and
+    :meth:`Relay._failure` names the timeout.  Only for plain connections (a
+    relay on loopback or the local network): under TLS a kernel timeout
+    surfaces from OpenSSL as a want-read error mid-record, a path no test here
+    exercises, so TLS sockets keep the timeout Python enforces.
+    """
+    whole = int(seconds)
+    value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 def _reply(readline) -> tuple[int, str]:

@@ -419,3 +419,53 @@ class _Recording:
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
+
+
+# ----------------------------------------------------------------- a relay that goes quiet
+class _SilentAfterGreeting:
+    """A relay that greets, answers EHLO (with PIPELINING), then never answers again."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.heard = b""
+        self.conns = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        conn, _ = self.listener.accept()
+        self.conns.append(conn)
+        conn.sendall(b"220 quiet.example ESMTP\r\n")
+        while b"\r\n" not in self.heard:
+            self.heard += conn.recv(4096)
+        conn.sendall(b"250-quiet.example\r\n250 PIPELINING\r\n")
+        while chunk := conn.recv(4096):  # hears MAIL/RCPT/DATA, says nothing
+            self.heard += chunk
+
+    def close(self):
+        for c in self.conns:
+            c.close()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "smtplib"])
+def test_a_relay_that_stops_answering_times_out_with_a_named_reason(raw):
+    import time
+
+    quiet = _SilentAfterGreeting()
+    try:
+        config = parse_smtp_url(f"smtp://127.0.0.1:{quiet.port}?timeout=0.4")
+        relay = Relay(config, raw=raw)
+        started = time.monotonic()
+        result = relay.send("a@clinic.example", "b@example.com", b"Subject: x\r\n\r\nhi\r\n")
+        took = time.monotonic() - started
+    finally:
+        quiet.close()
+    # Bounded by the relay's timeout (kept by the kernel on the socket), then reported
+    # as a connection failure the row is retried for, with the timeout named.
+    assert 0.35 <= took < 3
+    assert result.code is None and result.stage == "mail"
+    assert result.message == f"connection to 127.0.0.1:{quiet.port} failed: no reply within 0.4 s"
+    assert classify(result.code, result.stage) == "retry"
+    assert b"mail from:<a@clinic.example>" in quiet.heard.lower()
+    assert relay._conn is None  # dropped: the next message opens a fresh connection
