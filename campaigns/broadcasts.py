@@ -54,7 +54,7 @@ from funnel.errors import InputError, NotFound, TransitionError
 from funnel.localtime import local_to_utc
 from funnel.settings import Settings
 from funnel.validate import zone_name
-from subscribers import optin, segments
+from subscribers import lifecycle, optin, segments
 
 from . import clicks, merge_tags, mime, render, schedule, webinars
 from .content import Content, SkipMessage
@@ -852,10 +852,7 @@ def build_broadcast(db, settings: Settings, row, sub, now: datetime) -> Content:
         raise SkipMessage("cancelled", f"campaign {c.id} was cancelled")
     if sub.status != "active":
         raise SkipMessage("cancelled", f"the subscriber is {sub.status}")
-    stream = db.execute(
-        "SELECT status, paused_until FROM subscriptions WHERE subscriber_id = ? AND stream = ?",
-        (sub.id, c.stream),
-    ).fetchone()
+    stream = lifecycle.subscription(db, sub.id, c.stream)
     if stream is None or stream[0] == "unsubscribed":
         raise SkipMessage("cancelled", f"not subscribed to {c.stream}")
     if stream[0] == "paused" and (stream[1] is None or parse_iso(stream[1]) > now):

@@ -129,7 +129,7 @@ def reader(db, row: OutboxRow) -> lifecycle.Subscriber | None:
     if row.to_addr is None:
         return None
     if row.subscriber_id is not None:
-        return lifecycle.get(db, row.subscriber_id)
+        return lifecycle.current(db, row.subscriber_id)
     if row.kind in kinds.WITHOUT_SUBSCRIBER:
         return lifecycle.stand_in(row.to_addr, str(row.data.get("name") or ""))
     return None

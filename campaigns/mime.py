@@ -40,7 +40,7 @@ import email.policy
 import functools
 import hashlib
 import hmac
-import os
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -644,8 +644,10 @@ def _b64(data: bytes) -> bytes:
 def _boundary() -> str:
     # "=_" can never occur in quoted-printable or base64 output ("=" is only
     # followed by hex digits, a line break or padding), so the boundary cannot
-    # collide with any body line.
-    return "=_" + os.urandom(12).hex()
+    # collide with any body line.  So it needs no secrecy either: random's
+    # generator (reseeded in a forked sender) instead of a getrandom() system
+    # call, two of which a message made while the wire thread waited for the GIL.
+    return f"=_{random.getrandbits(96):024x}"
 
 
 # --------------------------------------------------------------------------

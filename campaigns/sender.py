@@ -22,16 +22,18 @@ So the duplicates a kill can cause are bounded by the batch in flight.
 
 from __future__ import annotations
 
+import queue
 import random
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from funnel import health, outbox
-from funnel.db import parse_iso, transaction
+from funnel.db import one_state, parse_iso, transaction
 from funnel.errors import ConfigurationError, FunnelError
 from funnel.settings import Settings
+from subscribers import lifecycle
 
 from . import holds, messages, views
 from .content import SkipMessage
@@ -241,7 +243,7 @@ def send_due(
     fingerprint = config_fingerprint(settings)
     # One thread signs and talks SMTP while this one builds (see _send_batch);
     # it starts with the first message and is joined before the pool closes.
-    wire = ThreadPoolExecutor(max_workers=1, thread_name_prefix="funnel-wire")
+    wire = _Wire()
 
     try:
         recovered = outbox.recover(db, settings, clock())
@@ -273,7 +275,7 @@ def send_due(
             if progress:
                 progress(len(rows))
     finally:
-        wire.shutdown(wait=True)  # an interrupted send finishes before its socket closes
+        wire.shutdown()  # an interrupted send finishes before its socket closes
         if own_pool:
             pool.close()
     if summary.blocked:
@@ -292,7 +294,49 @@ class _Flight:
     row: outbox.OutboxRow
     msg: messages.Outgoing
     now: datetime
-    answer: Future
+
+
+class _Wire:
+    """The one thread that signs and talks SMTP for :func:`_send_batch`.
+
+    Jobs go in and answers come out in order through two C ``SimpleQueue``s,
+    not a ``ThreadPoolExecutor`` with a ``Future`` per message: the handoff
+    happens twice a message, and each Python-level lock it takes is another
+    point where the wire thread and the builder trade the GIL.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn, *args) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="funnel-wire", daemon=True)
+            self._thread.start()
+        self._jobs.put((fn, args))
+
+    def take(self):
+        """The oldest job's return value (its exception re-raised here)."""
+        ok, value = self._answers.get()
+        if not ok:
+            raise value
+        return value
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args = job
+            try:
+                self._answers.put((True, fn(*args)))
+            except BaseException as exc:  # handed to the builder, which raises it
+                self._answers.put((False, exc))
+
+    def shutdown(self) -> None:
+        """Wait for the job on the wire to finish, then end the thread."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
 
 
 def _transmit(pool: RelayPool, msg: messages.Outgoing, now: datetime):
@@ -310,7 +354,7 @@ def _send_batch(
     rows: list[outbox.OutboxRow],
     summary: Summary,
     fingerprint: str,
-    wire: ThreadPoolExecutor,
+    wire: _Wire,
 ) -> bool:
     """Send one claimed batch and mark it; returns True when sending must stop.
 
@@ -329,12 +373,16 @@ def _send_batch(
     sent: dict[int, messages.Outgoing] = {}  # their views are stored with the outcomes
     stop = False
     flight: _Flight | None = None
+    # The batch's readers and their subscriptions in two queries, not two per message;
+    # each message is then built against one check that nothing changed since.
+    lifecycle.read_ahead(db, [(r.subscriber_id, r.stream) for r in rows if r.subscriber_id])
     try:
         for row in rows:
             now = clock()
-            msg = _build(db, settings, signer, row, now, summary, fingerprint)
+            with one_state(db):
+                msg = _build(db, settings, signer, row, now, summary, fingerprint)
             if flight is not None:
-                stop = _land(settings, pool, flight, outcomes, summary, bounced, sent)
+                stop = _land(settings, pool, wire, flight, outcomes, summary, bounced, sent)
                 flight = None
                 if stop:
                     break
@@ -342,9 +390,10 @@ def _send_batch(
                 outcomes.append(msg)
                 summary.add(msg.status)
             else:
-                flight = _Flight(row, msg, now, wire.submit(_transmit, pool, msg, now))
+                flight = _Flight(row, msg, now)  # in flight (uncertain if interrupted) from here
+                wire.submit(_transmit, pool, msg, now)
         if flight is not None:
-            stop = _land(settings, pool, flight, outcomes, summary, bounced, sent)
+            stop = _land(settings, pool, wire, flight, outcomes, summary, bounced, sent)
             flight = None
     finally:
         # Even when interrupted (Ctrl-C), record what is known.  A row whose
@@ -360,6 +409,7 @@ def _send_batch(
 def _land(
     settings: Settings,
     pool: RelayPool,
+    wire: _Wire,
     flight: _Flight,
     outcomes: list[outbox.Outcome],
     summary: Summary,
@@ -367,7 +417,7 @@ def _land(
     sent: dict[int, messages.Outgoing],
 ) -> bool:
     """Take a row's SMTP answer into the batch's outcomes; True when sending must stop."""
-    outcome = _outcome(settings, flight.row, flight.answer.result(), flight.now, summary, bounced)
+    outcome = _outcome(settings, flight.row, wire.take(), flight.now, summary, bounced)
     if outcome is None:  # no relay could take it: it goes back unsent
         return True
     if outcome.status == "sent":

@@ -64,7 +64,7 @@ def store(db, sent: Iterable[messages.Outgoing]) -> int:
     """Keep the view of each sent message (inside the caller's transaction)."""
     ids: dict[str, int] = {}
     link_ids: dict[tuple, int | None] = {(): None}
-    n = 0
+    rows = []
     for out in sent:
         if out.view is None or out.built_at is None:
             continue
@@ -86,14 +86,14 @@ def store(db, sent: Iterable[messages.Outgoing]) -> int:
         links_id = link_ids.get(out.links, -1)
         if links_id == -1:
             links_id = link_ids[out.links] = _links_id(db, out.links)
-        # A row resent after a crash replaces its view with the message sent last.
-        db.execute(
-            "INSERT OR REPLACE INTO views (outbox_id, content_id, built_at, recipient, links_id) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (out.row_id, content_id, iso(out.built_at), _canonical(c.recipient), links_id),
-        )
-        n += 1
-    return n
+        rows.append((out.row_id, content_id, iso(out.built_at), _canonical(c.recipient), links_id))
+    # A row resent after a crash replaces its view with the message sent last.
+    db.conn.executemany(
+        "INSERT OR REPLACE INTO views (outbox_id, content_id, built_at, recipient, links_id) "
+        "VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
+    return len(rows)
 
 
 def _links_id(db, links: tuple) -> int:

@@ -520,16 +520,48 @@ def unchanged(db: sqlite_utils.Database, key: tuple, load):
     has committed (``PRAGMA data_version``) and this one has written nothing
     (``total_changes``), so the row read before is the row now.  The memo lives
     on this connection's Database object and holds one database state at a time.
+    Inside :func:`one_state` the state is checked once for the whole block.
     """
-    state = (db.conn.execute("PRAGMA data_version").fetchone()[0], db.conn.total_changes)
-    memo = db.__dict__.get("_funnel_unchanged")
-    if memo is None or memo[0] != state:
-        memo = (state, {})
-        db.__dict__["_funnel_unchanged"] = memo
+    memo = db.__dict__.get(_MEMO) if db.__dict__.get(_PINNED) else None
+    if memo is None or memo[0][1] != db.conn.total_changes:
+        memo = _memo(db)
     found = memo[1].get(key, memo)  # the memo itself marks "absent"
     if found is memo:
         found = memo[1][key] = load()
     return found
+
+
+def remember(db: sqlite_utils.Database, entries: dict) -> None:
+    """Seed :func:`unchanged`'s memo for the database as it is now with values read
+    in bulk (a batch's readers in one query instead of one query per message)."""
+    _memo(db)[1].update(entries)
+
+
+@contextlib.contextmanager
+def one_state(db: sqlite_utils.Database):
+    """One ``PRAGMA data_version`` check for every :func:`unchanged` read in the
+    block (the reads that build one message, microseconds apart), instead of one
+    per read.  A write on this connection inside the block still starts a new
+    state."""
+    _memo(db)
+    db.__dict__[_PINNED] = True
+    try:
+        yield
+    finally:
+        db.__dict__[_PINNED] = False
+
+
+_MEMO, _PINNED = "_funnel_unchanged", "_funnel_unchanged_pinned"
+
+
+def _memo(db: sqlite_utils.Database) -> tuple[tuple[int, int], dict]:
+    """The memo for the database's state now, emptied when the state moved on."""
+    state = (db.conn.execute("PRAGMA data_version").fetchone()[0], db.conn.total_changes)
+    memo = db.__dict__.get(_MEMO)
+    if memo is None or memo[0] != state:
+        memo = (state, {})
+        db.__dict__[_MEMO] = memo
+    return memo
 
 
 #: Events per statement in :func:`log_events`; keeps each JSON parameter a few hundred KB.

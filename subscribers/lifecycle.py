@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from funnel.db import iso, log_event, transaction
+from funnel.db import iso, log_event, remember, transaction, unchanged
 from funnel.errors import InputError, NotFound, TransitionError
 from funnel.validate import check_header_text, check_visible, zone_name
 
@@ -95,10 +95,68 @@ def stand_in(email: str, name: str = "") -> Subscriber:
 
 
 def get(db, subscriber_id: int) -> Subscriber:
+    sub = _by_id(db, subscriber_id)
+    if sub is None:
+        raise _missing(subscriber_id)
+    return sub
+
+
+def _missing(subscriber_id: int) -> NotFound:
+    return NotFound(f"subscriber {subscriber_id} does not exist")
+
+
+def current(db, subscriber_id: int) -> Subscriber:
+    """:func:`get` for building a message: reused while the database is unchanged,
+    and seeded for a whole batch by :func:`read_ahead` (funnel.db.unchanged)."""
+    sub = unchanged(db, ("subscriber", subscriber_id), lambda: _by_id(db, subscriber_id))
+    if sub is None:
+        raise _missing(subscriber_id)
+    return sub
+
+
+def subscription(db, subscriber_id: int, stream: str) -> tuple[str, str | None] | None:
+    """(status, paused_until) of a reader's subscription to ``stream``, None when they
+    have none; reused like :func:`current`."""
+    return unchanged(
+        db, ("subscription", subscriber_id, stream),
+        lambda: db.execute(
+            "SELECT status, paused_until FROM subscriptions WHERE subscriber_id = ? AND stream = ?",
+            (subscriber_id, stream),
+        ).fetchone(),
+    )  # fmt: skip
+
+
+def read_ahead(db, wanted: list[tuple[int, str | None]]) -> None:
+    """Read the subscribers, and their subscription to the given stream, for a batch
+    of (subscriber id, stream) pairs in two queries, for :func:`current` and
+    :func:`subscription` to find while the database stays as it is now."""
+    ids = sorted({sid for sid, _ in wanted})
+    if not ids:
+        return
+    found = {
+        row[0]: Subscriber(*row)
+        for row in db.conn.execute(
+            f"SELECT {_COLUMNS} FROM subscribers WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(ids),),
+        )
+    }
+    entries: dict[tuple, object] = {("subscriber", i): found.get(i) for i in ids}
+    pairs = {(sid, stream) for sid, stream in wanted if stream}
+    if pairs:
+        entries.update(dict.fromkeys((("subscription", *p) for p in pairs), None))
+        for sid, stream, status, paused in db.conn.execute(
+            "SELECT subscriber_id, stream, status, paused_until FROM subscriptions "
+            "WHERE subscriber_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(sorted({sid for sid, _ in pairs})),),
+        ):
+            if (sid, stream) in pairs:
+                entries[("subscription", sid, stream)] = (status, paused)
+    remember(db, entries)
+
+
+def _by_id(db, subscriber_id: int) -> Subscriber | None:
     row = db.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
-    if row is None:
-        raise NotFound(f"subscriber {subscriber_id} does not exist")
-    return Subscriber(*row)
+    return Subscriber(*row) if row else None
 
 
 def find(db, email: str) -> Subscriber | None:
