@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import queue
 import random
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -310,8 +311,17 @@ class _Wire:
         self._answers: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
+    #: The GIL switch interval while a wire thread runs.  Each time a reply
+    #: arrives the wire thread needs the GIL back, and the builder only lets go
+    #: of it at a blocking call or when the interval (5 ms by default) is up;
+    #: at 1 ms the next command goes out sooner.  Measured with
+    #: ``bench/send.py``'s worker pass, 6 alternating pairs of 20,000 messages:
+    #: 1,488 against 1,413 msg/s on average, faster in 4 pairs of 6.
+    SWITCH_INTERVAL = 0.001
+
     def submit(self, fn, *args) -> None:
         if self._thread is None:
+            _switching(+1, self.SWITCH_INTERVAL)
             self._thread = threading.Thread(target=self._run, name="funnel-wire", daemon=True)
             self._thread.start()
         self._jobs.put((fn, args))
@@ -337,6 +347,23 @@ class _Wire:
             self._jobs.put(None)
             self._thread.join()
             self._thread = None
+            _switching(-1, self.SWITCH_INTERVAL)
+
+
+_SWITCH = {"wires": 0, "before": 0.0}
+_SWITCH_LOCK = threading.Lock()
+
+
+def _switching(delta: int, interval: float) -> None:
+    """The first wire thread of the process sets the switch interval, the last one
+    to stop puts the one before back (senders may run in several threads)."""
+    with _SWITCH_LOCK:
+        if delta > 0 and _SWITCH["wires"] == 0:
+            _SWITCH["before"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_SWITCH["before"], interval))
+        _SWITCH["wires"] += delta
+        if delta < 0 and _SWITCH["wires"] == 0:
+            sys.setswitchinterval(_SWITCH["before"])
 
 
 def _transmit(pool: RelayPool, msg: messages.Outgoing, now: datetime):

@@ -80,3 +80,25 @@ def test_a_build_failure_between_two_sends_keeps_row_order(db, settings, clock, 
     assert [mailings.row(rid)["status"] for rid in ids][0::2] == ["sent", "sent"]
     assert mailings.row(ids[1])["status"] != "sent"
     assert mailings.row(ids[3])["status"] == "sent"
+
+
+def test_the_switch_interval_is_short_while_a_wire_thread_runs_and_restored_after(
+    db, settings, clock, smtp_server, mailings, monkeypatch
+):
+    import sys
+
+    from campaigns.smtp import RelayPool
+
+    seen = []
+    real = RelayPool.send
+
+    def send(self, *args):
+        seen.append(sys.getswitchinterval())
+        return real(self, *args)
+
+    monkeypatch.setattr(RelayPool, "send", send)
+    before = sys.getswitchinterval()
+    mailings.many(3)
+    assert sender.send_due(db, settings, clock).sent == 3
+    assert seen == [min(before, sender._Wire.SWITCH_INTERVAL)] * 3
+    assert sys.getswitchinterval() == before and not wire_threads()
