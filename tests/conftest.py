@@ -7,6 +7,7 @@ writes, which tests parse with the stdlib ``email`` package.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import os
@@ -29,6 +30,18 @@ from funnel.settings import test_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = REPO.parent / "shared" / "seeds"
+
+
+@contextlib.contextmanager
+def sql_trace(db):
+    """The statements run on ``db``'s connection inside the block, values bound
+    (sqlite3's trace callback): for tests about which queries a path makes."""
+    ran: list[str] = []
+    db.conn.set_trace_callback(ran.append)
+    try:
+        yield ran
+    finally:
+        db.conn.set_trace_callback(None)
 
 
 def seeds_dir() -> Path:

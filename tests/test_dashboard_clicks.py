@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
+from conftest import sql_trace
+
 from campaigns import dashboard
 from funnel.db import iso, log_event, transaction
 
@@ -39,12 +41,8 @@ def test_dashboard_counts_human_clicks_from_the_clicks_table(db, clock):
 
 def _plans(db, fn) -> list[tuple[str, str]]:
     """(statement, plan) for each SELECT ``fn`` runs, as SQLite ran it (values bound)."""
-    ran: list[str] = []
-    db.conn.set_trace_callback(ran.append)
-    try:
+    with sql_trace(db) as ran:
         fn()
-    finally:
-        db.conn.set_trace_callback(None)
     return [(sql, " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql)))
             for sql in ran if sql.lstrip().startswith("SELECT")]
 

@@ -15,6 +15,7 @@ import re
 from datetime import timedelta
 
 import pytest
+from conftest import sql_trace
 
 from campaigns import enrollment, holds
 from funnel import outbox
@@ -59,12 +60,8 @@ def big(tmp_path, clock):
 
 
 def _traced(db, fn) -> list[str]:
-    statements: list[str] = []
-    db.conn.set_trace_callback(statements.append)
-    try:
+    with sql_trace(db) as statements:
         fn()
-    finally:
-        db.conn.set_trace_callback(None)
     return [s for s in statements if re.search(r"\bFROM outbox\b", s) and s.lstrip().startswith("SELECT")]
 
 

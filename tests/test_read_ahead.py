@@ -4,6 +4,7 @@ batch is built reaches the messages built after it (campaigns/sender.py, lifecyc
 from __future__ import annotations
 
 import pytest
+from conftest import sql_trace
 from test_broadcasts import add_active
 
 from campaigns import broadcasts, sender
@@ -57,12 +58,8 @@ def test_a_batch_reads_its_readers_in_two_queries_not_two_per_message(
     db, settings, clock, smtp_server
 ):
     _broadcast(db, settings, clock, 6)
-    statements: list[str] = []
-    db.conn.set_trace_callback(statements.append)
-    try:
+    with sql_trace(db) as statements:
         assert sender.send_due(db, settings, clock).sent == 6
-    finally:
-        db.conn.set_trace_callback(None)
     per_reader = [s for s in statements if "FROM subscribers WHERE id = " in s]
     per_subscription = [s for s in statements if "FROM subscriptions WHERE subscriber_id = " in s]
     ahead = [s for s in statements if "FROM subscribers WHERE id IN (SELECT value FROM json_each" in s]
