@@ -145,12 +145,12 @@ def read_ahead(db, wanted: list[tuple[int, str | None]]) -> None:
     if pairs:
         entries.update(dict.fromkeys((("subscription", *p) for p in pairs), None))
         for sid, stream, status, paused in db.conn.execute(
-            "SELECT subscriber_id, stream, status, paused_until FROM subscriptions "
-            "WHERE subscriber_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(sorted({sid for sid, _ in pairs})),),
+            "SELECT ss.subscriber_id, ss.stream, ss.status, ss.paused_until FROM json_each(?) j "
+            "JOIN subscriptions ss ON ss.subscriber_id = json_extract(j.value, '$[0]') "
+            "AND ss.stream = json_extract(j.value, '$[1]')",
+            (json.dumps(sorted(pairs)),),
         ):
-            if (sid, stream) in pairs:
-                entries[("subscription", sid, stream)] = (status, paused)
+            entries[("subscription", sid, stream)] = (status, paused)
     remember(db, entries)
 
 
