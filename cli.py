@@ -23,14 +23,13 @@ from campaigns.articles import Filters, format_preview, load_article
 from campaigns.attendance import import_attendance
 from campaigns.check import problems
 from campaigns.check import warnings as check_warnings
-from campaigns.dkim import DkimSigner
 from campaigns.enrollment import held_steps
 from campaigns.importer import import_paths
 from campaigns.preview import preview_campaign, preview_steps
 from campaigns.report import compute, render_html, render_text
 from campaigns.schedule import WHEN_FORMS as WHEN_HELP
 from campaigns.schedule import parse_when, step_due_times
-from campaigns.sender import send_due
+from campaigns.sender import send_due, signer_for
 from campaigns.series import (
     build_series,
     find_series,
@@ -301,25 +300,21 @@ def send_cmd(app: App, limit: int | None, quiet: bool) -> None:
         echo_err(tick_line(ticked))
     for problem in ticked["problems"]:
         echo_err(f"warning: {problem}")
-    signer = _signer(s)
+    signer = signer_for(s)  # a key problem is reported here, before anything is sent
     total = _due_total(app)
-    if quiet or total == 0:
-        summary = send_due(app.db, s, app.now, limit=limit, signer=signer)
-    else:
-        with progress(min(total, limit or total), "sending") as bar:
-            summary = send_due(app.db, s, app.now, limit=limit, signer=signer, progress=bar.update)
+    try:
+        if quiet or total == 0:
+            summary = send_due(app.db, s, app.now, limit=limit, signer=signer)
+        else:
+            with progress(min(total, limit or total), "sending") as bar:
+                summary = send_due(app.db, s, app.now, limit=limit, signer=signer,
+                                   progress=bar.update)  # fmt: skip
+    finally:
+        if signer is not None:
+            signer.close()  # its signing child process, if a large batch started one
     click.echo(summary.line())
     for err in summary.errors[:10]:
         echo_err(err)
-
-
-def _signer(settings: Settings):
-    if not settings.dkim_key_file:
-        return None
-    return DkimSigner(
-        settings.dkim_selector, settings.dkim_domain, settings.dkim_key_file,
-        settings.dkim_ed25519_key_file,
-    )  # fmt: skip
 
 
 def _due_total(app: App) -> int:

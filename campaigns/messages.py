@@ -5,7 +5,9 @@ returns the template content for that row (kind, subject, body...) plus the
 per-recipient values (:mod:`campaigns.content`); this module then
 renders it (MJML compiled once per content, Jinja per recipient), assembles
 the MIME message with the fast path, and prepares its DKIM signature when
-configured (``Outgoing.wire()`` signs: the sender does that on its SMTP thread).
+configured (``Outgoing.wire()`` adds the signature: the sender calls it on its SMTP
+thread, and the signature was made meanwhile in the signer's child process, or is made
+there and then).
 
 Building is pure apart from reading the database: no network, no clock.
 """
@@ -43,8 +45,8 @@ class Outgoing:
     built_at: datetime | None = None
     #: The links behind this message's /c/ addresses (campaigns/links.py).
     links: tuple = ()
-    #: DKIM, prepared but not yet signed (campaigns/dkim.py): the private-key
-    #: operation is left to :meth:`wire`, which the sender runs on its SMTP thread.
+    #: DKIM, prepared but maybe not yet signed (campaigns/dkim.py): :meth:`wire`
+    #: takes the signature, which the sender calls on its SMTP thread.
     signing: Signing | None = None
 
     def wire(self) -> bytes:

@@ -176,13 +176,14 @@ def run_worker(
         process.start()
     db = connect(settings.db)
     pool = relay if relay is not None else _pool(settings, connections)
+    signer = _signer(settings, on_error)
     loops = 0
     try:
         while not stop.is_set():
             loops += 1
             try:
                 t = tick(db, settings, clock())
-                summary = sender.send_due(db, settings, clock, relay=pool)
+                summary = sender.send_due(db, settings, clock, relay=pool, signer=signer)
             except FunnelError as exc:
                 if on_error is None:
                     raise
@@ -197,8 +198,23 @@ def run_worker(
             process.join()
         if relay is None:
             pool.close()
+        if signer is not None:
+            signer.close()
         db.close()
     return loops
+
+
+def _signer(settings: Settings, on_error):
+    """The DKIM signer for a sender's lifetime (its signing child process starts with
+    the first large batch and is kept between ticks), or None without a key.  A bad key
+    is reported like any iteration's error, and each send then reports it again."""
+    try:
+        return sender.signer_for(settings)
+    except FunnelError as exc:
+        if on_error is None:
+            raise
+        on_error(exc)
+        return None
 
 
 def _pool(settings: Settings, connections: int):
@@ -220,11 +236,12 @@ def _send_process(settings, halt, clock, interval, on_summary, on_error, connect
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     db = connect(settings.db)
     pool = _pool(settings, connections)
+    signer = _signer(settings, on_error)
     try:
         while not (halt.is_set() or stopping or os.getppid() != parent):
             try:
                 summary = sender.send_due(
-                    db, settings, clock, relay=pool, limit=settings.batch_size
+                    db, settings, clock, relay=pool, limit=settings.batch_size, signer=signer
                 )
             except FunnelError as exc:
                 if on_error is None:
@@ -238,4 +255,6 @@ def _send_process(settings, halt, clock, interval, on_summary, on_error, connect
                 halt.wait(interval)
     finally:
         pool.close()
+        if signer is not None:
+            signer.close()
         db.close()

@@ -44,6 +44,21 @@ def sql_trace(db):
         db.conn.set_trace_callback(None)
 
 
+def live_processes(**match: int) -> set[int]:
+    """The pids of live processes whose /proc stat fields match, by name: ``ppid``
+    (the parent) or ``pgrp`` (the process group); zombies are left out."""
+    where = {"ppid": 1, "pgrp": 2}
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and all(int(fields[where[k]]) == v for k, v in match.items()):
+            pids.add(int(stat.parent.name))
+    return pids
+
+
 def seeds_dir() -> Path:
     if not SEEDS.is_dir():
         pytest.skip(f"the clinic's seed articles are not at {SEEDS}")

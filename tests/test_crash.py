@@ -14,9 +14,9 @@ import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
+from conftest import live_processes
 
 from funnel.db import connect
 from subscribers.io import import_csv
@@ -137,15 +137,7 @@ def funnel_worker(env: dict, connections: int) -> subprocess.Popen:
 
 def group_pids(pgid: int) -> set[int]:
     """The live processes of process group *pgid* (Linux /proc)."""
-    pids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            pids.add(int(stat.parent.name))
-    return pids
+    return live_processes(pgrp=pgid)
 
 
 def in_flight(db, pids: set[int]) -> list[tuple[str, str]]:

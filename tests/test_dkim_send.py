@@ -9,6 +9,7 @@ import subprocess
 import dkim
 import pytest
 from click.testing import CliRunner
+from conftest import live_processes
 
 import cli
 from campaigns import sender
@@ -88,7 +89,7 @@ def test_unreadable_key_is_one_line_at_startup(cli_env, tmp_path, monkeypatch, s
 
 def test_every_message_of_a_batch_carries_its_own_signature(db, settings, clock, smtp_server, mailings,
                                                            rsa_key):
-    """The private-key operation runs on the wire thread while the next row is built:
+    """The signature is taken on the wire thread while the next rows are built:
     each received message verifies on its own bytes (no signature lands on a
     neighbour), and no wire thread outlives the send."""
     import threading
@@ -104,3 +105,121 @@ def test_every_message_of_a_batch_carries_its_own_signature(db, settings, clock,
         assert m.message["To"].endswith(m.rcpt_tos[0]) or m.rcpt_tos[0] in m.message["To"]
         assert dkim.verify(m.data, dnsfunc=lambda name, timeout=5: record)
     assert not [t for t in threading.enumerate() if t.name.startswith("funnel-wire")]
+
+
+def _children() -> set[int]:
+    """This process's live child processes: the signing child is one."""
+    import os
+
+    return live_processes(ppid=os.getpid())
+
+
+def test_a_batch_is_signed_in_a_child_process_and_every_message_verifies(
+    db, settings, clock, smtp_server, mailings, rsa_key, monkeypatch
+):
+    """From OFFLOAD_AT rows a batch's signatures come from the signing child; they verify
+    like the in-process ones, and the child is gone when send_due returns."""
+    from campaigns import dkim as ours
+
+    key, record = rsa_key
+    signed = settings.replace(
+        dkim_selector="s1", dkim_domain="clinic.example", dkim_key_file=str(key)
+    )
+    made_here = []
+    real_make = ours.Signing._make
+    monkeypatch.setattr(ours.Signing, "_make", lambda self: made_here.append(1) or real_make(self))
+    monkeypatch.setattr(sender, "OFFLOAD_AT", 5)
+    mailings.many(12)
+    before = _children()
+    assert sender.send_due(db, signed, clock).sent == 12
+
+    assert made_here == []  # not one signature made in this process
+    dns = lambda name, timeout=5: record  # noqa: E731
+    assert len(smtp_server.messages) == 12
+    assert all(dkim.verify(m.data, dnsfunc=dns) for m in smtp_server.messages)
+    assert _children() - before == set()  # the child was stopped with its signer
+
+
+def test_a_signing_child_that_dies_leaves_signing_to_the_sender(
+    db, settings, clock, smtp_server, mailings, rsa_key
+):
+    """kill -9 of the signing child mid-run: the messages still go out signed (the
+    signatures are made in-process, byte for byte what the child would have made)."""
+    import os
+    import signal
+
+    from campaigns.dkim import DkimSigner
+
+    key, record = rsa_key
+    signer = DkimSigner("s1", "clinic.example", key)
+    signer.offload()
+    child = signer._helper._proc
+    mailings.many(3)
+    first = sender.send_due(db, settings, clock, signer=signer)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    mailings.many(3, domain="example.org")
+    second = sender.send_due(db, settings, clock, signer=signer)
+    assert signer._helper.dead  # found dead, and not restarted for a small batch
+    signer.close()
+
+    assert (first.sent, second.sent) == (3, 3)
+    dns = lambda name, timeout=5: record  # noqa: E731
+    assert all(dkim.verify(m.data, dnsfunc=dns) for m in smtp_server.messages)
+
+
+def test_the_child_signs_what_this_process_would_sign_and_never_blocks_on_a_full_pipe(
+    tmp_path, rsa_key
+):
+    """Signatures asked for and never taken (messages built, then not sent) fill no pipe:
+    the 200th request still gets its answer, identical to the in-process signature."""
+    from pathlib import Path
+
+    from campaigns.dkim import DkimSigner
+
+    key, _ = rsa_key
+    signer = DkimSigner("s1", "clinic.example", key)
+    local = DkimSigner("s1", "clinic.example", key)
+    signer.offload()
+    body = b"Hello\r\n" * 4000  # a body bigger than a pipe's buffer, sent with each request
+    messages = [
+        b"From: a@clinic.example\r\nTo: r%d@example.com\r\nSubject: n %d\r\n\r\n" % (i, i) + body
+        for i in range(200)
+    ]
+    signings = [signer.prepare(m) for m in messages]
+    assert all(s._ticket is not None for s in signings)
+    last = signings[-1].headers()
+    assert last == local.sign(messages[-1])[: len(last)]
+    assert signings[3].headers() == local.sign(messages[3])[: len(signings[3].headers())]
+    proc = signer._helper._proc
+    assert proc.poll() is None
+    cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    assert b"PRIVATE" not in cmdline and str(key).encode() not in cmdline  # keys go by pipe
+    signer.close()
+    assert proc.poll() is not None  # stopped, not left behind
+
+
+def test_the_child_makes_both_signatures_when_an_ed25519_key_is_set(tmp_path, rsa_key):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from campaigns.dkim import DkimSigner
+
+    key, _ = rsa_key
+    ed = tmp_path / "ed.pem"
+    ed.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))  # fmt: skip
+    message = b"From: a@clinic.example\r\nTo: r@example.com\r\nSubject: hi\r\n\r\nHello\r\n"
+    signer = DkimSigner("s1", "clinic.example", key, ed, "s2")
+    signer.offload()
+    try:
+        signing = signer.prepare(message)
+        assert signing._ticket is not None
+        made = signing.headers()
+    finally:
+        signer.close()
+    assert made == DkimSigner("s1", "clinic.example", key, ed, "s2").prepare(message).headers()
+    assert made.count(b"DKIM-Signature:") == 2 and b"a=ed25519-sha256" in made
+    assert b"s=s2;" in made

@@ -1,13 +1,15 @@
-"""The send loop's one-deep pipeline: row N+1 is built while row N is on the wire.
+"""The send loop's pipeline: row N+2 is built while rows N and N+1 are with the wire thread.
 
 What must not change with it: outcomes land in row order, a row handed to the
 wire thread whose answer was not taken stays in 'sending' (uncertain next
-run), a row only built goes back untouched, and no thread outlives send_due.
+run), a row only built goes back untouched, a row handed over after the batch
+was stopped is not sent, and no thread outlives send_due.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import pytest
 
@@ -34,34 +36,53 @@ def test_outcomes_in_row_order_and_no_thread_left(db, settings, clock, smtp_serv
     assert not wire_threads()
 
 
-def test_an_interrupt_leaves_the_row_on_the_wire_uncertain(db, settings, clock, smtp_server,
-                                                           mailings):  # fmt: skip
-    """Ctrl-C while building row 2: row 0 is answered, row 1 was handed to the wire
-    thread (its answer not taken), rows 2-4 were never handed over."""
-    ids = mailings.many(5)
+def test_an_interrupt_leaves_the_rows_on_the_wire_uncertain(db, settings, clock, smtp_server,
+                                                            mailings):  # fmt: skip
+    """Ctrl-C while building row 3: row 0 is answered, rows 1 and 2 were handed to the
+    wire thread (their answers not taken), rows 3-5 were never handed over."""
+    assert sender.PIPELINE_DEPTH == 2
+    ids = mailings.many(6)
     plain = kinds.BUILDERS["test_bulk"]
 
     def build(db, settings, row, sub, now):
-        if row.to_addr == "r2@example.com":
+        if row.to_addr == "r3@example.com":
             raise KeyboardInterrupt
         return plain(db, settings, row, sub, now)
 
     kinds.BUILDERS["test_bulk"] = build
     with pytest.raises(KeyboardInterrupt):
         sender.send_due(db, settings, clock)
-    assert not wire_threads()  # the send in flight finished before send_due returned
+    assert not wire_threads()  # the sends in flight finished before send_due returned
     rows = [mailings.row(rid) for rid in ids]
-    assert [r["status"] for r in rows] == ["sent", "sending", "queued", "queued", "queued"]
-    assert [r["attempts"] for r in rows[2:]] == [0, 0, 0]  # given back untouched
+    assert [r["status"] for r in rows] == ["sent", "sending", "sending", "queued", "queued",
+                                           "queued"]  # fmt: skip
+    assert [r["attempts"] for r in rows[3:]] == [0, 0, 0]  # given back untouched
 
     kinds.BUILDERS["test_bulk"] = plain
-    clock.advance(hours=1)  # past the lease: the next run finds row 1 uncertain
+    clock.advance(hours=1)  # past the lease: the next run finds rows 1 and 2 uncertain
     summary = sender.send_due(db, settings, clock)
-    assert summary.recovered == 1 and summary.sent == 4
+    assert summary.recovered == 2 and summary.sent == 5
     rows = [mailings.row(rid) for rid in ids]
-    assert {r["status"] for r in rows} == {"sent"} and rows[1]["uncertain"] == 1
-    ids_seen = [m.message["Message-ID"] for m in smtp_server.messages]
-    assert len(ids_seen) == 6 and len(set(ids_seen)) == 5  # only row 1 twice, same Message-ID
+    assert {r["status"] for r in rows} == {"sent"}
+    assert [r["uncertain"] for r in rows] == [0, 1, 1, 0, 0, 0]
+    seen = Counter(m.message["Message-ID"] for m in smtp_server.messages)
+    assert len(seen) == 6 and sorted(seen.values()) == [1, 1, 1, 1, 2, 2]  # rows 1 and 2 twice
+    assert seen[rows[1]["message_id"]] == seen[rows[2]["message_id"]] == 2
+
+
+def test_rows_queued_behind_a_stop_go_back_unsent(db, settings, clock, smtp_server, mailings):
+    """The relay reaches its hourly limit with row 1: row 2 was already with the wire
+    thread, and the pool refuses it unsent; it stays queued, untouched."""
+    ids = mailings.many(5)
+    limited = settings.replace(smtp_urls=(smtp_server.url + "?hourly=2",))
+
+    summary = sender.send_due(db, limited, clock)
+
+    assert summary.sent == 2 and "hourly limit" in summary.blocked
+    rows = [mailings.row(rid) for rid in ids]
+    assert [r["status"] for r in rows] == ["sent", "sent", "queued", "queued", "queued"]
+    assert [r["attempts"] for r in rows[2:]] == [0, 0, 0]
+    assert len(smtp_server.messages) == 2
 
 
 def test_a_build_failure_between_two_sends_keeps_row_order(db, settings, clock, smtp_server,
