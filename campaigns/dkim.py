@@ -313,13 +313,16 @@ class DkimSigner:
         """
         fields, body = _split(message)
         h = _include([name.lower() for name, _ in fields])
-        if canonical_body is None:
-            signing = Signing(self, _selected(fields, h), h, self._body_hash(body))
-        else:
-            signing = Signing(self, _selected(fields, h), h, b"", canonical_body)
+        bh = b"" if canonical_body is not None else self._body_hash(body)
         helper = self._helper
-        if helper is not None and not helper.dead:
-            signing._ticket = helper.request(signing)
+        if helper is None or helper.dead:
+            return Signing(self, _selected(fields, h), h, bh, canonical_body or b"")
+        # The child picks and canonicalises the signed fields itself, from the raw
+        # header block: 15-20 µs a message off the building thread.
+        end = message.find(b"\r\n\r\n")
+        signing = Signing(self, b"", h, bh, canonical_body or b"")
+        signing._head = message if end == -1 else message[:end]
+        signing._ticket = helper.request(signing)
         return signing
 
     def _rsa_field(self, signed: bytes, h: list[bytes], bh: bytes) -> bytes:
@@ -338,7 +341,7 @@ class DkimSigner:
 class Signing:
     """A message's signature(s), prepared by :meth:`DkimSigner.prepare`, made by :meth:`headers`."""
 
-    __slots__ = ("_bh", "_canonical", "_h", "_made", "_signed", "_signer", "_ticket")
+    __slots__ = ("_bh", "_canonical", "_h", "_head", "_made", "_signed", "_signer", "_ticket")
 
     def __init__(self, signer: DkimSigner, signed: bytes, h: list[bytes], bh: bytes,
                  canonical_body: bytes = b"") -> None:
@@ -346,6 +349,7 @@ class Signing:
         self._canonical = canonical_body  # hashed by headers() when bh is not known yet
         self._ticket: tuple[_Helper, int] | None = None  # asked of a signing child process
         self._made = b""
+        self._head = b""  # the raw header block, when the signed fields are left to pick
 
     def headers(self) -> bytes:
         """The DKIM-Signature header field(s) to put in front of the message (RSA first);
@@ -362,6 +366,8 @@ class Signing:
 
     def _make(self) -> bytes:
         signer = self._signer
+        if self._head and not self._signed:
+            self._signed = _selected(_split(self._head)[0], self._h)
         if not self._bh:
             self._bh = base64.b64encode(hashlib.sha256(self._canonical).digest())
         out = signer._rsa_field(self._signed, self._h, self._bh)
@@ -376,8 +382,9 @@ def _own(field: bytes) -> bytes:
     return canonical_header(name, value)[:-2]
 
 
-#: A request to the signing child: its number, whether the last part is the
-#: body hash (0) or the canonical body (1), and the three parts' lengths.
+#: A request to the signing child: its number, its kind (bit 1: the last part is
+#: the canonical body, not its hash; bit 2: the first part is the raw header
+#: block, not the signed fields already picked), and the three parts' lengths.
 _ASK = struct.Struct("!IBIII")
 #: Its answer: the number, and the length of the header field(s) that follow
 #: (0 when the child could not sign; the parent then signs itself).
@@ -445,6 +452,9 @@ class _Helper:
     def request(self, signing: Signing) -> tuple[_Helper, int] | None:
         """Ask for *signing*'s fields; the ticket to take them with, or None if the child is gone."""
         kind, last = (0, signing._bh) if signing._bh else (1, signing._canonical)
+        first = signing._signed
+        if signing._head and not first:
+            kind, first = kind | 2, signing._head
         h = b":".join(signing._h)
         with self._write_lock:
             if self._asked - self._read >= self.AHEAD:
@@ -454,8 +464,7 @@ class _Helper:
                 return None
             seq = self._asked = self._asked + 1
             try:
-                self._send(_ASK.pack(seq, kind, len(signing._signed), len(h), len(last))
-                           + signing._signed + h + last)
+                self._send(_ASK.pack(seq, kind, len(first), len(h), len(last)) + first + h + last)
             except OSError:
                 self.dead = True
                 return None
@@ -532,11 +541,13 @@ def _serve() -> None:
                  serialization.load_pem_private_key(rsa_pem, None), ed_key)
     while len(head := inp.read(_ASK.size)) == _ASK.size:
         seq, kind, a, b, c = _ASK.unpack(head)
-        signed, h, last = inp.read(a), inp.read(b).split(b":"), inp.read(c)
+        first, h, last = inp.read(a), inp.read(b).split(b":"), inp.read(c)
         try:
-            made = (Signing(signer, signed, h, last) if kind == 0
-                    else Signing(signer, signed, h, b"", last))._make()
+            signed = _selected(_split(first)[0], h) if kind & 2 else first
+            made = (Signing(signer, signed, h, b"", last) if kind & 1
+                    else Signing(signer, signed, h, last))._make()
         except Exception:  # the parent signs this one itself
             made = b""
         out.write(_ANSWER.pack(seq, len(made)) + made)
         out.flush()
+
