@@ -20,8 +20,8 @@ All figures come from ONE run on this machine:
    ``mime.compose_stdlib``, the template compiled per message, a new SMTP
    connection per message, one claim and one commit per message);
 5. a CPU breakdown per stage of step 3, each stage on its own thread's clock
-   (SMTP, with DKIM's private-key operation, runs on the sender's wire thread
-   while the main thread builds the next message);
+   (SMTP runs on the sender's wire thread while the main thread builds the
+   next messages);
 6. click rewriting (campaigns/links.py) off and on: two N-recipient
    broadcasts sent in alternating slices of N/10 (the order swapped each
    round), so both see the same load.
