@@ -223,3 +223,42 @@ def test_the_child_makes_both_signatures_when_an_ed25519_key_is_set(tmp_path, rs
     assert made == DkimSigner("s1", "clinic.example", key, ed, "s2").prepare(message).headers()
     assert made.count(b"DKIM-Signature:") == 2 and b"a=ed25519-sha256" in made
     assert b"s=s2;" in made
+
+
+def test_the_worker_keeps_one_signing_child_and_stops_it_with_itself(
+    db, settings, clock, smtp_server, mailings, rsa_key, monkeypatch
+):
+    """`funnel worker` with a key: one signer (and one child) for the worker's life,
+    whose batches all verify; nothing is left running once the worker returns."""
+    import threading
+
+    from campaigns import dkim as ours
+    from campaigns.worker import run_worker
+
+    key, record = rsa_key
+    signed = settings.replace(dkim_selector="s1", dkim_domain="clinic.example",
+                              dkim_key_file=str(key), batch_size=10)  # fmt: skip
+    monkeypatch.setattr(sender, "OFFLOAD_AT", 5)
+    started = []
+    real = ours._Helper.__init__
+    monkeypatch.setattr(ours._Helper, "__init__",
+                        lambda self, signer: started.append(1) or real(self, signer))  # fmt: skip
+    mailings.many(35)
+    before = _children()
+    stop = threading.Event()
+    sent = []
+
+    def seen(tick, summary):
+        sent.append(summary.sent)
+        if len(sent) == 1:
+            mailings.many(20, domain="example.org")  # due at the next tick
+        if sum(sent) >= 55:
+            stop.set()
+
+    run_worker(signed, stop, clock=clock, interval=0.01, on_summary=seen)
+
+    assert sent[0] == 35 and sum(sent) == 55 and len(smtp_server.messages) == 55
+    dns = lambda name, timeout=5: record  # noqa: E731
+    assert all(dkim.verify(m.data, dnsfunc=dns) for m in smtp_server.messages)
+    assert started == [1]  # one child for every batch of every tick
+    assert _children() - before == set()
