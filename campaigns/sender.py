@@ -413,8 +413,9 @@ def _send_batch(
     (the ``wire`` thread; socket waits release the GIL) and row N+1 waits
     behind it for its DKIM signature, this thread builds row N+2, then takes
     N's answer before handing N+2 over.  So outcomes are taken in row order,
-    the pool is only ever used by the wire thread while a batch runs, and the
-    ledger rules are those of a plain loop: a row handed over whose answer
+    only the wire thread sends through the pool while a batch runs (this one
+    only asks whether it is blocked, which at worst reads a count one message
+    old: the pool itself refuses a message past a limit), and the ledger rules are those of a plain loop: a row handed over whose answer
     was not taken (an interrupt, a crash) stays in 'sending' and is recovered
     as uncertain; a row only built goes back untouched; when N's answer
     stops the batch (no relay could take it, the pool is blocked), the
