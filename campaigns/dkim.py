@@ -257,7 +257,7 @@ class DkimSigner:
     def offload(self) -> None:
         """Make the private-key operations in a child process from now on (until :meth:`close`).
 
-        An RSA-2048 signature is a third of a millisecond of CPU.  In a thread
+        An RSA-2048 signature is about a quarter of a millisecond of CPU.  In a thread
         of the sending process it competes with the building for the one core
         the process can use (and for the GIL); a child process signs on the
         other core.  ``prepare`` hands the child the canonical bytes at once,

@@ -365,7 +365,7 @@ class _Wire:
                 self._answers.put((False, exc))
 
     def shutdown(self) -> None:
-        """Wait for the job on the wire to finish, then end the thread."""
+        """Wait for the jobs handed over (two at most) to finish, then end the thread."""
         if self._thread is not None:
             self._jobs.put(None)
             self._thread.join()
@@ -415,9 +415,10 @@ def _send_batch(
     N's answer before handing N+2 over.  So outcomes are taken in row order,
     only the wire thread sends through the pool while a batch runs (this one
     only asks whether it is blocked, which at worst reads a count one message
-    old: the pool itself refuses a message past a limit), and the ledger rules are those of a plain loop: a row handed over whose answer
-    was not taken (an interrupt, a crash) stays in 'sending' and is recovered
-    as uncertain; a row only built goes back untouched; when N's answer
+    old: the pool itself refuses a message past a limit), and the ledger
+    rules are those of a plain loop: a row handed over whose answer was not
+    taken (an interrupt, a crash) stays in 'sending' and is recovered as
+    uncertain; a row only built goes back untouched; when N's answer
     stops the batch (no relay could take it, the pool is blocked), the
     already built N+2 goes back untouched too, and N+1, already with the
     wire thread, is refused by the pool (which checks every relay's rest and
