@@ -11,6 +11,7 @@ index, never SCAN the outbox.
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import timedelta
 
@@ -156,8 +157,31 @@ def test_message_ids_lead_with_the_queueing_second_and_stay_unique(big):
     assert len(ids) == len(set(ids)) == 2001
     prefix = f"<{int(now.timestamp()):x}."
     domain = settings.sender_domain
-    assert all(re.fullmatch(re.escape(prefix) + r"[0-9a-f]{20}\.funnel@" + re.escape(domain) + ">", m)
+    assert all(re.fullmatch(re.escape(prefix) + r"[0-9a-f]{8}\.[0-9a-f]{20}\.funnel@" + re.escape(domain) + ">", m)
                for m in ids), ids[:3]  # fmt: skip
+    # One process's rows of one second come in ascending order (the sequence after
+    # the second), so the UNIQUE index takes them at one end of one narrow range;
+    # the sequence starts at random and wraps at 2**32, hence the rotation.
+    seqs = [int(m.split(".")[1], 16) for m in ids]
+    start = seqs.index(min(seqs))
+    assert seqs[start:] + seqs[:start] == sorted(seqs)
+    assert len({(b - a) % 2**32 for a, b in zip(seqs, seqs[1:], strict=False)}) == 1  # consecutive
+
+
+def test_a_forked_child_starts_its_own_message_id_sequence():
+    """A sender the worker forks must not walk the parent's sequence in step with
+    it (the two would then insert into the same pages of the index)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, outbox._mint_message_id("x.example", "1").split(".")[1].encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    theirs = os.read(read, 64).decode()
+    os.close(read)
+    ours = outbox._mint_message_id("x.example", "1").split(".")[1]
+    assert len(theirs) == len(ours) == 8 and theirs != ours
 
 
 def test_enqueue_many_stores_each_payload_as_json_dumps_would(big):
