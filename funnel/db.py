@@ -594,6 +594,42 @@ def log_events(db: sqlite_utils.Database, rows: list[tuple]) -> None:
             db.conn.execute(_LOG_EVENTS, (payload,))
 
 
+@contextlib.contextmanager
+def indexes_built_after(db: sqlite_utils.Database, tables: tuple[str, ...]) -> Iterator[list[str]]:
+    """Inside the caller's write transaction: for each of *tables* that is empty now,
+    drop its plain (non-UNIQUE) indexes, and create them again when the block ends
+    without an error; yields the names of the indexes dropped.
+
+    For a bulk load into empty tables (a first CSV import): building an index
+    once over the loaded rows sorts them and packs its pages, where inserting
+    row by row splits pages in random key order and leaves them part-full
+    (bench/README.md, "One Message-ID range per pass, and indexes built after a
+    first import").  UNIQUE indexes
+    stay, because they check the rows as they go in.  DDL is transactional in
+    SQLite: if the block raises, the caller's rollback brings the indexes back
+    as they were, and other connections never see a table without them.
+    Triggers that fire on each inserted row must not look up a table whose
+    indexes are gone (tests/test_io.py checks the import's tables: their INSERT
+    triggers touch only reader_bits and enrollment_queue, by primary key).
+    """
+    if not db.conn.in_transaction:
+        raise RuntimeError("indexes_built_after needs the caller's write transaction")
+    dropped: list[tuple[str, str]] = []
+    for table in tables:
+        if db.execute(f"SELECT EXISTS (SELECT 1 FROM [{table}])").fetchone()[0]:
+            continue
+        dropped += db.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND sql IS NOT NULL AND sql NOT LIKE 'CREATE UNIQUE%' ORDER BY name",
+            (table,),
+        ).fetchall()
+    for name, _sql in dropped:
+        db.execute(f"DROP INDEX [{name}]")
+    yield [name for name, _sql in dropped]
+    for _name, sql in dropped:
+        db.execute(sql)
+
+
 @migrations(name="0005_delivery")
 def m0005_delivery(db: sqlite_utils.Database) -> None:
     """Delivery engine: series versions for ``series diff``, anchors for the drip rhythm."""

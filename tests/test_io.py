@@ -82,6 +82,59 @@ def test_import_cache_is_given_back(db, settings, clock, tmp_path):
     assert count(db, "subscribers") == 3  # the rejected file stored nothing
 
 
+def _schema(db):
+    return db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
+
+
+def test_a_first_import_builds_the_plain_indexes_at_the_end(db, settings, clock, tmp_path):
+    """Into empty tables, the import drops their non-UNIQUE indexes and creates them
+    again after the rows (funnel.db.indexes_built_after): the schema ends as it
+    began, the indexes hold every row, and a rejected file changes neither."""
+    from conftest import sql_trace
+
+    before = _schema(db)
+    with pytest.raises(RowsRejected), sql_trace(db) as ran:
+        import_csv(db, settings, write(tmp_path, "email\nnew@example.com\nnot-an-email\n", "bad.csv"), clock())
+    assert any(s.startswith("DROP INDEX [subscribers_status]") for s in ran)
+    assert _schema(db) == before and count(db, "subscribers") == 0
+    with sql_trace(db) as ran:
+        import_csv(db, settings, write(tmp_path, MESSY), clock())
+    dropped = sorted(s.split("[")[1].rstrip("]") for s in ran if s.startswith("DROP INDEX"))
+    assert {"subscribers_status", "subscribers_email_nocase", "outbox_claim", "events_kind_at_reader",
+            "consent_subscriber"} <= set(dropped)  # fmt: skip
+    assert not any("autoindex" in name for name in dropped)  # UNIQUE ones check rows as they go in
+    assert _schema(db) == before
+    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]  # every index holds every row
+    plan = db.execute("EXPLAIN QUERY PLAN SELECT id FROM subscribers WHERE email = ? COLLATE NOCASE",
+                      ("ben@example.com",)).fetchall()  # fmt: skip
+    assert "subscribers_email_nocase" in str(plan)
+    assert db.execute("SELECT COUNT(*) FROM subscribers INDEXED BY subscribers_status "
+                      "WHERE status = 'pending'").fetchone()[0] == 3  # fmt: skip
+    # A second import finds the tables in use: their indexes stay as they are.
+    with sql_trace(db) as ran:
+        import_csv(db, settings, write(tmp_path, "email\nlater@example.com\n", "later.csv"), clock())
+    assert not [s for s in ran if s.startswith("DROP INDEX") and "subscriptions" not in s]
+    assert _schema(db) == before and count(db, "subscribers") == 4
+
+
+def test_no_insert_trigger_of_an_import_table_reads_another_import_table(db):
+    """While a first import runs, those tables lack their plain indexes: a trigger
+    that fired on each row and looked one of them up would scan it once per row.
+    Today the INSERT triggers touch only reader_bits and enrollment_queue, which
+    keep their primary keys; this fails if one starts reading an import table."""
+    import re
+
+    from subscribers.io import IMPORT_TABLES
+
+    triggers = db.execute("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall()
+    on_insert = [(name, sql) for name, table, sql in triggers
+                 if table in IMPORT_TABLES and " INSERT ON " in " ".join(sql.split("BEGIN")[0].split())]  # fmt: skip
+    assert {name for name, _ in on_insert} >= {"reader_bits_insert", "enrollment_queue_stream_added"}
+    for name, sql in on_insert:
+        body = sql.split("BEGIN", 1)[1]
+        assert not [t for t in IMPORT_TABLES if re.search(rf"\b{t}\b", body)], name
+
+
 def test_repeated_zones_and_sources_are_checked_on_every_line(db, settings, clock, tmp_path):
     """Zones and sources are checked once per distinct value (import speed), but a bad
     value is still reported on each line that has it, and good ones are stored."""
