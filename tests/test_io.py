@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from funnel.db import iso
+from funnel.db import iso, transaction
 from funnel.errors import InputError, RowsRejected
 from subscribers import lifecycle, optin, tokens
 from subscribers.io import erase, import_csv, write_export
@@ -133,6 +133,27 @@ def test_no_insert_trigger_of_an_import_table_reads_another_import_table(db):
     for name, sql in on_insert:
         body = sql.split("BEGIN", 1)[1]
         assert not [t for t in IMPORT_TABLES if re.search(rf"\b{t}\b", body)], name
+
+
+def test_an_import_batch_records_each_readers_consent(db, settings, clock, tmp_path):
+    """A batch's consent rows share everything but the reader (one statement for the
+    batch); a mixed list goes row by row.  Both store the same columns and types."""
+    import_csv(db, settings, write(tmp_path, MESSY), clock())
+    rows = db.execute("SELECT subscriber_id, typeof(subscriber_id), purpose, action, at, source, ip, "
+                      "user_agent, consent_text_version, note FROM consent ORDER BY id").fetchall()  # fmt: skip
+    stamp = iso(clock())
+    assert rows == [(sid, "integer", "newsletter", "requested", stamp, "import:people.csv", None, None,
+                     settings.consent_version, None) for sid in (1, 2, 3)]  # fmt: skip
+    mixed = [lifecycle.Consent(1, "withdrawn", clock(), source="x"),
+             lifecycle.Consent(2, "confirmed", clock(), ip="192.0.2.1", note="a\x00b")]  # fmt: skip
+    with transaction(db):
+        lifecycle.record_consent(db, mixed)
+        lifecycle.record_consent(db, [lifecycle.Consent(sid, "imported", clock(), note="n\x00") for sid in (1, 3)])
+    assert db.execute("SELECT subscriber_id, action, source, ip, note FROM consent WHERE id > 3 "
+                      "ORDER BY id").fetchall() == [  # fmt: skip
+        (1, "withdrawn", "x", None, None), (2, "confirmed", "", "192.0.2.1", "a\x00b"),
+        (1, "imported", "", None, "n\x00"), (3, "imported", "", None, "n\x00"),
+    ]
 
 
 def test_repeated_zones_and_sources_are_checked_on_every_line(db, settings, clock, tmp_path):

@@ -67,6 +67,46 @@ def test_log_events_writes_what_one_insert_per_event_writes(tmp_path_factory, ro
     assert _bits_agree(many) == _bits_agree(one)
 
 
+shared = st.tuples(
+    st.sampled_from(KINDS), st.one_of(st.none(), text, st.just("series:x"), st.just("a\x00b")),
+    st.one_of(st.none(), text, st.just('{"a": [1, "é"]}')),
+)
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(same=shared, ids=st.lists(st.one_of(st.none(), st.integers(1, 2**40)), min_size=2, max_size=30),
+       odd=st.one_of(st.none(), st.integers(0, 29)), five=st.booleans())
+def test_one_event_for_many_readers_writes_what_one_insert_per_event_writes(
+        tmp_path_factory, same, ids, odd, five):
+    """A chunk that is one event for many readers binds the shared values once
+    (the ref and data may hold a NUL there); one different row, or a reader id
+    that is not an integer, sends the chunk the general way."""
+    one, many = _pair(tmp_path_factory)
+    kind, ref, data = same
+    rows = [("2026-12-04T10:00:00Z", kind, sid, ref, *((data,) if five else ())) for sid in ids]
+    if odd is not None and odd < len(rows):
+        rows[odd] = ("2026-12-04T10:00:01Z", *rows[odd][1:])
+    with transaction(one):
+        for row in rows:
+            one.execute("INSERT INTO events (at, kind, subscriber_id, ref, data) VALUES (?, ?, ?, ?, ?)",
+                        (*row, None) if len(row) == 4 else row)  # fmt: skip
+    with transaction(many):
+        log_events(many, rows)
+    assert _events(many) == _events(one)
+    assert _bits_agree(many) == _bits_agree(one)
+
+
+def test_shared_event_path_is_taken_only_for_integer_reader_ids():
+    from funnel.db import _shared_event
+
+    rows = [("t", "subscribed", 1, "import"), ("t", "subscribed", None, "import")]
+    assert _shared_event(rows) == ("t", "subscribed", "import", None)
+    assert _shared_event([*rows, ("t", "subscribed", "3", "import")]) is None  # text id: typed as text
+    assert _shared_event([*rows, ("t", "subscribed", True, "import")]) is None  # bool is not an id
+    assert _shared_event([*rows, ("t", "subscribed", 4, "import", '{"x": 1}')]) is None
+    assert _shared_event(rows[:1]) is None
+
+
 def test_log_events_splits_long_lists(db, monkeypatch):
     import funnel.db as fdb
 
