@@ -632,10 +632,10 @@ def indexes_built_after(db: sqlite_utils.Database, tables: tuple[str, ...]) -> I
     once over the loaded rows sorts them and packs its pages, where inserting
     row by row splits pages in random key order and leaves them part-full
     (bench/README.md, "One Message-ID range per pass, and indexes built after a
-    first import").  UNIQUE indexes
-    stay, because they check the rows as they go in.  DDL is transactional in
-    SQLite: if the block raises, the caller's rollback brings the indexes back
-    as they were, and other connections never see a table without them.
+    first import").  UNIQUE indexes stay, because they check the rows as they
+    go in.  DDL is transactional in SQLite: if the block raises, the caller's
+    rollback brings the indexes back as they were, and other connections never
+    see a table without them.
     Triggers that fire on each inserted row must not look up a table whose
     indexes are gone (tests/test_io.py checks the import's tables: their INSERT
     triggers touch only reader_bits and enrollment_queue, by primary key).
