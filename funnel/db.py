@@ -20,7 +20,7 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -579,19 +579,24 @@ _LOG_SAME_EVENT = (
 )
 
 
-def _shared_event(chunk: list[tuple]) -> tuple | None:
-    """(at, kind, ref, data) when every row of *chunk* has the same ones and an
-    integer (or no) reader id, else None."""
-    if len(chunk) < 2:
+def same_but_reader(rows: Sequence[tuple], index: int) -> tuple | None:
+    """The values every one of *rows* holds when the rows differ only in the reader
+    id at *index*, and each id is an integer or None (not text, and not a bool,
+    which JSON would write as true or false); else None.
+
+    Such rows (an import batch's events or consent, an enrolment's events) are
+    written with the shared values bound once and only the ids sent through
+    ``json_each``, one statement for the lot.
+    """
+    if len(rows) < 2:
         return None
-    at, kind, _sid, ref, *rest = chunk[0]
-    data = rest[0] if rest else None
-    for row in chunk:
-        sid = row[2]
-        if (row[0] != at or row[1] != kind or row[3] != ref or (row[4] if len(row) > 4 else None) != data
-                or not (sid is None or sid.__class__ is int)):
+    first = rows[0]
+    shared = first[:index] + first[index + 1 :]
+    for row in rows:
+        sid = row[index]
+        if not (sid is None or sid.__class__ is int) or row[:index] + row[index + 1 :] != shared:
             return None
-    return at, kind, ref, data
+    return shared
 
 
 def log_events(db: sqlite_utils.Database, rows: list[tuple]) -> None:
@@ -610,10 +615,11 @@ def log_events(db: sqlite_utils.Database, rows: list[tuple]) -> None:
     """
     for start in range(0, len(rows), EVENTS_PER_STATEMENT):
         chunk = rows[start : start + EVENTS_PER_STATEMENT]
-        shared = _shared_event(chunk)
+        shared = same_but_reader(chunk, 2)
         if shared is not None:  # one event for many readers: only their ids go through JSON
+            at, kind, ref, *data = shared
             ids = json.dumps([row[2] for row in chunk], separators=(",", ":"))
-            db.conn.execute(_LOG_SAME_EVENT, (*shared, ids))
+            db.conn.execute(_LOG_SAME_EVENT, (at, kind, ref, data[0] if data else None, ids))
             continue
         payload = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
         if "\\u0000" in payload:  # SQLite's JSON cuts a string at an escaped NUL: bind them one by one

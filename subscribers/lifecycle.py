@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from funnel.db import iso, log_event, remember, transaction, unchanged
+from funnel.db import iso, log_event, remember, same_but_reader, transaction, unchanged
 from funnel.errors import InputError, NotFound, TransitionError
 from funnel.validate import check_header_text, check_visible, zone_name
 
@@ -381,17 +381,16 @@ def record_consent(db, entries: Iterable[Consent]) -> None:
     statement.
     """
     entries = list(entries)
-    if len(entries) > 1:
+    if same_but_reader(entries, 0) is not None:
+        # One consent for many readers (an import batch): the shared values are
+        # bound once and only the ids go through JSON (a 1M-row import: 3.2 -> 1.0 µs a row).
         first = entries[0]
-        if all(c[1:] == first[1:] and c.subscriber_id.__class__ is int for c in entries):
-            # One consent for many readers (an import batch): the shared values are
-            # bound once and only the ids go through JSON (a 1M-row import: 3.2 -> 1.0 µs a row).
-            db.conn.execute(
-                _CONSENT_MANY_SQL,
-                (first.purpose, first.action, iso(first.at), first.source, first.ip, first.user_agent,
-                 first.version, first.note, json.dumps([c.subscriber_id for c in entries])),
-            )  # fmt: skip
-            return
+        db.conn.execute(
+            _CONSENT_MANY_SQL,
+            (first.purpose, first.action, iso(first.at), first.source, first.ip, first.user_agent,
+             first.version, first.note, json.dumps([c.subscriber_id for c in entries])),
+        )  # fmt: skip
+        return
     stamps: dict[datetime, str] = {}  # a batch shares one time: format it once
     db.conn.executemany(
         _CONSENT_SQL,

@@ -97,14 +97,15 @@ def test_one_event_for_many_readers_writes_what_one_insert_per_event_writes(
 
 
 def test_shared_event_path_is_taken_only_for_integer_reader_ids():
-    from funnel.db import _shared_event
+    from funnel.db import same_but_reader
 
     rows = [("t", "subscribed", 1, "import"), ("t", "subscribed", None, "import")]
-    assert _shared_event(rows) == ("t", "subscribed", "import", None)
-    assert _shared_event([*rows, ("t", "subscribed", "3", "import")]) is None  # text id: typed as text
-    assert _shared_event([*rows, ("t", "subscribed", True, "import")]) is None  # bool is not an id
-    assert _shared_event([*rows, ("t", "subscribed", 4, "import", '{"x": 1}')]) is None
-    assert _shared_event(rows[:1]) is None
+    assert same_but_reader(rows, 2) == ("t", "subscribed", "import")
+    assert same_but_reader([*rows, ("t", "subscribed", "3", "import")], 2) is None  # text id: typed as text
+    assert same_but_reader([*rows, ("t", "subscribed", True, "import")], 2) is None  # bool is not an id
+    assert same_but_reader([*rows, ("t", "subscribed", 4, "import", '{"x": 1}')], 2) is None
+    assert same_but_reader([*rows, ("t", "confirmed", 4, "import")], 2) is None
+    assert same_but_reader(rows[:1], 2) is None
 
 
 def test_log_events_splits_long_lists(db, monkeypatch):
