@@ -34,7 +34,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
@@ -66,25 +66,19 @@ def _id_prefix(now: datetime) -> str:
     return f"{int(now.timestamp()):x}"
 
 
-def _sequence() -> Iterator[int]:
-    return itertools.count(secrets.randbits(32))
-
-
-#: After the second, a per-process sequence number (from a random start, fresh in
-#: a forked child), so that one process's rows of one second also arrive at the
-#: index in ascending order.  With the second alone, the 300,000 rows of one
-#: scheduler pass went to random places among each other: every 5,000-row commit
-#: wrote thousands of that index's pages again (bench/README.md, "One Message-ID
-#: range per pass").  The 80 random bits after it keep the ID unique and
-#: unguessable, as before.
-_SEQ = _sequence()
-
-
 def _reseed() -> None:
+    """After the second, a per-process sequence number (from a random start, fresh in
+    a forked child), so that one process's rows of one second also arrive at the
+    index in ascending order.  With the second alone, the 300,000 rows of one
+    scheduler pass went to random places among each other: every 5,000-row commit
+    wrote thousands of that index's pages again (bench/README.md, "One Message-ID
+    range per pass").  The 80 random bits after it keep the ID unique and
+    unguessable, as before."""
     global _SEQ
-    _SEQ = _sequence()
+    _SEQ = itertools.count(secrets.randbits(32))
 
 
+_reseed()
 os.register_at_fork(after_in_child=_reseed)
 
 
