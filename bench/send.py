@@ -464,8 +464,9 @@ def dkim_pass(port: int, n: int, batch: int, rounds: int = 3) -> dict:
     process), and the main thread's alone.  From ``OFFLOAD_AT`` rows a batch the
     private-key operations run in the signer's child process
     (campaigns/dkim.py, ``DkimSigner.offload``), on the second core, while the
-    main thread builds the next messages.  The bench settings carry no key, so
-    ``signer=None`` is off.
+    main thread builds the next messages; for each batch the sending threads keep
+    to one CPU and the child to the others (``DkimSigner.keep_apart``).  The bench
+    settings carry no key, so ``signer=None`` is off.
     """
     from campaigns.dkim import DkimSigner
 

@@ -280,11 +280,20 @@ def send_due(
                     continue  # that recovered row is no longer claimable; try the next one
                 break
             summary.claimed += len(rows)
+            apart = None
             if signer is not None and len(rows) >= OFFLOAD_AT:
                 signer.offload()  # a signing child process, kept until the signer closes
-            if _send_batch(
-                db, settings, clock, pool, signer, token, rows, summary, fingerprint, wire
-            ):
+                # This thread and the wire thread on one CPU, the child on the others,
+                # for one batch: the scheduler places the next one afresh.
+                apart = signer.keep_apart(wire.native_ids())
+            try:
+                stop = _send_batch(
+                    db, settings, clock, pool, signer, token, rows, summary, fingerprint, wire
+                )
+            finally:
+                if apart is not None:
+                    apart()
+            if stop:
                 break
             if progress:
                 progress(len(rows))
@@ -348,6 +357,10 @@ class _Wire:
             self._thread = threading.Thread(target=self._run, name="funnel-wire", daemon=True)
             self._thread.start()
         self._jobs.put((fn, args))
+
+    def native_ids(self) -> list[int]:
+        """The wire thread's native id, once it has started (for DkimSigner.keep_apart)."""
+        return [self._thread.native_id] if self._thread is not None else []
 
     def take(self):
         """The oldest job's return value (its exception re-raised here)."""

@@ -176,7 +176,7 @@ def run_worker(
         process.start()
     db = connect(settings.db)
     pool = relay if relay is not None else _pool(settings, connections)
-    signer = _signer(settings, on_error)
+    signer = _signer(settings, on_error, connections)
     loops = 0
     try:
         while not stop.is_set():
@@ -204,17 +204,25 @@ def run_worker(
     return loops
 
 
-def _signer(settings: Settings, on_error):
+def _signer(settings: Settings, on_error, connections: int = 1):
     """The DKIM signer for a sender's lifetime (its signing child process starts with
     the first large batch and is kept between ticks), or None without a key.  A bad key
-    is reported like any iteration's error, and each send then reports it again."""
+    is reported like any iteration's error, and each send then reports it again.
+
+    With several sender processes the CPUs are theirs to share: no sender keeps
+    its threads on one CPU and its signing child on the others
+    (``DkimSigner.keep_apart``), or two of them could end up on the same one.
+    """
     try:
-        return sender.signer_for(settings)
+        signer = sender.signer_for(settings)
     except FunnelError as exc:
         if on_error is None:
             raise
         on_error(exc)
         return None
+    if signer is not None:
+        signer.apart = connections == 1
+    return signer
 
 
 def _pool(settings: Settings, connections: int):
@@ -236,7 +244,7 @@ def _send_process(settings, halt, clock, interval, on_summary, on_error, connect
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     db = connect(settings.db)
     pool = _pool(settings, connections)
-    signer = _signer(settings, on_error)
+    signer = _signer(settings, on_error, connections)
     try:
         while not (halt.is_set() or stopping or os.getppid() != parent):
             try:

@@ -262,3 +262,91 @@ def test_the_worker_keeps_one_signing_child_and_stops_it_with_itself(
     assert all(dkim.verify(m.data, dnsfunc=dns) for m in smtp_server.messages)
     assert started == [1]  # one child for every batch of every tick
     assert _children() - before == set()
+
+
+needs_two_cpus = pytest.mark.skipif(
+    not hasattr(__import__("os"), "sched_setaffinity")
+    or len(__import__("os").sched_getaffinity(0)) < 2,
+    reason="needs CPU affinity and at least two CPUs",
+)
+
+
+@needs_two_cpus
+def test_a_lone_sender_keeps_its_threads_on_one_cpu_and_the_signing_child_on_the_others(
+    db, settings, clock, smtp_server, mailings, rsa_key, monkeypatch
+):
+    """While a signed batch goes out, the builder and the wire thread (started by the
+    first batch, so already running for the next) share one CPU and the signing child
+    has the others; after each batch the caller's CPUs are what they were, and every
+    message verifies."""
+    import os
+    import threading
+
+    from campaigns.dkim import DkimSigner
+
+    key, record = rsa_key
+    signer = DkimSigner("s1", "clinic.example", key)
+    monkeypatch.setattr(sender, "OFFLOAD_AT", 5)
+    mailings.many(15)
+    before = os.sched_getaffinity(0)
+    seen = []
+
+    real_batch = sender._send_batch
+
+    def batch(*args):
+        stop = real_batch(*args)  # the wire thread has started by now
+        wire = next(t for t in threading.enumerate() if t.name.startswith("funnel-wire"))
+        seen.append((os.sched_getaffinity(0), os.sched_getaffinity(wire.native_id),
+                     os.sched_getaffinity(signer._helper._proc.pid)))  # fmt: skip
+        return stop
+
+    monkeypatch.setattr(sender, "_send_batch", batch)
+    after = []
+    try:
+        summary = sender.send_due(db, settings.replace(batch_size=5), clock, signer=signer,
+                                  progress=lambda n: after.append(os.sched_getaffinity(0)))
+    finally:
+        signer.close()
+
+    assert summary.sent == 15 and len(seen) == 3  # three batches of five, the wire thread
+    for builder, wire, child in seen:
+        assert len(builder) == 1 and wire == builder
+        assert child == before - builder and child  # the other CPUs, and only those
+    assert after and all(cpus == before for cpus in after)  # given back after each batch
+    assert os.sched_getaffinity(0) == before
+    dns = lambda name, timeout=5: record  # noqa: E731
+    assert all(dkim.verify(m.data, dnsfunc=dns) for m in smtp_server.messages)
+
+
+@needs_two_cpus
+def test_several_senders_or_one_cpu_leave_the_cpus_to_the_scheduler(settings, rsa_key):
+    """A worker with several sender processes pins nothing (two senders could land on
+    one CPU), and neither does a sender that may use one CPU only."""
+    import os
+
+    from campaigns import worker
+
+    key, _ = rsa_key
+    signed = settings.replace(dkim_selector="s1", dkim_domain="clinic.example",
+                              dkim_key_file=str(key))  # fmt: skip
+    assert worker._signer(signed, None, 1).apart is True
+    several = worker._signer(signed, None, 2)
+    assert several.apart is False
+    lone = worker._signer(signed, None, 1)
+    everything = os.sched_getaffinity(0)
+    several.offload()
+    lone.offload()
+    try:
+        several.keep_apart()()
+        assert os.sched_getaffinity(0) == everything
+        assert os.sched_getaffinity(several._helper._proc.pid) == everything
+        one = {min(everything)}
+        os.sched_setaffinity(0, one)
+        try:
+            lone.keep_apart()()
+            assert os.sched_getaffinity(lone._helper._proc.pid) == everything
+        finally:
+            os.sched_setaffinity(0, everything)
+    finally:
+        several.close()
+        lone.close()
