@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import resource
 import subprocess
@@ -59,6 +60,7 @@ def run(rows: int, *, pre_confirmed: bool = False, profile: bool = False, baseli
         write_csv(csv_path, rows)
         db = connect(settings.db, migrate=True)
         prof = cProfile.Profile() if profile else None
+        os.sync()  # each timed part starts with no earlier writes still going to disk
         c0, t0 = time.process_time(), time.perf_counter()
         if prof:
             prof.enable()
@@ -70,6 +72,7 @@ def run(rows: int, *, pre_confirmed: bool = False, profile: bool = False, baseli
         n = db.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0]
         q = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         db.close()
+        os.sync()
         plain = sqlite_utils_insert(folder, csv_path) if baseline else None
     if prof:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(25)

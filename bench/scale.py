@@ -269,6 +269,8 @@ def main() -> None:
         print(f"database {size / 2**20:,.0f} MB = {size / n:,.0f} bytes per subscriber")
         m = measure(db, settings, n, now)
         db.close()
+        if args.keep is None:  # its gigabytes are not left to the import's disk and cache
+            shutil.rmtree(folder, ignore_errors=True)
         imported = import_bench.run(n)  # its own fresh database and CSV file
         m.update({"import_rows": n, "import_s": imported["import_s"], "import_cpu_s": imported["import_cpu_s"],
                   "sqlite_utils_s": imported["sqlite_utils_s"], "import_ratio": imported["ratio"]})

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from funnel import outbox
-from funnel.db import db_path, indexes_built_after, iso, log_events, transaction
+from funnel.db import db_path, indexes_built_after, iso, log_events, reader_bits_after, transaction
 from funnel.errors import InputError, RowsRejected
 from funnel.settings import Settings
 from funnel.spreadsheet import SafeDictWriter
@@ -126,7 +126,8 @@ def import_csv(
         raise InputError("--consent-note: pre-confirmed imports need a note saying how these people consented")
     report = ImportReport(str(path))
     seen: dict[str, int] = {}
-    with _big_cache(db), transaction(db), indexes_built_after(db, IMPORT_TABLES):
+    with (_big_cache(db), transaction(db), indexes_built_after(db, IMPORT_TABLES),
+          reader_bits_after(db)):
         writer = _BatchWriter(db, settings, path, now, pre_confirmed, consent_note)
         pending: list[tuple] = []  # validated rows waiting for one batched existence check
         for line, row in _rows(path):
