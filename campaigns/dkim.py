@@ -306,8 +306,6 @@ class DkimSigner:
                 return _nothing
             before = [(tid, os.sched_getaffinity(tid)) for tid in (0, *threads)]
             os.sched_setaffinity(helper._proc.pid, allowed - {here})
-            for tid, _ in before:
-                os.sched_setaffinity(tid, {here})
         except OSError:
             return _nothing
 
@@ -318,6 +316,12 @@ class DkimSigner:
                 except OSError:  # a thread that has ended since
                     pass
 
+        try:
+            for tid, _ in before:
+                os.sched_setaffinity(tid, {here})
+        except OSError:  # no thread is left pinned halfway
+            undo()
+            return _nothing
         return undo
 
     def close(self) -> None:

@@ -350,3 +350,35 @@ def test_several_senders_or_one_cpu_leave_the_cpus_to_the_scheduler(settings, rs
     finally:
         several.close()
         lone.close()
+
+
+@needs_two_cpus
+def test_a_thread_that_cannot_be_pinned_leaves_none_pinned(rsa_key, monkeypatch):
+    """If pinning fails halfway (a thread gone between two calls), the threads already
+    pinned get their CPUs back at once, and nothing is left to undo."""
+    import os
+
+    from campaigns.dkim import DkimSigner
+
+    key, _ = rsa_key
+    signer = DkimSigner("s1", "clinic.example", key)
+    signer.offload()
+    everything = os.sched_getaffinity(0)
+    gone = 2**22 + 17  # a thread id that getaffinity still answers for, setaffinity not
+    real_get, real_set = os.sched_getaffinity, os.sched_setaffinity
+    monkeypatch.setattr(os, "sched_getaffinity", lambda tid: everything if tid == gone else real_get(tid))
+
+    def set_affinity(tid, cpus):
+        if tid == gone:
+            raise ProcessLookupError(3, "No such process")
+        real_set(tid, cpus)
+
+    monkeypatch.setattr(os, "sched_setaffinity", set_affinity)
+    try:
+        undo = signer.keep_apart([gone])
+        assert real_get(0) == everything  # the caller, pinned first, was given its CPUs back
+        undo()
+        assert real_get(0) == everything
+    finally:
+        monkeypatch.undo()
+        signer.close()
