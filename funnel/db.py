@@ -683,17 +683,14 @@ def reader_bits_after(db: sqlite_utils.Database) -> Iterator[None]:
     """
     if not db.conn.in_transaction:
         raise RuntimeError("reader_bits_after needs the caller's write transaction")
-    found = db.execute(
+    (trigger,) = db.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'reader_bits_insert'"
     ).fetchone()
-    if found is None:  # an old schema (before 0032): nothing to keep up
-        yield
-        return
     before = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
     db.execute("DROP TRIGGER reader_bits_insert")
     yield
     db.execute(_READER_BITS_SINCE, (before,))
-    db.execute(found[0])
+    db.execute(trigger)
 
 
 @migrations(name="0005_delivery")
@@ -1279,17 +1276,18 @@ READER_BITS_EVENT = (
 READER_BITS_REF = "CASE WHEN {e}.kind IN ('sent', 'enrolled') THEN {e}.ref ELSE '' END"
 #: reader_bits computed from the events (the migration's backfill; the tests' reference).
 #: The readers of one word are distinct, so their bits never overlap: SUM is OR.
-READER_BITS_FROM_EVENTS = (
+#: ``{since}`` narrows the events read: nothing here, ``e.id > ? AND `` below.
+_READER_BITS_GROUPED = (
     "SELECT kind, ref, sid >> 6 AS word, SUM(1 << (sid & 63)) AS bits FROM ("
     "SELECT DISTINCT e.kind, " + READER_BITS_REF.format(e="e") + " AS ref, e.subscriber_id AS sid "
-    "FROM events e WHERE " + READER_BITS_EVENT.format(e="e") + ") GROUP BY kind, ref, word"
+    "FROM events e WHERE {since}" + READER_BITS_EVENT.format(e="e") + ") GROUP BY kind, ref, word"
 )
-
+READER_BITS_FROM_EVENTS = _READER_BITS_GROUPED.format(since="")
 
 #: reader_bits ORed in from the events after a given id (see reader_bits_after).
 _READER_BITS_SINCE = (
     "INSERT INTO reader_bits (kind, ref, word, bits) SELECT * FROM ("
-    + READER_BITS_FROM_EVENTS.replace("FROM events e WHERE ", "FROM events e WHERE e.id > ? AND ")
+    + _READER_BITS_GROUPED.format(since="e.id > ? AND ")
     + ") WHERE true ON CONFLICT (kind, ref, word) DO UPDATE SET bits = bits | excluded.bits"
 )
 
