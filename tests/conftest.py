@@ -44,6 +44,18 @@ def sql_trace(db):
         db.conn.set_trace_callback(None)
 
 
+def reader_bits(db) -> list[tuple]:
+    """reader_bits as stored, (kind, ref, word, bits) sorted, without empty words."""
+    return sorted(db.execute("SELECT kind, ref, word, bits FROM reader_bits WHERE bits != 0"))
+
+
+def reader_bits_from_events(db) -> list[tuple]:
+    """reader_bits as the events say they must be (migration 0032's backfill query)."""
+    from funnel.db import READER_BITS_FROM_EVENTS
+
+    return sorted(row for row in db.execute(READER_BITS_FROM_EVENTS) if row[3])
+
+
 def live_processes(**match: int) -> set[int]:
     """The pids of live processes whose /proc stat fields match, by name: ``ppid``
     (the parent) or ``pgrp`` (the process group); zombies are left out."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import subprocess
 
@@ -265,8 +266,7 @@ def test_the_worker_keeps_one_signing_child_and_stops_it_with_itself(
 
 
 needs_two_cpus = pytest.mark.skipif(
-    not hasattr(__import__("os"), "sched_setaffinity")
-    or len(__import__("os").sched_getaffinity(0)) < 2,
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
     reason="needs CPU affinity and at least two CPUs",
 )
 
@@ -279,7 +279,6 @@ def test_a_lone_sender_keeps_its_threads_on_one_cpu_and_the_signing_child_on_the
     first batch, so already running for the next) share one CPU and the signing child
     has the others; after each batch the caller's CPUs are what they were, and every
     message verifies."""
-    import os
     import threading
 
     from campaigns.dkim import DkimSigner
@@ -322,8 +321,6 @@ def test_a_lone_sender_keeps_its_threads_on_one_cpu_and_the_signing_child_on_the
 def test_several_senders_or_one_cpu_leave_the_cpus_to_the_scheduler(settings, rsa_key):
     """A worker with several sender processes pins nothing (two senders could land on
     one CPU), and neither does a sender that may use one CPU only."""
-    import os
-
     from campaigns import worker
 
     key, _ = rsa_key
@@ -356,8 +353,6 @@ def test_several_senders_or_one_cpu_leave_the_cpus_to_the_scheduler(settings, rs
 def test_a_thread_that_cannot_be_pinned_leaves_none_pinned(rsa_key, monkeypatch):
     """If pinning fails halfway (a thread gone between two calls), the threads already
     pinned get their CPUs back at once, and nothing is left to undo."""
-    import os
-
     from campaigns.dkim import DkimSigner
 
     key, _ = rsa_key

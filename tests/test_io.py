@@ -123,15 +123,9 @@ def test_an_import_sets_reader_bits_once_at_the_end_as_the_trigger_would(db, set
     the events, across a word's sign bit (reader 63) and into a new word, merged
     with bits already there; the trigger is back afterwards and works, and a
     rejected file leaves schema and bits as they were."""
-    from conftest import sql_trace
+    from conftest import reader_bits, reader_bits_from_events, sql_trace
 
-    from funnel.db import READER_BITS_FROM_EVENTS, log_events
-
-    def bits():
-        return sorted(db.execute("SELECT kind, ref, word, bits FROM reader_bits WHERE bits != 0"))
-
-    def expected():
-        return sorted(row for row in db.execute(READER_BITS_FROM_EVENTS) if row[3])
+    from funnel.db import log_events
 
     before = _schema(db)
     first = "email\n" + "".join(f"r{i}@example.com\n" for i in range(62))
@@ -139,19 +133,19 @@ def test_an_import_sets_reader_bits_once_at_the_end_as_the_trigger_would(db, set
         import_csv(db, settings, write(tmp_path, first, "first.csv"), clock())
     assert "DROP TRIGGER reader_bits_insert" in ran
     assert not [s for s in ran if s.startswith("UPDATE reader_bits")]  # no per-event trigger run
-    assert bits() == expected() and bits()
+    assert reader_bits(db) == reader_bits_from_events(db) and reader_bits(db)
     with pytest.raises(RowsRejected):
         import_csv(db, settings, write(tmp_path, "email\nz@example.com\nnope\n", "bad.csv"), clock())
-    assert _schema(db) == before and bits() == expected()
+    assert _schema(db) == before and reader_bits(db) == reader_bits_from_events(db)
     import_csv(db, settings, write(tmp_path, MESSY), clock())  # readers 63, 64 and 65
     assert db.execute("SELECT MAX(id) FROM subscribers").fetchone()[0] == 65
-    assert bits() == expected()
-    assert {(word, value < 0) for kind, ref, word, value in bits() if kind == "subscribed"} == {
+    assert reader_bits(db) == reader_bits_from_events(db)
+    assert {(word, value < 0) for kind, ref, word, value in reader_bits(db) if kind == "subscribed"} == {
         (0, True), (1, False)}  # bit 63 is the sign bit of word 0  # fmt: skip
     assert _schema(db) == before  # the trigger is back, as it was
     with transaction(db):
         log_events(db, [(iso(clock()), "confirmed", 64, None)])
-    assert ("confirmed", "", 1, 1) in bits() and bits() == expected()
+    assert ("confirmed", "", 1, 1) in reader_bits(db) and reader_bits(db) == reader_bits_from_events(db)
 
 
 def test_no_insert_trigger_of_an_import_table_reads_another_import_table(db):

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from conftest import reader_bits, reader_bits_from_events
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from campaigns import enrollment
 from funnel import outbox
-from funnel.db import READER_BITS_FROM_EVENTS, log_events, transaction
+from funnel.db import log_events, transaction
 from subscribers.io import import_csv
 
 KINDS = ("subscribed", "confirmed", "sent", "enrolled", "failed", "preferences", "completed", "registered")
@@ -31,8 +32,8 @@ def _events(db):
 
 
 def _bits_agree(db):
-    kept = sorted(db.execute("SELECT kind, ref, word, bits FROM reader_bits WHERE bits != 0"))
-    assert kept == sorted(r for r in db.execute(READER_BITS_FROM_EVENTS) if r[3])
+    kept = reader_bits(db)
+    assert kept == reader_bits_from_events(db)
     return kept
 
 

@@ -18,9 +18,10 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import reader_bits, reader_bits_from_events
 
 from campaigns import report
-from funnel.db import READER_BITS_FROM_EVENTS, iso, transaction
+from funnel.db import iso, transaction
 from funnel.localtime import local_to_utc
 
 START = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
@@ -270,14 +271,6 @@ def test_readers_answer_as_frozensets_do():
     assert len(report.Readers.of([0, 63, 64, 2**20])) == 4
 
 
-def _bits(db):
-    return sorted(db.execute("SELECT kind, ref, word, bits FROM reader_bits WHERE bits != 0"))
-
-
-def _expected_bits(db):
-    return sorted(row for row in db.execute(READER_BITS_FROM_EVENTS) if row[3])
-
-
 def _read_from_events(db, settings, monkeypatch):
     """The all-time report with its sets read from the events, as a window's are."""
     monkeypatch.setattr(report, "_sets", lambda db, lo, hi: report.EventLog(db, lo, hi))
@@ -291,8 +284,8 @@ def test_reader_bits_follow_the_events_and_give_the_same_report(db, settings, mo
     rng = random.Random(11)
     seed(db, rng, readers=300)
     db.execute("INSERT INTO events (at, kind, subscriber_id, ref) VALUES ('2026-10-02', 'sent', 299, 'campaign:1')")
-    assert _bits(db) == _expected_bits(db) and len(_bits(db)) > 20
-    assert {w for _k, _r, w, _b in _bits(db)} == {0, 1, 2, 3, 4}  # ids 1..300: five 64-reader words
+    assert reader_bits(db) == reader_bits_from_events(db) and len(reader_bits(db)) > 20
+    assert {w for _k, _r, w, _b in reader_bits(db)} == {0, 1, 2, 3, 4}  # ids 1..300: five 64-reader words
     with transaction(db):
         ids = [i for (i,) in db.execute("SELECT id FROM events WHERE subscriber_id IS NOT NULL")]
         for eid in rng.sample(ids, 200):
@@ -306,8 +299,8 @@ def test_reader_bits_follow_the_events_and_give_the_same_report(db, settings, mo
         db.execute("DELETE FROM outbox WHERE subscriber_id IN (7, 64, 65)")
         db.execute("DELETE FROM series_deliveries WHERE subscriber_id IN (7, 64, 65)")
         db.execute("DELETE FROM subscribers WHERE id IN (7, 64, 65)")  # their events: SET NULL
-    assert _bits(db) == _expected_bits(db)
-    assert not [row for row in _bits(db) if row[2] == 1 and row[3] & 3]  # 64 and 65 are gone
+    assert reader_bits(db) == reader_bits_from_events(db)
+    assert not [row for row in reader_bits(db) if row[2] == 1 and row[3] & 3]  # 64 and 65 are gone
     fast = report.compute(db, settings)
     assert isinstance(fast.steps[0].people, report.Readers)
     slow = _read_from_events(db, settings, monkeypatch)
@@ -324,7 +317,7 @@ def test_a_negative_reader_id_sends_the_report_to_the_events(db, settings):
         db.execute("INSERT INTO subscribers (id, email, email_hash, status, created_at, updated_at) "
                    "VALUES (-3, 'n@example.com', 'hn', 'active', '2026-10-02', '2026-10-02')")
         db.execute("INSERT INTO events (at, kind, subscriber_id) VALUES ('2026-10-02', 'subscribed', -3)")
-    assert _bits(db) == _expected_bits(db) == [("subscribed", "", -1, 2**61)]
+    assert reader_bits(db) == reader_bits_from_events(db) == [("subscribed", "", -1, 2**61)]
     rep = report.compute(db, settings)
     assert rep.steps[0].count == 1 and rep.steps[0].people == frozenset({"-3"})
 
@@ -351,7 +344,7 @@ def test_widening_the_event_kinds_keeps_the_reader_bits_triggers(db, clock):
         db.execute("INSERT INTO subscribers (id, email, email_hash, status, created_at, updated_at) "
                    "VALUES (3, 'a@example.com', 'h', 'active', '2026-10-02', '2026-10-02')")
         schema.log_event(db, "confirmed", clock(), 3)
-    assert _bits(db) == [("confirmed", "", 0, 8)]
+    assert reader_bits(db) == [("confirmed", "", 0, 8)]
 
 
 def test_the_migration_fills_reader_bits_from_the_events_already_there(settings, monkeypatch):
@@ -365,7 +358,7 @@ def test_the_migration_fills_reader_bits_from_the_events_already_there(settings,
     seed(raw, random.Random(5))
     raw.close()
     db = connect(settings.db, migrate=True)
-    assert _bits(db) == _expected_bits(db) and len(_bits(db)) > 20
+    assert reader_bits(db) == reader_bits_from_events(db) and len(reader_bits(db)) > 20
     before = report.render_text(report.compute(db, settings))
     with transaction(db):
         db.execute("DELETE FROM reader_bits")
